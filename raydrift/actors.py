@@ -1,0 +1,116 @@
+"""Thin Ray shells over the plain classes: StreamReader, MonitorActor, DetectorActor.
+
+Each actor sets torch's thread count to the CPUs it was given: oversubscribed threads make small
+per-batch work orders of magnitude slower on a busy machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray
+import torch
+
+from raydrift.detection.engine import BatchResult, DetectionEngine, DetectionOutput, IntervalRecord
+from raydrift.harness import build_harness
+from raydrift.learning.loop import UpdateData
+from raydrift.monitor import Monitor
+from raydrift.stream import BatchMeta, StreamState
+from raydrift.weights import Weights
+
+
+def set_torch_threads(num_cpus: float) -> int:
+    """One torch thread per whole CPU given (at least one); returns the count."""
+    n = max(1, math.floor(num_cpus))
+    torch.set_num_threads(n)
+    return n
+
+
+@ray.remote
+class StreamReader:
+    """Owns the stream: serves batches by object ref, keeps the window and the replay memory."""
+
+    def __init__(
+        self, harness_spec: dict[str, Any], stream_cfg: dict[str, Any], cl_cfg: dict[str, Any]
+    ) -> None:
+        set_torch_threads(0)
+        harness = build_harness(**harness_spec)
+        self.state = StreamState(
+            harness.stream(),
+            window_batches=cl_cfg["window_batches"],
+            memory_size=cl_cfg["memory_size"],
+            seed=harness_spec["seed"],
+            max_batches=stream_cfg["max_batches"],
+        )
+
+    def next_batches(self, k: int) -> list[tuple[BatchMeta, ray.ObjectRef]]:
+        return [(meta, ray.put(batch)) for meta, batch in self.state.next_batches(k)]
+
+    def rewind(self, batch_id: int) -> None:
+        self.state.rewind(batch_id)
+
+    def commit(self, upto: int) -> None:
+        self.state.commit(upto)
+
+    def update_data(self, upto: int) -> UpdateData:
+        return self.state.update_data(upto)
+
+    def regime_starts(self) -> list[tuple[int, int]]:
+        return self.state.regime_starts()
+
+    def torch_threads(self) -> int:
+        return torch.get_num_threads()
+
+
+@ray.remote(concurrency_groups={"control": 1, "eval": 1})  # type: ignore[call-overload]
+class MonitorActor:
+    """Evaluates batches with the current weights; swaps weights atomically by version."""
+
+    def __init__(
+        self,
+        harness_spec: dict[str, Any],
+        metric: str,
+        weights: Weights,
+        version: int,
+        name: str,
+        num_cpus: float,
+        device: str = "cpu",
+    ) -> None:
+        set_torch_threads(num_cpus)
+        self.monitor = Monitor(build_harness(**harness_spec), metric, weights, version, name, device)
+
+    @ray.method(concurrency_group="eval")
+    def evaluate(self, batch_id: int, batch: Any) -> BatchResult:
+        return self.monitor.evaluate(batch_id, batch)
+
+    @ray.method(concurrency_group="control")
+    def set_weights(self, version: int, weights: Weights) -> int:
+        return self.monitor.set_weights(version, weights)
+
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict[str, Any]:
+        return self.monitor.stats()
+
+
+@ray.remote
+class DetectorActor:
+    """Consumes per-batch results in stream order by batch id and runs the drift detector."""
+
+    def __init__(self, cfg: dict[str, Any], metric: str, higher_is_better: bool, seed: int) -> None:
+        from raydrift.config import DriftDetectionConfig
+
+        set_torch_threads(0)
+        self.engine = DetectionEngine(DriftDetectionConfig(**cfg), metric, higher_is_better, seed=seed)
+
+    def ingest(self, result: BatchResult) -> DetectionOutput:
+        return self.engine.ingest(result)
+
+    def resume_after_update(self, next_batch: int, version: int) -> None:
+        self.engine.resume_after_update(next_batch, version)
+
+    def finish(self) -> list[IntervalRecord]:
+        return self.engine.finish()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()

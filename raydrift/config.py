@@ -1,0 +1,346 @@
+"""Configuration: schema (pydantic), loading (YAML / TOML), environment and ``--set`` overrides.
+
+Precedence, lowest first: the schema defaults, the config file, ``RAYDRIFT_<SECTION>__<KEY>=value``
+environment variables, then ``--set section.key=value`` arguments. Override values are parsed as YAML
+scalars (``3`` is an int, ``0.5`` a float, ``true`` a bool, ``[1, 2]`` a list).
+
+Every mistake raises :class:`raydrift.errors.ConfigError` with a one-line message: an unknown key
+names the closest valid key; a wrong type names the key, the expected type and the value given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raydrift.errors import ConfigError
+
+ENV_PREFIX = "RAYDRIFT_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    harness: str = Field("mnist", description="harness registry name or 'package.module:ClassName'")
+    checkpoint: str | None = Field(None, description="initial weights (a state_dict saved with torch.save)")
+    pretrain_epochs: int = Field(
+        2, ge=0, description="epochs on the harness's pretrain data before streaming"
+    )
+    pretrain_lr: float = Field(1e-3, gt=0)
+
+
+class StreamConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    max_batches: int | None = Field(None, ge=1, description="stop after this many batches")
+    prefetch: int = Field(8, ge=1, description="batches fetched from the stream reader per call")
+
+
+class MonitorConfig(_Section):
+    num_monitors: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    metric: str = Field("accuracy", description="the harness metric that is monitored")
+    max_in_flight: int = Field(4, ge=1, description="batches dispatched and not yet evaluated, in all")
+
+
+class DriftDetectionConfig(_Section):
+    detector: str = "adwin"
+    params: dict[str, Any] = Field(default_factory=dict, description="detector constructor arguments")
+    granularity: Literal["sample", "batch", "interval"] = Field(
+        "sample",
+        description="what the detector is fed: per-sample values, batch means or interval aggregates",
+    )
+    interval: int = Field(5, ge=1, description="batches per aggregation interval (metrics.csv, plots)")
+    aggregation: Literal["mean", "median", "last"] = "mean"
+    direction: Literal["degrade", "any"] = Field(
+        "degrade", description="'degrade': only a worsening of the metric is a drift"
+    )
+    warmup_batches: int = Field(5, ge=0, description="no alarm before this many batches")
+    cooldown_batches: int = Field(3, ge=0, description="no alarm for this many batches after an update")
+    reset_after_update: bool = True
+
+
+class ContinualLearningConfig(_Section):
+    strategy: str = "replay"
+    memory_size: int = Field(500, ge=0, description="replay memory capacity in samples")
+    window_batches: int = Field(8, ge=1, description="recent batches (up to the drift) trained on")
+    replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(
+        1, ge=0, description="Ray Train workers; 0 runs the loop in the trainer's process"
+    )
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch size of an update step")
+    lr: float = Field(1e-3, gt=0)
+    max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig.max_failures")
+
+
+class LoggingConfig(_Section):
+    backend: Literal["mlflow", "none"] = "mlflow"
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<runs_dir>/mlflow.db")
+    experiment: str = "raydrift"
+    runs_dir: str = "runs"
+    save_weights: bool = True
+    plots: bool = True
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="existing cluster; default: RAY_ADDRESS or a new local one")
+    namespace: str = "raydrift"
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster (default: all)")
+    num_gpus: int | None = Field(None, ge=0)
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(8265, ge=1, le=65535)
+
+
+class RaydriftConfig(BaseModel):
+    """The whole configuration of a run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("raydrift", description="run name: runs/<name>-<timestamp>/")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    verbosity: int = Field(1, ge=0, le=3)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: dict[str, Any] = Field(default_factory=dict, description="harness options (its Options model)")
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    drift_detection: DriftDetectionConfig = Field(default_factory=DriftDetectionConfig)
+    continual_learning: ContinualLearningConfig = Field(default_factory=ContinualLearningConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\") or v.startswith("."):
+            raise ValueError("a name without '/' or a leading '.'")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# Sections whose values are free-form dicts: keys below them are not checked against the schema here.
+_FREE_FORM = {("data",), ("drift_detection", "params")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse an override value as a YAML scalar (``3`` -> 3, ``true`` -> True, ``a`` -> 'a')."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw mapping in a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file '{p}' not found: check the path (examples are in configs/)")
+    if p.is_dir():
+        raise ConfigError(f"config path '{p}' is a directory: give a .yaml or .toml file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
+    """``(dotted_key, value)`` pairs from ``RAYDRIFT_<SECTION>__<KEY>=value`` variables.
+
+    ``RAYDRIFT_SEED=3`` sets a top-level key. Variables whose first part names no config key are
+    ignored (they may be meant for something else); a known section with an unknown key is an error.
+    """
+    environ = os.environ if environ is None else environ
+    top = set(RaydriftConfig.model_fields)
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in top:
+            continue
+        out.append((".".join(parts), parse_scalar(environ[name])))
+    return out
+
+
+def set_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``(dotted_key, value)`` pairs from ``--set section.key=value`` arguments."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}' is not of the form section.key=value (e.g. --set seed=1)")
+        out.append((key.strip(), parse_scalar(value)))
+    return out
+
+
+def _apply(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(
+                f"{source}: '{'.'.join(parts[: i + 1])}' is a value, not a section; cannot set '{dotted}'"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_schema_keys(ann, f"{full}."))
+    return keys
+
+
+def closest_key(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key closest to ``key`` (same section preferred), or None."""
+    section, _, leaf = key.rpartition(".")
+    # the same leaf in another section first (e.g. 'num_monitors' put under 'train' or at the top)
+    for k in valid:
+        if k != key and k.rpartition(".")[2] == leaf:
+            return k
+    siblings = [k for k in valid if k.rpartition(".")[0] == section]
+    for pool in (siblings, list(valid)):
+        match = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if match:
+            return match[0]
+    return None
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean (true/false)",
+    "string": "a string",
+    "str": "a string",
+    "dict": "a mapping",
+    "list": "a list",
+}
+
+
+def _expected(err: Mapping[str, Any]) -> str:
+    etype = str(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    if etype == "literal_error":
+        return f"one of {ctx.get('expected', '')}"
+    for word, text in _TYPE_WORDS.items():
+        if etype.startswith(word):
+            return text
+    if etype.startswith("model") or etype == "dict_type":
+        return "a mapping (section)"
+    if "ge" in ctx:
+        return f"a value >= {ctx['ge']}"
+    if "gt" in ctx:
+        return f"a value > {ctx['gt']}"
+    if "le" in ctx:
+        return f"a value <= {ctx['le']}"
+    return str(err.get("msg", "a valid value"))
+
+
+def format_validation_error(
+    exc: ValidationError, valid_keys: Sequence[str], origin: str = "config", loc_prefix: tuple[str, ...] = ()
+) -> str:
+    """One line for the first error of a pydantic ``ValidationError``."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = ".".join(str(p) for p in (*loc_prefix, *err["loc"]))
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        close = closest_key(loc, valid_keys)
+        hint = f"did you mean '{close}'?" if close else "list the valid keys with 'raydrift keys'"
+        return f"{origin}: unknown key '{loc}': {hint}{more}"
+    value = err.get("input")
+    if err["type"] in ("value_error", "assertion_error"):
+        return f"{origin}: '{loc}' = {value!r} is invalid: {err['msg'].removeprefix('Value error, ')}{more}"
+    return f"{origin}: '{loc}' expects {_expected(err)}, got {value!r} ({type(value).__name__}){more}"
+
+
+def build_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> RaydriftConfig:
+    """Load, merge and validate: defaults < file < environment < ``--set`` overrides."""
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    origin = str(path) if path is not None else "config"
+    valid = _schema_keys(RaydriftConfig)
+    for source, pairs in (("environment", env_overrides(environ)), ("--set", set_overrides(overrides))):
+        for key, value in pairs:
+            head = tuple(key.split(".")[:2])
+            if key not in valid and head[:1] not in _FREE_FORM and head not in _FREE_FORM:
+                close = closest_key(key, valid)
+                hint = f"did you mean '{close}'?" if close else "list the valid keys with 'raydrift keys'"
+                name = f"{ENV_PREFIX}{key.upper().replace('.', '__')}" if source == "environment" else key
+                raise ConfigError(f"{source}: unknown key '{name}': {hint}")
+            _apply(data, key, value, source)
+    try:
+        cfg = RaydriftConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, valid, origin)) from None
+    return cfg
+
+
+def validate_harness_options(cfg: RaydriftConfig) -> Any:
+    """Validate ``data:`` against the harness's ``Options`` model; returns the options object."""
+    from raydrift.harness import resolve_harness
+
+    cls = resolve_harness(cfg.model.harness)
+    try:
+        return cls.Options.model_validate(cfg.data)
+    except ValidationError as exc:
+        valid = [f"data.{k}" for k in _schema_keys(cls.Options)]
+        msg = format_validation_error(exc, valid, f"harness '{cfg.model.harness}'", loc_prefix=("data",))
+        raise ConfigError(msg) from None
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key of the schema (for ``raydrift validate --keys``)."""
+    return _schema_keys(RaydriftConfig)
+
+
+def save_config(cfg: RaydriftConfig, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

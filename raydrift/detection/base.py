@@ -1,0 +1,173 @@
+"""The drift-detector protocol and the base class that wraps a River detector.
+
+raydrift keeps River's tiny protocol: :meth:`DriftDetector.update` mutates, the properties
+:attr:`~DriftDetector.drift_detected` and :attr:`~DriftDetector.warning_detected` read. Detectors wrap
+River rather than re-implement it; the wrapper adds what a distributed run needs: validated
+constructor arguments (one-line config errors), ``state_dict()`` / ``load_state_dict()`` and
+``reset()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+__all__ = ["DriftDetector", "InvalidParam", "RiverDetector", "check_param"]
+
+
+class InvalidParam(ValueError):
+    """A constructor argument has a value the detector cannot use.
+
+    Attributes
+    ----------
+    param : str
+        The argument's name (the config key under ``drift_detection.params``).
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"'{param}' {message}")
+        self.param = param
+        self.reason = message
+
+
+def check_param(name: str, ok: bool, expected: str, value: Any) -> None:
+    """Raise :class:`InvalidParam` for ``name`` unless ``ok``.
+
+    Parameters
+    ----------
+    name : str
+        The constructor argument.
+    ok : bool
+        Whether the value is acceptable.
+    expected : str
+        What a valid value looks like, e.g. ``"a number in (0, 1)"``.
+    value : Any
+        The value given (shown in the message).
+    """
+    if not ok:
+        raise InvalidParam(name, f"expects {expected}, got {value!r}")
+
+
+class DriftDetector:
+    """Base class of raydrift's drift detectors: River's protocol plus state round-trips.
+
+    Subclasses set ``name`` (their registry name), store every constructor argument under the same
+    public attribute name (so :meth:`params` and cloning come for free) and implement
+    :meth:`update`, :attr:`drift_detected`, :meth:`reset`, :meth:`state_dict` and
+    :meth:`load_state_dict`. A new detector is one file in ``raydrift/detection/`` plus one entry in
+    :data:`raydrift.detection.DETECTOR_REGISTRY`.
+
+    The value given to :meth:`update` is the quantity whose *increase* means "worse" (the engine feeds
+    ``1 - accuracy`` for a higher-is-better metric); whether a detector also flags decreases is its own
+    business, the engine filters improvements when ``direction: degrade``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def update(self, x: float) -> None:
+        """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm."""
+        raise NotImplementedError
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether the last :meth:`update` raised a drift alarm."""
+        raise NotImplementedError
+
+    @property
+    def warning_detected(self) -> bool:
+        """Whether the last :meth:`update` raised a warning (False for detectors without warnings)."""
+        return False
+
+    def reset(self) -> None:
+        """Forget everything seen: the detector is as freshly constructed."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this detector is (picklable)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict` of a detector of the same class."""
+        raise NotImplementedError
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        """Constructor kwargs the generic test suite builds this detector with."""
+        yield {}
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the constructor arguments (the valid keys of ``drift_detection.params``)."""
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """Constructor arguments and their defaults (``inspect.Parameter.empty`` where none)."""
+        sig = inspect.signature(cls.__init__)
+        return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments this detector was built with."""
+        return {k: getattr(self, k) for k in self.param_names()}
+
+    def clone(self) -> DriftDetector:
+        """A fresh detector with the same constructor arguments."""
+        return type(self)(**self.params())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class RiverDetector(DriftDetector):
+    """A :class:`DriftDetector` that wraps a River detector class (``river_cls``).
+
+    Subclasses declare their constructor with explicit, documented arguments (River's names and
+    defaults), validate them with :func:`check_param`, store each under the same attribute name and
+    call :meth:`_build`. The River object is rebuilt from :meth:`river_params` on :meth:`reset`.
+
+    The state is the pickled River object plus the constructor arguments: it is only ever produced
+    and read by raydrift itself (in memory or in Ray's object store), never loaded from a user path.
+    """
+
+    river_cls: ClassVar[type[Any]]
+
+    def _build(self) -> None:
+        self._river = self.river_cls(**self.river_params())
+
+    def river_params(self) -> dict[str, Any]:
+        """Keyword arguments for ``river_cls`` (default: every constructor argument)."""
+        return self.params()
+
+    @property
+    def river(self) -> Any:
+        """The wrapped River detector (read-only use: its window, estimation, ...)."""
+        return self._river
+
+    def update(self, x: float) -> None:
+        self._river.update(x)
+
+    @property
+    def drift_detected(self) -> bool:
+        return bool(self._river.drift_detected)
+
+    @property
+    def warning_detected(self) -> bool:
+        return bool(getattr(self._river, "warning_detected", False))
+
+    def reset(self) -> None:
+        self._build()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params(), "river": pickle.dumps(self._river)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
+        for key, value in state["params"].items():
+            setattr(self, key, value)
+        # raydrift's own state (see the class docstring): never unpickled from an untrusted source.
+        self._river = pickle.loads(state["river"])

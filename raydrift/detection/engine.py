@@ -1,0 +1,627 @@
+"""The detection engine: puts monitor results in stream order, feeds the detector, aggregates intervals.
+
+:class:`DetectionEngine` is a plain class (unit-tested without Ray); the ``DetectorActor`` is a thin
+Ray shell around it. Monitors evaluate batches in parallel and their results arrive in any order, at
+least once; the engine turns that into one deterministic sequence of detector updates, so the same
+results give the same drift events and the same ``metrics.csv`` rows whatever their arrival order.
+
+Semantics (see also ``docs/drift_detectors.md``):
+
+Ordering
+    Results are buffered and processed strictly in batch-id order, starting at ``start_batch``. A
+    result whose batch id was already processed or is already buffered is ignored (retries upstream
+    deliver at least once). A result evaluated by a model version older than the one given to the
+    last :meth:`DetectionEngine.resume_after_update` is dropped (stale).
+What the detector sees (``granularity``)
+    ``sample``: every per-sample value in order; ``batch``: each batch's mean; ``interval``: the
+    interval aggregate (``aggregation``) each time ``interval`` batches complete. The value fed is
+    ``1 - v`` for a higher-is-better metric (the error indicator for accuracy), ``v`` otherwise, so a
+    larger fed value is always worse.
+Direction
+    ``degrade``: an alarm counts only if the mean of the recent fed values (the newest values covering
+    at least ``max(30, batch size)`` samples) is worse than the mean of the values fed since the last
+    reset, excluding the recent ones; an alarm on an improvement is ignored (``ignored_improvements``).
+    When nothing precedes the recent window there is nothing to compare with, and the alarm counts.
+    ``any``: every alarm counts.
+Warm-up and cooldown
+    No alarm counts before ``warmup_batches`` batches have been processed since the start, nor within
+    ``cooldown_batches`` batches after :meth:`~DetectionEngine.resume_after_update`
+    (``suppressed_alarms``). Values still feed the detector meanwhile.
+Reset
+    River detectors reset themselves on the update after any alarm; the direction reference follows
+    (it restarts from the recent window) so that both describe the same stretch of the stream. With
+    ``reset_after_update`` the detector and the direction reference are cleared at
+    :meth:`~DetectionEngine.resume_after_update`.
+Alarm
+    On an alarm in batch ``b`` the engine returns a :class:`DriftEvent`, stops feeding within ``b``
+    (at the alarming sample), closes the partial interval containing ``b``, drops buffered results
+    with id > ``b`` and becomes :attr:`~DetectionEngine.paused`: results ingested while paused are
+    dropped (the coordinator re-evaluates those batches with the updated model).
+    ``resume_after_update(b + 1, version)`` unpauses; processing and a new interval start at ``b + 1``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from raydrift.config import DriftDetectionConfig
+from raydrift.detection.aggregation import aggregate
+from raydrift.detection.base import DriftDetector
+from raydrift.detection.registry import make_detector
+
+__all__ = ["BatchResult", "DetectionEngine", "DetectionOutput", "DriftEvent", "IntervalRecord"]
+
+#: The recent window of the direction check covers at least this many samples (or one batch if larger).
+MIN_RECENT_SAMPLES = 30
+
+_FIXED_COLUMNS = ("interval", "first_batch", "last_batch", "n_samples", "value", "regime", "version")
+
+
+@dataclass
+class BatchResult:
+    """What a monitor returns for one evaluated batch.
+
+    Attributes
+    ----------
+    batch_id : int
+        Position of the batch in the stream: 0, 1, 2, ...
+    regime : int
+        Ground-truth regime id, for reporting only: detection never reads it.
+    version : int
+        Model version that evaluated the batch.
+    values : np.ndarray
+        Per-sample values of the monitored metric (float32, length ``n``).
+    metrics : dict[str, float]
+        Batch means of every harness metric (e.g. ``{"accuracy": 0.9, "loss": 0.3}``).
+    monitor : str
+        Name of the monitor actor that evaluated it.
+    eval_seconds : float
+        Time the evaluation took.
+    """
+
+    batch_id: int
+    regime: int
+    version: int
+    values: np.ndarray
+    metrics: dict[str, float]
+    monitor: str = ""
+    eval_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
+
+    @property
+    def n(self) -> int:
+        """Number of samples in the batch."""
+        return int(self.values.shape[0])
+
+
+@dataclass
+class DriftEvent:
+    """A drift alarm that counted.
+
+    Attributes
+    ----------
+    batch_id : int
+        The batch containing the alarming value.
+    sample_index : int
+        1-based position of the alarming sample among the samples processed by the engine (samples
+        of every batch before ``batch_id`` plus its index within the batch, plus one). At ``batch`` or
+        ``interval`` granularity, the last sample of ``batch_id``.
+    detector : str
+        Registry name of the detector.
+    value : float
+        The monitored metric's recent mean at the alarm (e.g. recent accuracy).
+    reference : float
+        Its mean since the last reset, before the recent window (NaN if there was none).
+    regime, version : int
+        Regime (reporting only) and model version of ``batch_id``.
+    """
+
+    batch_id: int
+    sample_index: int
+    detector: str
+    value: float
+    reference: float
+    regime: int
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a plain dict (JSON-friendly)."""
+        return asdict(self)
+
+
+@dataclass
+class IntervalRecord:
+    """One aggregation interval: one row of ``metrics.csv``.
+
+    Attributes
+    ----------
+    interval : int
+        0, 1, 2, ... in stream order.
+    first_batch, last_batch : int
+        Batch ids it covers (inclusive). Every processed batch is in exactly one interval.
+    n_samples : int
+        Samples in those batches.
+    value : float
+        The monitored metric aggregated over the interval (``aggregation`` of the batch means;
+        ``mean`` is the sample-weighted mean).
+    metrics : dict[str, float]
+        Every harness metric, sample-weighted mean over the interval.
+    regime, version : int
+        Regime and model version of the interval's last batch.
+    """
+
+    interval: int
+    first_batch: int
+    last_batch: int
+    n_samples: int
+    value: float
+    metrics: dict[str, float]
+    regime: int
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict for CSV: the fixed columns, then one column per metric.
+
+        A metric whose name clashes with a fixed column is written as ``metric_<name>``.
+        """
+        row: dict[str, Any] = {
+            "interval": self.interval,
+            "first_batch": self.first_batch,
+            "last_batch": self.last_batch,
+            "n_samples": self.n_samples,
+            "value": self.value,
+            "regime": self.regime,
+            "version": self.version,
+        }
+        for name, v in self.metrics.items():
+            row[f"metric_{name}" if name in _FIXED_COLUMNS else name] = v
+        return row
+
+
+@dataclass
+class DetectionOutput:
+    """What one call to :meth:`DetectionEngine.ingest` produced.
+
+    Attributes
+    ----------
+    events : list[DriftEvent]
+        Alarms that counted (at most one per call to ``ingest``: the engine pauses on it).
+    intervals : list[IntervalRecord]
+        Intervals closed by this call.
+    next_batch : int
+        The batch id the engine processes next.
+    """
+
+    events: list[DriftEvent] = field(default_factory=list)
+    intervals: list[IntervalRecord] = field(default_factory=list)
+    next_batch: int = 0
+
+    def extend(self, other: DetectionOutput) -> None:
+        self.events.extend(other.events)
+        self.intervals.extend(other.intervals)
+        self.next_batch = other.next_batch
+
+
+class _DirectionReference:
+    """Running means of the fed values for the ``degrade`` check: a recent window vs. everything before.
+
+    Values carry a weight (the samples they stand for: 1 per sample, ``n`` per batch mean), so the
+    recent window covers at least ``recent_samples`` samples at every granularity.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.recent: deque[tuple[float, float]] = deque()
+        self.recent_sum = 0.0
+        self.recent_w = 0.0
+        self.total_sum = 0.0
+        self.total_w = 0.0
+
+    def push(self, x: float, w: float, recent_samples: float) -> None:
+        self.recent.append((x, w))
+        self.recent_sum += x * w
+        self.recent_w += w
+        self.total_sum += x * w
+        self.total_w += w
+        # keep the shortest suffix that still covers recent_samples
+        while len(self.recent) > 1 and self.recent_w - self.recent[0][1] >= recent_samples:
+            old_x, old_w = self.recent.popleft()
+            self.recent_sum -= old_x * old_w
+            self.recent_w -= old_w
+
+    def restart_from_recent(self) -> None:
+        """Forget the reference; keep the recent window (the detector's own reset after an alarm)."""
+        self.total_sum = self.recent_sum
+        self.total_w = self.recent_w
+
+    def recent_mean(self) -> float:
+        return self.recent_sum / self.recent_w if self.recent_w > 0 else float("nan")
+
+    def reference_mean(self) -> float:
+        w = self.total_w - self.recent_w
+        return (self.total_sum - self.recent_sum) / w if w > 0 else float("nan")
+
+    def is_worse(self) -> bool:
+        """Whether the recent mean is larger (worse) than the reference; True when there is no reference."""
+        ref = self.reference_mean()
+        return bool(np.isnan(ref)) or self.recent_mean() > ref
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "recent": list(self.recent),
+            "recent_sum": self.recent_sum,
+            "recent_w": self.recent_w,
+            "total_sum": self.total_sum,
+            "total_w": self.total_w,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent = deque((float(x), float(w)) for x, w in state["recent"])
+        self.recent_sum = float(state["recent_sum"])
+        self.recent_w = float(state["recent_w"])
+        self.total_sum = float(state["total_sum"])
+        self.total_w = float(state["total_w"])
+
+
+@dataclass
+class _OpenInterval:
+    first_batch: int
+    last_batch: int
+    n_batches: int = 0
+    n_samples: int = 0
+    batch_means: list[float] = field(default_factory=list)
+    batch_ns: list[int] = field(default_factory=list)
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_ns: dict[str, int] = field(default_factory=dict)
+    regime: int = 0
+    version: int = 0
+
+    def add(self, r: BatchResult) -> None:
+        self.last_batch = r.batch_id
+        self.n_batches += 1
+        self.n_samples += r.n
+        if r.n > 0:
+            self.batch_means.append(float(np.mean(r.values, dtype=np.float64)))
+            self.batch_ns.append(r.n)
+            for name, v in r.metrics.items():
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + float(v) * r.n
+                self.metric_ns[name] = self.metric_ns.get(name, 0) + r.n
+        self.regime = r.regime
+        self.version = r.version
+
+    def value(self, how: str) -> float:
+        if not self.batch_means:
+            return float("nan")
+        return aggregate(self.batch_means, how, weights=self.batch_ns)  # type: ignore[arg-type]
+
+    def close(self, index: int, how: str) -> IntervalRecord:
+        return IntervalRecord(
+            interval=index,
+            first_batch=self.first_batch,
+            last_batch=self.last_batch,
+            n_samples=self.n_samples,
+            value=self.value(how),
+            metrics={k: self.metric_sums[k] / self.metric_ns[k] for k in self.metric_sums},
+            regime=self.regime,
+            version=self.version,
+        )
+
+
+_COUNTERS = (
+    "batches",
+    "samples",
+    "alarms",
+    "events",
+    "ignored_improvements",
+    "suppressed_alarms",
+    "duplicates",
+    "dropped_paused",
+    "dropped_stale",
+    "dropped_after_alarm",
+    "updates",
+)
+
+
+class DetectionEngine:
+    """Orders monitor results by batch id, feeds the drift detector, and aggregates intervals.
+
+    See the module docstring for the full semantics (ordering, granularity, direction, warm-up,
+    cooldown, reset, pause on alarm).
+
+    Parameters
+    ----------
+    cfg : DriftDetectionConfig
+        The ``drift_detection:`` section.
+    metric : str
+        The monitored metric (its per-sample values are :attr:`BatchResult.values`).
+    higher_is_better : bool
+        Whether a larger metric is better (then the detector is fed ``1 - v``).
+    seed : int
+        Seed for detectors that draw random numbers (KSWIN).
+    start_batch : int
+        The first batch id to process.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raydrift.config import DriftDetectionConfig
+    >>> cfg = DriftDetectionConfig(detector="adwin", params={"clock": 1}, warmup_batches=2)
+    >>> eng = DetectionEngine(cfg, metric="accuracy", higher_is_better=True)
+    >>> rng = np.random.default_rng(0)
+    >>> results = [BatchResult(b, 0, 0, (rng.random(64) < (0.95 if b < 40 else 0.5)).astype("float32"), {})
+    ...            for b in range(60)]
+    >>> out = eng.ingest_many(reversed(results))  # any arrival order
+    >>> [(e.batch_id, eng.paused) for e in out.events]
+    [(40, True)]
+    """
+
+    def __init__(
+        self,
+        cfg: DriftDetectionConfig,
+        metric: str,
+        higher_is_better: bool,
+        seed: int = 0,
+        start_batch: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.metric = metric
+        self.higher_is_better = higher_is_better
+        self.seed = seed
+        self.start_batch = start_batch
+        # One detector now; an ensemble would hold several (detector, reference) pairs and vote.
+        self._detector: DriftDetector = make_detector(cfg.detector, cfg.params, seed=seed)
+        self._reference = _DirectionReference()
+        self._next = start_batch
+        self._buffer: dict[int, BatchResult] = {}
+        self._paused = False
+        self._version = 0
+        self._alarms_from = cfg.warmup_batches  # processed-batch count from which alarms count
+        self._recent_samples = MIN_RECENT_SAMPLES
+        self._interval: _OpenInterval | None = None
+        self._n_intervals = 0
+        self._pending: list[IntervalRecord] = []  # closed outside ingest (resume), emitted next
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+
+    # --- read-only views -------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        """True after an alarm until :meth:`resume_after_update`: results are dropped meanwhile."""
+        return self._paused
+
+    @property
+    def next_batch(self) -> int:
+        """The batch id processed next."""
+        return self._next
+
+    @property
+    def version(self) -> int:
+        """The model version given to the last :meth:`resume_after_update` (0 before any)."""
+        return self._version
+
+    @property
+    def detector(self) -> DriftDetector:
+        """The drift detector (read-only use)."""
+        return self._detector
+
+    @property
+    def buffered(self) -> list[int]:
+        """Batch ids received but not processed yet (waiting for an earlier batch)."""
+        return sorted(self._buffer)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: batches, samples, alarms (raw detector alarms), events, ignored_improvements,
+        suppressed_alarms (warm-up/cooldown), duplicates, dropped_paused, dropped_stale,
+        dropped_after_alarm, updates."""
+        return dict(self._stats)
+
+    # --- ingestion -------------------------------------------------------------------------------
+    def ingest(self, result: BatchResult) -> DetectionOutput:
+        """Receive one result; process every result that is now next in stream order.
+
+        Returns
+        -------
+        DetectionOutput
+            The events and closed intervals produced by this call (usually none, or one interval).
+        """
+        out = DetectionOutput(intervals=self._take_pending(), next_batch=self._next)
+        if self._paused:
+            self._stats["dropped_paused"] += 1
+            return out
+        if result.version < self._version:
+            self._stats["dropped_stale"] += 1
+            return out
+        if result.batch_id < self._next or result.batch_id in self._buffer:
+            self._stats["duplicates"] += 1
+            return out
+        self._buffer[result.batch_id] = result
+        while not self._paused and self._next in self._buffer:
+            self._process(self._buffer.pop(self._next), out)
+        out.next_batch = self._next
+        return out
+
+    def ingest_many(self, results: Iterable[BatchResult]) -> DetectionOutput:
+        """:meth:`ingest` each result in the order given; the outputs concatenated."""
+        out = DetectionOutput(next_batch=self._next)
+        for r in results:
+            out.extend(self.ingest(r))
+        return out
+
+    def resume_after_update(self, next_batch: int, version: int) -> None:
+        """Continue after a model update: process from ``next_batch``, expect results of ``version``.
+
+        Unpauses the engine, starts a new interval at ``next_batch`` (a partial interval still open,
+        when called without a preceding alarm, is closed and returned by the next :meth:`ingest`),
+        suppresses alarms for ``cooldown_batches`` batches and, with ``reset_after_update``, resets
+        the detector and the direction reference. Buffered results before ``next_batch`` or older
+        than ``version`` are dropped.
+
+        Raises
+        ------
+        ValueError
+            ``next_batch`` is before a batch already processed, or ``version`` goes backwards.
+        """
+        if next_batch < self._next:
+            raise ValueError(f"next_batch {next_batch} < {self._next}: batches before it were processed")
+        if version < self._version:
+            raise ValueError(f"version {version} < current version {self._version}")
+        self._close_interval(into=self._pending)
+        keep = {b: r for b, r in self._buffer.items() if b >= next_batch and r.version >= version}
+        self._stats["dropped_stale"] += len(self._buffer) - len(keep)
+        self._buffer = keep
+        self._next = next_batch
+        self._version = version
+        self._paused = False
+        self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
+        if self.cfg.reset_after_update:
+            self._detector.reset()
+            self._reference.clear()
+        self._stats["updates"] += 1
+
+    def finish(self) -> list[IntervalRecord]:
+        """Flush at the end of the stream: the partial interval (and any pending one), closed.
+
+        Buffered results that never became next in order (a gap upstream) are not processed; see
+        :attr:`buffered`.
+        """
+        out = self._take_pending()
+        self._close_interval(into=out)
+        return out
+
+    # --- internals -------------------------------------------------------------------------------
+    def _take_pending(self) -> list[IntervalRecord]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _close_interval(self, into: list[IntervalRecord]) -> None:
+        if self._interval is not None:
+            into.append(self._interval.close(self._n_intervals, self.cfg.aggregation))
+            self._n_intervals += 1
+            self._interval = None
+
+    def _to_metric(self, fed: float) -> float:
+        return 1.0 - fed if self.higher_is_better else fed
+
+    def _feed(self, x: float, weight: float, allowed: bool) -> bool:
+        """Feed one value to the detector; True if it raised an alarm that counts."""
+        self._detector.update(x)
+        self._reference.push(x, weight, self._recent_samples)
+        if not self._detector.drift_detected:
+            return False
+        self._stats["alarms"] += 1
+        if not allowed:
+            self._stats["suppressed_alarms"] += 1
+            self._reference.restart_from_recent()
+            return False
+        if self.cfg.direction == "degrade" and not self._reference.is_worse():
+            self._stats["ignored_improvements"] += 1
+            self._reference.restart_from_recent()
+            return False
+        return True
+
+    def _event(self, r: BatchResult, sample_index: int) -> DriftEvent:
+        event = DriftEvent(
+            batch_id=r.batch_id,
+            sample_index=sample_index,
+            detector=self._detector.name or type(self._detector).__name__,
+            value=self._to_metric(self._reference.recent_mean()),
+            reference=self._to_metric(self._reference.reference_mean()),
+            regime=r.regime,
+            version=r.version,
+        )
+        self._reference.restart_from_recent()
+        return event
+
+    def _process(self, r: BatchResult, out: DetectionOutput) -> None:
+        cfg = self.cfg
+        allowed = self._stats["batches"] >= self._alarms_from
+        self._recent_samples = max(self._recent_samples, r.n)
+        before = self._stats["samples"]
+        event: DriftEvent | None = None
+        if r.n > 0 and cfg.granularity == "sample":
+            vals = r.values.astype(np.float64)
+            fed = (1.0 - vals) if self.higher_is_better else vals
+            for i, x in enumerate(fed.tolist()):
+                if self._feed(x, 1.0, allowed):
+                    event = self._event(r, before + i + 1)
+                    break
+        elif r.n > 0 and cfg.granularity == "batch":
+            mean = float(np.mean(r.values, dtype=np.float64))
+            x = 1.0 - mean if self.higher_is_better else mean
+            if self._feed(x, float(r.n), allowed):
+                event = self._event(r, before + r.n)
+
+        if self._interval is None:
+            self._interval = _OpenInterval(first_batch=r.batch_id, last_batch=r.batch_id)
+        self._interval.add(r)
+        self._stats["batches"] += 1
+        self._stats["samples"] += r.n
+        self._next = r.batch_id + 1
+
+        complete = self._interval.n_batches >= cfg.interval
+        if complete and cfg.granularity == "interval" and self._interval.batch_means:
+            agg = self._interval.value(cfg.aggregation)
+            x = 1.0 - agg if self.higher_is_better else agg
+            if self._feed(x, float(self._interval.n_samples), allowed):
+                event = self._event(r, self._stats["samples"])
+        if complete or event is not None:
+            self._close_interval(into=out.intervals)
+        if event is not None:
+            out.events.append(event)
+            self._stats["events"] += 1
+            self._paused = True
+            self._stats["dropped_after_alarm"] += len(self._buffer)
+            self._buffer.clear()
+
+    # --- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here (a deep copy; picklable)."""
+        state = {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "seed": self.seed,
+            "start_batch": self.start_batch,
+            "detector": self._detector.state_dict(),
+            "reference": self._reference.state_dict(),
+            "next": self._next,
+            "buffer": list(self._buffer.values()),
+            "paused": self._paused,
+            "version": self._version,
+            "alarms_from": self._alarms_from,
+            "recent_samples": self._recent_samples,
+            "interval": asdict(self._interval) if self._interval is not None else None,
+            "n_intervals": self._n_intervals,
+            "pending": list(self._pending),
+            "stats": dict(self._stats),
+        }
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` of an engine built with the same config."""
+        state = copy.deepcopy(state)
+        self.metric = state["metric"]
+        self.higher_is_better = state["higher_is_better"]
+        self.seed = state["seed"]
+        self.start_batch = state["start_batch"]
+        self._detector.load_state_dict(state["detector"])
+        self._reference.load_state_dict(state["reference"])
+        self._next = state["next"]
+        self._buffer = {r.batch_id: r for r in state["buffer"]}
+        self._paused = state["paused"]
+        self._version = state["version"]
+        self._alarms_from = state["alarms_from"]
+        self._recent_samples = state["recent_samples"]
+        self._interval = _OpenInterval(**state["interval"]) if state["interval"] is not None else None
+        self._n_intervals = state["n_intervals"]
+        self._pending = list(state["pending"])
+        self._stats = {**dict.fromkeys(_COUNTERS, 0), **state["stats"]}

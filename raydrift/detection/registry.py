@@ -1,0 +1,128 @@
+"""Detector registry: build a detector from its config name and parameters, with one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import typing
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from raydrift.detection.base import DriftDetector, InvalidParam
+from raydrift.errors import ConfigError
+
+__all__ = ["DETECTOR_REGISTRY", "list_detectors", "make_detector", "resolve_detector"]
+
+DETECTOR_REGISTRY: dict[str, str] = {
+    "adwin": "raydrift.detection.adwin:ADWINDetector",
+    "kswin": "raydrift.detection.kswin:KSWINDetector",
+    "page_hinkley": "raydrift.detection.page_hinkley:PageHinkleyDetector",
+}
+"""Registry name -> ``module:Class``. A new detector is one file plus one entry here."""
+
+_WHERE = "drift_detection.detector"
+
+
+def resolve_detector(name: str) -> type[DriftDetector]:
+    """The detector class named by ``name``: a registry name or ``package.module:ClassName``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the closest registered name, or what is wrong with a dotted path.
+    """
+    path = DETECTOR_REGISTRY.get(name, name)
+    if ":" not in path:
+        close = difflib.get_close_matches(name, list(DETECTOR_REGISTRY), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"unknown {_WHERE} '{name}': {hint}use a registered name ({', '.join(sorted(DETECTOR_REGISTRY))}) "
+            "or a dotted path 'package.module:ClassName'"
+        )
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"{_WHERE} '{name}': cannot import module '{module_name}' ({exc.msg}); "
+            "check the path and that the package is installed or on PYTHONPATH"
+        ) from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ConfigError(f"{_WHERE} '{name}': module '{module_name}' has no attribute '{attr}'")
+    if not (isinstance(cls, type) and issubclass(cls, DriftDetector)):
+        raise ConfigError(
+            f"{_WHERE} '{name}': '{attr}' is not a subclass of raydrift.detection.DriftDetector"
+        )
+    return cls
+
+
+def _type_hints(cls: type[DriftDetector]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # an unresolvable annotation in a user's detector: skip type coercion
+        return {}
+
+
+def make_detector(name: str, params: dict[str, Any] | None = None, seed: int = 0) -> DriftDetector:
+    """A new detector: ``name`` from the registry (or a dotted path), built with ``params``.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (``adwin``, ``kswin``, ``page_hinkley``) or ``package.module:ClassName``.
+    params : dict, optional
+        Constructor arguments (``drift_detection.params``). Values are coerced to the annotated type
+        where that is lossless (``"1e-3"`` from YAML becomes ``0.001``).
+    seed : int
+        Passed as ``seed`` to detectors that take one, unless ``params`` sets it.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name (names the closest), unknown parameter (names the closest and the valid ones), or
+        a value of the wrong type or out of range (names the parameter and the valid ones).
+    """
+    cls = resolve_detector(name)
+    given = dict(params or {})
+    valid = cls.param_names()
+    where = f"drift_detection.params for detector '{name}'"
+    valid_txt = f"valid params: {', '.join(valid) if valid else '(none)'}"
+    for key in given:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown key '{key}' in {where}: {hint}{valid_txt}")
+    hints = _type_hints(cls)
+    for key, value in list(given.items()):
+        hint_type = hints.get(key)
+        if hint_type is None:
+            continue
+        try:
+            given[key] = TypeAdapter(hint_type).validate_python(value)
+        except ValidationError:
+            tname = getattr(hint_type, "__name__", str(hint_type))
+            raise ConfigError(
+                f"{where}: '{key}' expects {tname}, got {value!r} ({type(value).__name__}); {valid_txt}"
+            ) from None
+    if "seed" in valid and "seed" not in given:
+        given["seed"] = seed
+    try:
+        return cls(**given)
+    except InvalidParam as exc:
+        raise ConfigError(f"{where}: '{exc.param}' {exc.reason}; {valid_txt}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid parameters ({exc}); {valid_txt}") from None
+
+
+def list_detectors() -> list[tuple[str, dict[str, Any], str]]:
+    """Every registered detector: ``(name, params with defaults, first line of its docstring)``."""
+    out = []
+    for name in sorted(DETECTOR_REGISTRY):
+        cls = resolve_detector(name)
+        defaults = {k: (None if v is inspect.Parameter.empty else v) for k, v in cls.default_params().items()}
+        doc = (inspect.getdoc(cls) or "").strip().splitlines()
+        out.append((name, defaults, doc[0] if doc else ""))
+    return out

@@ -1,0 +1,461 @@
+"""The one training loop: pre-training, drift updates (1 or N workers) and evaluation.
+
+Every update runs :func:`train_update`, whatever the strategy and however many workers: under Ray
+Train through :func:`train_func` (the per-worker function of a ``TorchTrainer``), in a test or in a
+single process by calling it directly.
+
+Distributed semantics
+---------------------
+All randomness that decides *which samples* a step sees is derived from ``(seed, epoch, step)`` and is
+identical on every rank: the per-epoch permutation of the window, and the history batch drawn from
+the replay memory. Each global step of ``batch_size`` samples is split ``chunk[rank::world_size]``;
+each rank back-propagates its shard's loss scaled by ``local_n / global_n`` and the gradients are
+summed over ranks before ``optimizer.step()``. For losses that are means over samples, N workers
+therefore take the same steps as one worker on the same global batches (up to floating-point
+summation order), provided the model has no batch-dependent layers (BatchNorm statistics are per
+shard) and no per-rank randomness (dropout masks differ between shards).
+
+The model is kept as a plain ``nn.Module`` (no DDP wrapper): strategies may call
+``torch.func.functional_call`` on it, and gradients are all-reduced here, once per step, in one
+flattened buffer per dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raydrift.config import ContinualLearningConfig, TrainConfig
+from raydrift.harness import Harness
+from raydrift.learning.memory import sample_indices
+from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+
+__all__ = [
+    "UpdateData",
+    "all_reduce_gradients",
+    "compute_step_gradients",
+    "evaluate",
+    "pretrain",
+    "seed_everything",
+    "train_func",
+    "train_update",
+]
+
+AllReduce = Callable[[Tensor], Any]
+
+# Stream tags of the derived seeds, so the permutation and history draws never share a stream.
+_PERMUTATION = 1
+_HISTORY = 2
+
+
+@dataclass
+class UpdateData:
+    """What an update trains on (CPU tensors; sent to every trainer worker through the object store).
+
+    Attributes
+    ----------
+    window_x, window_y : Tensor
+        The recent window of the stream (current regime), ``(n, ...)`` and ``(n,)``.
+    memory_x, memory_y : Tensor
+        The replay memory's contents (:meth:`ReplayMemory.tensors`); may be empty (length 0).
+    """
+
+    window_x: Tensor
+    window_y: Tensor
+    memory_x: Tensor
+    memory_y: Tensor
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _derived_seed(seed: int, tag: int, epoch: int, step: int) -> int:
+    # Fixed-length entropy: SeedSequence maps [a, b] and [a, b, 0] to the same state.
+    entropy = [int(v) % 2**64 for v in (seed, tag, epoch, step)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _generator(seed: int, tag: int, epoch: int, step: int = 0) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(_derived_seed(seed, tag, epoch, step))
+    return g
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA kernels are asynchronous: without this the timings below would measure kernel launches.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def all_reduce_gradients(model: nn.Module, all_reduce: AllReduce) -> None:
+    """SUM-all-reduce the gradients of every trainable parameter, in place.
+
+    Gradients are flattened into one buffer per (dtype, device), so a step costs one collective per
+    dtype rather than one per parameter. A trainable parameter without a gradient on this rank gets a
+    zero gradient first: every rank must take part in the same collectives in the same order.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+@dataclass
+class _Step:
+    """The global batch of one step (indices into the window and the memory; same on every rank)."""
+
+    epoch: int
+    step: int
+    current: Tensor
+    history: Tensor
+
+
+def _global_steps(
+    n: int, mem_n: int, strategy: UpdateStrategy, batch_size: int, epoch: int, seed: int
+) -> Iterator[_Step]:
+    perm = torch.randperm(n, generator=_generator(seed, _PERMUTATION, epoch))
+    for step in range(math.ceil(n / batch_size)):
+        current = perm[step * batch_size : (step + 1) * batch_size]
+        h = strategy.history_batch_size(len(current)) if mem_n > 0 else 0
+        history = sample_indices(mem_n, h, _generator(seed, _HISTORY, epoch, step))
+        yield _Step(epoch, step, current, history)
+
+
+def compute_step_gradients(
+    model: nn.Module,
+    harness: Harness,
+    strategy: UpdateStrategy,
+    x: Tensor,
+    y: Tensor,
+    x_hist: Tensor | None,
+    y_hist: Tensor | None,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: AllReduce | None = None,
+    epoch: int = 0,
+    step: int = 0,
+) -> Tensor:
+    """Zero the gradients and accumulate this rank's share of one global step's gradient.
+
+    ``x, y`` (and ``x_hist, y_hist``) are the *global* batches; this rank takes ``[rank::world_size]``
+    of each, moves it to the model's device and calls :meth:`UpdateStrategy.backward`. Summing the
+    resulting gradients over ranks (:func:`all_reduce_gradients`) gives the 1-worker gradient.
+
+    Returns
+    -------
+    Tensor
+        The detached scaled loss of this rank's shard (sums over ranks to the global step loss).
+    """
+    device = _device_of(model)
+    has_hist = x_hist is not None and y_hist is not None and len(x_hist) > 0
+    ctx = StepContext(
+        rank=rank,
+        world_size=world_size,
+        global_n=len(x),
+        global_hist_n=len(x_hist) if has_hist and x_hist is not None else 0,
+        epoch=epoch,
+        step=step,
+        all_reduce=all_reduce if world_size > 1 else None,
+    )
+    xc = x[rank::world_size].to(device, non_blocking=True)
+    yc = y[rank::world_size].to(device, non_blocking=True)
+    xh = yh = None
+    if has_hist and x_hist is not None and y_hist is not None:
+        xh = x_hist[rank::world_size].to(device, non_blocking=True)
+        yh = y_hist[rank::world_size].to(device, non_blocking=True)
+    for p in model.parameters():
+        p.grad = None
+    return strategy.backward(model, harness, xc, yc, xh, yh, ctx)
+
+
+def _fit(
+    model: nn.Module,
+    harness: Harness,
+    strategy: UpdateStrategy,
+    data: UpdateData,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    all_reduce: AllReduce | None,
+) -> dict[str, Any]:
+    if world_size > 1 and all_reduce is None:
+        raise ValueError("train_update with world_size > 1 needs an all_reduce function")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    device = _device_of(model)
+    n, mem_n = len(data.window_y), len(data.memory_y)
+    optimizer = harness.build_optimizer(model.parameters(), lr)
+    was_training = model.training
+    model.train()
+    strategy.setup(model, harness, data)
+    epoch_losses: list[float] = []
+    steps = 0
+    t_fb = t_ar = t_opt = 0.0
+    t_start = time.perf_counter()
+    for epoch in range(epochs):
+        loss_sum = torch.zeros((), device=device)
+        epoch_steps = 0
+        for s in _global_steps(n, mem_n, strategy, batch_size, epoch, seed):
+            t0 = time.perf_counter()
+            hist = len(s.history) > 0
+            loss_sum += compute_step_gradients(
+                model,
+                harness,
+                strategy,
+                data.window_x[s.current],
+                data.window_y[s.current],
+                data.memory_x[s.history] if hist else None,
+                data.memory_y[s.history] if hist else None,
+                rank=rank,
+                world_size=world_size,
+                all_reduce=all_reduce,
+                epoch=epoch,
+                step=s.step,
+            )
+            _sync(device)
+            t1 = time.perf_counter()
+            if world_size > 1 and all_reduce is not None:
+                all_reduce_gradients(model, all_reduce)
+                _sync(device)
+            t2 = time.perf_counter()
+            optimizer.step()
+            _sync(device)
+            t3 = time.perf_counter()
+            t_fb += t1 - t0
+            t_ar += t2 - t1
+            t_opt += t3 - t2
+            steps += 1
+            epoch_steps += 1
+        # one scalar collective per epoch: the per-rank scaled losses sum to the global step losses
+        if world_size > 1 and all_reduce is not None:
+            all_reduce(loss_sum)
+        epoch_losses.append(float(loss_sum) / epoch_steps if epoch_steps else float("nan"))
+    strategy.teardown(model, harness)
+    model.train(was_training)
+    return {
+        "epoch_losses": epoch_losses,
+        "steps": steps,
+        "samples": n * epochs,
+        "seconds": time.perf_counter() - t_start,
+        "forward_backward_seconds": t_fb,
+        "all_reduce_seconds": t_ar,
+        "optimizer_seconds": t_opt,
+    }
+
+
+def train_update(
+    model: nn.Module,
+    harness: Harness,
+    strategy: UpdateStrategy,
+    data: UpdateData,
+    cfg: TrainConfig,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: AllReduce | None = None,
+) -> dict[str, float]:
+    """Update ``model`` in place: ``cfg.epochs`` epochs over the window with ``strategy``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The plain module (not DDP-wrapped), already on its device; trained in place.
+    harness : Harness
+        Supplies the loss and the optimizer (``harness.build_optimizer(model.parameters(), cfg.lr)``).
+    strategy : UpdateStrategy
+        What each step minimises; its ``setup`` / ``teardown`` hooks run around the epochs.
+    data : UpdateData
+        Window and memory (CPU tensors). Every rank receives the whole of it.
+    cfg : TrainConfig
+        ``epochs``, ``batch_size`` (global, all ranks together) and ``lr`` are used.
+    seed : int
+        Decides the window permutation of each epoch and the history batch of each step; must be the
+        same on every rank.
+    rank, world_size : int
+        This worker and the number of workers (see the module docstring for the semantics).
+    all_reduce : callable, optional
+        In-place SUM all-reduce over ranks; required when ``world_size > 1``.
+
+    Returns
+    -------
+    dict[str, float]
+        ``train_loss`` (mean global step loss over the last epoch, identical on every rank; NaN for an
+        empty window), ``steps``
+        (optimizer steps), ``samples`` (window samples trained on, all epochs and ranks), ``seconds``
+        (wall time of the epochs), ``forward_backward_seconds``, ``all_reduce_seconds`` and
+        ``optimizer_seconds`` (their parts, summed over steps; on CUDA the device is synchronised at
+        each boundary so the split is real).
+    """
+    out = _fit(
+        model, harness, strategy, data, cfg.epochs, cfg.lr, cfg.batch_size, seed, rank, world_size, all_reduce
+    )
+    losses = out.pop("epoch_losses")
+    return {"train_loss": losses[-1] if losses else float("nan"), **{k: float(v) for k, v in out.items()}}
+
+
+def pretrain(
+    model: nn.Module,
+    harness: Harness,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> list[float]:
+    """Plain single-process training of the initial model on ``(x, y)``; returns the loss of each epoch.
+
+    Runs the same loop as :func:`train_update` with the naive strategy and no memory; the loss of an
+    epoch is the mean of its step losses.
+    """
+    from raydrift.learning.strategies.naive import NaiveUpdate
+
+    if epochs <= 0:
+        return []
+    data = UpdateData(x, y, x[:0], y[:0])
+    out = _fit(model, harness, NaiveUpdate(), data, epochs, lr, batch_size, seed, 0, 1, None)
+    return list(out["epoch_losses"])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, harness: Harness, x: Tensor, y: Tensor, batch_size: int = 512
+) -> dict[str, float]:
+    """Mean of each of ``harness.metrics`` over all samples of ``(x, y)`` (eval mode, no gradients).
+
+    Computed in batches of ``batch_size``; the result is the mean over samples (not over batches), so
+    it does not depend on ``batch_size``. The model's train/eval mode is restored afterwards. An empty
+    set gives ``{}``.
+    """
+    n = len(y)
+    if n == 0:
+        return {}
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, Tensor] = {}
+    try:
+        for start in range(0, n, batch_size):
+            xb = x[start : start + batch_size].to(device, non_blocking=True)
+            yb = y[start : start + batch_size].to(device, non_blocking=True)
+            for name, values in harness.metrics(model(xb), yb).items():
+                total = values.detach().float().sum()
+                sums[name] = sums[name] + total if name in sums else total
+    finally:
+        model.train(was_training)
+    return {name: float(total) / n for name, total in sums.items()}
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Per-worker function of the Ray Train ``TorchTrainer`` that runs one drift update.
+
+    ``config`` keys: ``harness`` (spec), ``harness_options`` (dict), ``seed``, ``batch_size`` (stream
+    batch size, for the harness constructor), ``train`` (:class:`TrainConfig` as a dict),
+    ``continual_learning`` (:class:`ContinualLearningConfig` as a dict), ``weights_ref`` (ObjectRef of
+    numpy weights, or the weights themselves), ``data_ref`` (ObjectRef of an :class:`UpdateData`, or
+    the data itself) and ``version`` (the version the update produces).
+
+    Every rank trains the plain module (moved to ``ray.train.torch.get_device()`` when
+    ``train.use_gpu``) with gradients all-reduced through ``torch.distributed`` when there is more
+    than one worker. Rank 0 reports the metrics with a checkpoint directory holding ``model.pt`` (a
+    CPU ``state_dict`` saved with ``torch.save``; read it with ``torch.load(..., weights_only=True)``);
+    the other ranks report the metrics only (``report`` is a barrier: each rank calls it once).
+
+    With ``ScalingConfig(num_workers=0)`` (local mode) the function runs in the caller's process, Ray
+    Train does not copy the checkpoint, and the directory is left for the caller to delete after
+    reading it (``result.checkpoint.path``). With workers, the checkpoint is uploaded synchronously to
+    the run's storage and the worker's temporary directory is removed.
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+    from ray.train.v2.api.context import LocalTrainContext
+
+    from raydrift.harness import resolve_harness
+    from raydrift.learning.strategies import make_strategy
+    from raydrift.weights import load_into
+
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    train_cfg = TrainConfig.model_validate(config["train"])
+    cl_cfg = ContinualLearningConfig.model_validate(config["continual_learning"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(train_cfg.cpus_per_worker)))
+    try:
+        cls = resolve_harness(config["harness"])
+        options = cls.Options.model_validate(config.get("harness_options") or {})
+        seed, version = int(config["seed"]), int(config["version"])
+        harness = cls(options, seed=seed, batch_size=int(config["batch_size"]))
+        weights = config["weights_ref"]
+        data = config["data_ref"]
+        if isinstance(weights, ray.ObjectRef):
+            weights = ray.get(weights)
+        if isinstance(data, ray.ObjectRef):
+            data = ray.get(data)
+        model = harness.build_model()
+        load_into(model, weights)
+        if train_cfg.use_gpu:
+            model = model.to(ray.train.torch.get_device())
+        strategy = make_strategy(cl_cfg.strategy, cl_cfg)
+        seed_everything(seed + version)
+        all_reduce = (
+            dist.all_reduce if world_size > 1 and dist.is_available() and dist.is_initialized() else None
+        )
+        if world_size > 1 and all_reduce is None:
+            raise RuntimeError(f"{world_size} Ray Train workers but torch.distributed is not initialized")
+        metrics: dict[str, Any] = train_update(
+            model, harness, strategy, data, train_cfg, seed + version, rank, world_size, all_reduce
+        )
+        metrics.update(
+            version=version,
+            world_size=world_size,
+            window_samples=len(data.window_y),
+            memory_samples=len(data.memory_y),
+            torch_threads=torch.get_num_threads(),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    local_mode = isinstance(ctx, LocalTrainContext)
+    tmpdir = tempfile.mkdtemp(prefix=f"raydrift-update-v{version}-")
+    try:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, os.path.join(tmpdir, "model.pt"))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
+    finally:
+        if not local_mode:
+            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""The interface of a continual-learning update strategy.
+
+A strategy decides *what* an update step minimises (the loss on the current window, plus whatever it
+does with the replay memory); the one training loop (:func:`raydrift.learning.loop.train_update`)
+decides everything else: batches, sharding over workers, gradient all-reduce, optimizer steps.
+
+Hooks are concrete no-ops, called by name, so a new hook never breaks an existing strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from raydrift.config import ContinualLearningConfig
+from raydrift.harness import Harness
+
+if TYPE_CHECKING:
+    from raydrift.learning.loop import UpdateData
+
+__all__ = ["StepContext", "UpdateStrategy"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where one step's shard sits in the global step (what a strategy needs to be distribution-aware).
+
+    Attributes
+    ----------
+    rank, world_size : int
+        This worker and the number of workers. Every rank runs the same step in lockstep.
+    global_n : int
+        Current-window samples in the global batch (all ranks together); this rank holds
+        ``x_cur[rank::world_size]`` of it.
+    global_hist_n : int
+        History samples in the global step (0 when there is no history batch).
+    epoch, step : int
+        Position of the step (``step`` counts from 0 within the epoch).
+    all_reduce : callable or None
+        In-place SUM all-reduce over ranks (``torch.distributed.all_reduce`` under Ray Train); ``None``
+        when ``world_size == 1``. A strategy whose loss is not a mean over samples (a penalty on a
+        quantity of the whole global batch, e.g. a directional derivative) uses it to combine
+        per-rank partial results before the nonlinearity.
+    """
+
+    rank: int
+    world_size: int
+    global_n: int
+    global_hist_n: int
+    epoch: int
+    step: int
+    all_reduce: Callable[[Tensor], Any] | None = None
+
+
+class UpdateStrategy:
+    """Base class of continual-learning update strategies.
+
+    Subclasses set ``name`` (their registry name) and implement :meth:`loss`. A new strategy is one
+    file under ``raydrift/learning/strategies/`` plus one entry in ``STRATEGY_REGISTRY``.
+
+    Parameters
+    ----------
+    cfg : ContinualLearningConfig
+        The ``continual_learning:`` section (strategy-specific fields are read from it).
+
+    Notes
+    -----
+    A strategy object lives for one update (it is built in every trainer worker). Anything it learns
+    in :meth:`setup` (e.g. an EWC Fisher matrix) is computed identically on every rank from the full,
+    unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should outlive one update goes
+    through :meth:`state_dict` / :meth:`load_state_dict`.
+
+    Strategies receive the plain (unwrapped) module: ``torch.func.functional_call(model, params, x)``
+    works on it, and gradients are all-reduced by the loop, not by a DDP wrapper.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: ContinualLearningConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else ContinualLearningConfig.model_validate({})
+
+    # --- hooks (no-ops by default) ---------------------------------------------------------------
+    def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
+        """Called once before the first step of an update, with the whole update data."""
+
+    def teardown(self, model: nn.Module, harness: Harness) -> None:
+        """Called once after the last optimizer step of an update."""
+
+    # --- what a step minimises -------------------------------------------------------------------
+    def history_batch_size(self, current_n: int) -> int:
+        """History samples to draw from memory for a global step of ``current_n`` current samples.
+
+        Default: ``current_n`` (equal-size batches; the loop then gives every rank as many history as
+        current samples, which keeps the N-worker update equal to the 1-worker one). Return 0 for
+        strategies that do not use the memory.
+        """
+        return current_n
+
+    def loss(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        x_cur: Tensor,
+        y_cur: Tensor,
+        x_hist: Tensor | None,
+        y_hist: Tensor | None,
+    ) -> Tensor:
+        """The scalar loss of one (shard of a) step: a mean over the given samples.
+
+        ``x_hist`` / ``y_hist`` are ``None`` when there is no history batch (empty memory, or
+        :meth:`history_batch_size` returned 0).
+        """
+        raise NotImplementedError
+
+    def backward(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        x_cur: Tensor,
+        y_cur: Tensor,
+        x_hist: Tensor | None,
+        y_hist: Tensor | None,
+        ctx: StepContext,
+    ) -> Tensor:
+        """Accumulate this rank's share of the global step gradient into ``p.grad``.
+
+        The default computes :meth:`loss` on the shard, scales it by ``len(x_cur) / ctx.global_n`` and
+        back-propagates, so that summing the gradients over ranks (the loop's all-reduce) gives the
+        gradient of the mean loss over the global batch. A rank whose shard is empty contributes
+        nothing. Override this (not :meth:`loss`) when a step needs more than one backward pass, or a
+        quantity reduced across ranks before it is used (``ctx.all_reduce``).
+
+        Returns
+        -------
+        Tensor
+            The detached scaled loss (a 0-d tensor on the model's device). Summed over ranks it is the
+            global step's loss; the loop reports its mean over the last epoch.
+        """
+        if len(x_cur) == 0 or ctx.global_n == 0:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            return torch.zeros((), device=device)
+        scaled = self.loss(model, harness, x_cur, y_cur, x_hist, y_hist) * (len(x_cur) / ctx.global_n)
+        scaled.backward()
+        return scaled.detach()
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """State that outlives one update (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        """``continual_learning:`` overrides the generic strategy checks construct this class with."""
+        yield {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,82 @@
+"""Running one continual-learning update with Ray Train and getting versioned weights back."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from raydrift.config import RaydriftConfig
+from raydrift.weights import Weights, load_weights, to_numpy
+
+
+@dataclass
+class UpdateOutcome:
+    weights: Weights
+    metrics: dict[str, Any]
+    training_seconds: float
+
+
+class Updater:
+    """Runs the training loop (:func:`raydrift.learning.loop.train_func`) in a ``TorchTrainer``.
+
+    Each update is its own Ray Train run with a unique name under ``storage_path``: reusing a name
+    would make Train V2 resume that run. The new weights come back through the result's checkpoint
+    (a ``state_dict`` loaded with ``weights_only=True``).
+    """
+
+    def __init__(self, cfg: RaydriftConfig, harness_spec: dict[str, Any], storage_path: Path) -> None:
+        self.cfg = cfg
+        self.harness_spec = harness_spec
+        self.storage_path = Path(storage_path).resolve()
+
+    def run(self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int) -> UpdateOutcome:
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from raydrift.learning.loop import train_func
+
+        tc = self.cfg.train
+        resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
+        if tc.use_gpu:
+            resources["GPU"] = 1.0
+        config = {
+            "harness": self.harness_spec["spec"],
+            "harness_options": self.harness_spec["options"],
+            "seed": self.cfg.seed,
+            "batch_size": self.cfg.stream.batch_size,
+            "train": tc.model_dump(),
+            "continual_learning": self.cfg.continual_learning.model_dump(),
+            "weights_ref": weights_ref,
+            "data_ref": data_ref,
+            "version": version,
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker=train_func,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=f"update-{version:04d}-{uuid.uuid4().hex[:8]}",
+                storage_path=str(self.storage_path),
+                failure_config=FailureConfig(max_failures=tc.max_failures),
+            ),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"update {version}: the training loop reported no checkpoint")
+        with result.checkpoint.as_directory() as d:
+            state = load_weights(Path(d) / "model.pt")
+        if tc.num_workers == 0:  # local mode leaves the checkpoint in a temp dir for us to remove
+            shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+        return UpdateOutcome(
+            weights=to_numpy(state), metrics=dict(result.metrics or {}), training_seconds=seconds
+        )

@@ -1,0 +1,179 @@
+"""End to end on a real local Ray cluster: real River detector, real Ray Train, real MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from raydrift.config import build_config
+from raydrift.coordinator import Coordinator
+
+# A short synthetic stream: 3 regimes x 16 batches of 32 samples; the model pre-trained on regime 0
+# falls sharply on regimes 1 and 2.
+BASE = [
+    "name=e2e",
+    "seed=0",
+    "verbosity=0",
+    "model.harness=synthetic",
+    "data.regime_batches=16",
+    "data.num_regimes=3",
+    "stream.batch_size=32",
+    "monitor.num_cpus=0.5",
+    "drift_detection.warmup_batches=3",
+    "drift_detection.cooldown_batches=2",
+    "drift_detection.interval=4",
+    "continual_learning.memory_size=200",
+    "continual_learning.window_batches=6",
+    "train.epochs=10",
+    "train.batch_size=32",
+    "train.lr=0.01",
+]
+
+
+def run(tmp_path: Path, *overrides: str) -> dict[str, Any]:
+    cfg = build_config(None, [*BASE, f"logging.runs_dir={tmp_path / 'runs'}", *overrides])
+    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+    run_dir.mkdir()
+    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+
+
+def events(summary: dict[str, Any]) -> list[tuple[int, int, str]]:
+    return [(e["batch_id"], e["sample_index"], e["detector"]) for e in summary["drift_events"]]
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run with a real Ray Train worker and MLflow logging."""
+    tmp = tmp_path_factory.mktemp("trained")
+    return run(tmp, "monitor.num_monitors=1", "train.num_workers=1", "logging.backend=mlflow")
+
+
+def test_drift_is_detected_after_a_regime_change(trained_run: dict[str, Any]) -> None:
+    s = trained_run
+    assert s["run"]["status"] == "completed"
+    starts = {r["regime"]: r["batch_id"] for r in s["stream"]["regime_starts"]}
+    assert sorted(starts) == [0, 1, 2] and starts[1] == 16
+    assert len(s["drift_events"]) >= 1
+    first = s["drift_events"][0]["batch_id"]
+    assert starts[1] <= first < starts[1] + 8, f"first drift at batch {first}, regime 1 starts at {starts[1]}"
+
+
+def test_update_raises_the_new_regime_accuracy(trained_run: dict[str, Any]) -> None:
+    s = trained_run
+    assert s["updates"], "no update ran"
+    for upd in s["updates"]:
+        r = upd["regime"]
+        before, after = upd["test_accuracy_before"][r], upd["test_accuracy_after"][r]
+        assert after > before + 0.1, (
+            f"update v{upd['version']}: regime {r} accuracy {before:.3f} -> {after:.3f}"
+        )
+        assert (
+            upd["training_seconds"] > 0 and upd["broadcasting_seconds"] >= 0 and upd["waiting_seconds"] >= 0
+        )
+        assert upd["total_seconds"] >= upd["training_seconds"]
+        assert upd["window_samples"] == 6 * 32
+
+
+def test_every_monitor_ends_on_the_new_version(trained_run: dict[str, Any]) -> None:
+    s = trained_run
+    version = len(s["updates"])
+    assert s["model_version"] == version >= 1
+    assert set(s["monitoring"]["monitor_versions"].values()) == {version}
+    assert [u["version"] for u in s["updates"]] == list(range(1, version + 1))
+
+
+def test_summary_and_outputs_are_complete(trained_run: dict[str, Any]) -> None:
+    s = trained_run
+    run_dir = Path(s["run"]["run_dir"])
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["drift_events"] == json.loads(json.dumps(s["drift_events"]))
+    assert s["monitoring"]["samples_per_second"] > 0
+    assert s["stream"]["batches"] == 48 and s["stream"]["samples"] == 48 * 32
+    rows = s["accuracy_matrix"]["rows"]
+    assert len(rows) == 1 + len(s["updates"]) and all(len(r["accuracy"]) == 3 for r in rows)
+    cl = s["cl_metrics"]
+    assert 0.0 <= cl["final_average_accuracy"] <= 1.0
+    assert "forgetting" in cl and "backward_transfer" in cl
+    assert (run_dir / "config.yaml").is_file()
+    state = torch.load(run_dir / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # metrics.csv: every batch id in exactly one interval row
+    with open(run_dir / "metrics.csv") as f:
+        recs = list(csv.DictReader(f))
+    covered = [b for r in recs for b in range(int(r["first_batch"]), int(r["last_batch"]) + 1)]
+    assert sorted(covered) == list(range(48))
+    assert sum(int(r["n_samples"]) for r in recs) == 48 * 32
+    assert (run_dir / "plots" / "monitored_metric.png").stat().st_size > 1000
+
+
+def test_mlflow_has_the_run(trained_run: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_dir = Path(trained_run["run"]["run_dir"])
+    uri = f"sqlite:///{run_dir.parent / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("raydrift")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "monitored")
+    assert len(history) >= 10
+
+
+def test_trainer_worker_uses_its_cpus(trained_run: dict[str, Any]) -> None:
+    assert trained_run["updates"][0]["train_torch_threads"] == 1
+
+
+@pytest.fixture(scope="module")
+def in_process_runs(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The same config with 1 and 3 monitors, and the 1-monitor run again (TorchTrainer in local mode)."""
+    tmp = tmp_path_factory.mktemp("inproc")
+    common = ("train.num_workers=0", "logging.backend=none", "logging.plots=false")
+    return {
+        "one": run(tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", *common),
+        "three": run(tmp, "monitor.num_monitors=3", "monitor.num_cpus=0.5", *common),
+        "again": run(tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", *common),
+    }
+
+
+def test_one_and_three_monitors_give_identical_drift_events(
+    in_process_runs: dict[str, dict[str, Any]],
+) -> None:
+    one, three = in_process_runs["one"], in_process_runs["three"]
+    assert events(one) and events(one) == events(three)
+    assert len(one["updates"]) == len(three["updates"])
+    assert len(three["monitoring"]["monitor_versions"]) == 3
+    # all three monitors did work
+    assert all(n > 0 for n in three["monitoring"]["monitor_batches"].values())
+
+
+def test_same_config_and_seed_give_the_same_run(in_process_runs: dict[str, dict[str, Any]]) -> None:
+    a, b = in_process_runs["one"], in_process_runs["again"]
+    assert events(a) == events(b)
+    assert len(a["updates"]) == len(b["updates"])
+    # accuracies equal within 1e-6 (same process, same thread counts: bitwise in practice)
+    for ra, rb in zip(a["accuracy_matrix"]["rows"], b["accuracy_matrix"]["rows"], strict=True):
+        assert ra["accuracy"] == pytest.approx(rb["accuracy"], abs=1e-6)
+
+
+def test_monitor_torch_threads_match_their_cpus(in_process_runs: dict[str, dict[str, Any]]) -> None:
+    assert set(in_process_runs["one"]["monitoring"]["monitor_torch_threads"].values()) == {2}
+    assert set(in_process_runs["three"]["monitoring"]["monitor_torch_threads"].values()) == {1}
+
+
+def test_helper_actors_run_one_torch_thread(ray_cluster: Path) -> None:
+    import ray
+
+    from raydrift.actors import StreamReader
+
+    spec = {"spec": "synthetic", "options": {}, "seed": 0, "batch_size": 8}
+    reader = StreamReader.options(num_cpus=0).remote(
+        spec, {"max_batches": 2}, {"window_batches": 2, "memory_size": 10}
+    )
+    assert ray.get(reader.torch_threads.remote()) == 1
+    ray.kill(reader)

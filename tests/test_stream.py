@@ -1,0 +1,86 @@
+"""StreamState: ids in order, rewind, commit into window and memory (no Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from raydrift.harness import Batch
+from raydrift.stream import StreamState
+
+
+def batches(n: int, size: int = 4, regime_len: int = 5) -> Iterator[Batch]:
+    for i in range(n):
+        # the value of x encodes the batch index, so tests can tell batches apart
+        yield Batch(
+            torch.full((size, 2), float(i)),
+            torch.full((size,), i % 3, dtype=torch.long),
+            regime=i // regime_len,
+        )
+
+
+def test_ids_are_assigned_in_order_and_the_stream_ends() -> None:
+    s = StreamState(batches(7), window_batches=3, memory_size=10)
+    got = s.next_batches(5) + s.next_batches(5)
+    assert [m.batch_id for m, _ in got] == list(range(7))
+    assert [m.regime for m, _ in got] == [0, 0, 0, 0, 0, 1, 1]
+    assert all(float(b.x[0, 0]) == m.batch_id for m, b in got)
+    assert s.next_batches(3) == [] and s.exhausted
+
+
+def test_max_batches_stops_the_stream() -> None:
+    s = StreamState(batches(100), max_batches=4)
+    assert len(s.next_batches(10)) == 4 and s.next_batches(1) == []
+
+
+def test_rewind_serves_the_same_batches_again() -> None:
+    s = StreamState(batches(10), window_batches=3)
+    first = s.next_batches(6)
+    s.commit(2)
+    s.rewind(3)
+    again = s.next_batches(3)
+    assert [m.batch_id for m, _ in again] == [3, 4, 5]
+    assert all(torch.equal(a.x, b.x) for (_, a), (_, b) in zip(first[3:], again, strict=True))
+    assert [m.batch_id for m, _ in s.next_batches(2)] == [6, 7]
+    with pytest.raises(ValueError, match="cannot rewind"):
+        s.rewind(1)  # committed
+
+
+def test_window_and_memory_take_committed_batches_in_order() -> None:
+    s = StreamState(batches(20), window_batches=3, memory_size=1000)
+    s.next_batches(12)
+    s.commit(9)
+    data = s.update_data(9)
+    # the window is the last 3 committed batches up to the drift batch
+    assert sorted({float(v) for v in data.window_x[:, 0]}) == [7.0, 8.0, 9.0]
+    # the memory holds what left the window: batches 0..6, nothing newer
+    assert sorted({float(v) for v in data.memory_x[:, 0]}) == [float(i) for i in range(7)]
+    assert len(data.window_y) == 12
+
+
+def test_update_data_commits_up_to_the_drift_and_not_beyond() -> None:
+    s = StreamState(batches(20), window_batches=2, memory_size=1000)
+    s.next_batches(10)
+    data = s.update_data(5)
+    assert sorted({float(v) for v in data.window_x[:, 0]}) == [4.0, 5.0]
+    s.rewind(6)  # batches after the drift are still servable
+    assert [m.batch_id for m, _ in s.next_batches(2)] == [6, 7]
+
+
+def test_memory_is_bounded_and_deterministic() -> None:
+    def run() -> torch.Tensor:
+        s = StreamState(batches(50), window_batches=2, memory_size=16, seed=3)
+        s.next_batches(50)
+        return s.update_data(49).memory_x
+
+    a, b = run(), run()
+    assert len(a) == 16 and torch.equal(a, b)
+    assert len({float(v) for v in a[:, 0]}) > 4  # a sample over many batches, not the last few
+
+
+def test_regime_starts() -> None:
+    s = StreamState(batches(12, regime_len=5))
+    s.next_batches(12)
+    assert s.regime_starts() == [(0, 0), (1, 5), (2, 10)]
