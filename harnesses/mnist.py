@@ -202,10 +202,14 @@ class MNISTOptions(BaseModel):
     )
     test_samples: int = Field(1000, ge=1, description="test digits per regime (a cap, for speed)")
     regimes: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_REGIMES), min_length=1, description=f"in order; forms: {REGIME_FORMS}"
+        default_factory=lambda: list(DEFAULT_REGIMES),
+        min_length=1,
+        description=f"in order; forms: {REGIME_FORMS}",
     )
     regime_batches: int = Field(40, ge=1, description="stream batches per regime")
-    pretrain_samples: int | None = Field(None, ge=1, description="training digits to pre-train on (default: all)")
+    pretrain_samples: int | None = Field(
+        None, ge=1, description="training digits to pre-train on (default: all)"
+    )
     normalize: bool = Field(True, description="standardise pixels with the MNIST mean and std")
 
     @field_validator("regimes")
@@ -268,7 +272,7 @@ class MNISTHarness(Harness):
         """A fresh :class:`MNISTNet` initialised from ``self.seed``, in channels-last memory format
         (about twice as fast on CPU for these convolutions)."""
         model = seeded_init(self.seed, MNISTNet)
-        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return model.to(memory_format=torch.channels_last)
 
     # --- data ------------------------------------------------------------------------------------
     def regime_names(self) -> dict[int, str]:
@@ -288,7 +292,9 @@ class MNISTHarness(Harness):
         d = self.digits()
         per_regime = self.opts.regime_batches * self.batch_size
         for regime in range(len(self.transforms)):
-            idx = torch.from_numpy(cycled_indices(seed_sequence(self.seed, 2, regime), len(d.train_y), per_regime))
+            idx = torch.from_numpy(
+                cycled_indices(seed_sequence(self.seed, 2, regime), len(d.train_y), per_regime)
+            )
             for start in range(0, per_regime, self.batch_size):
                 b = idx[start : start + self.batch_size]
                 yield Batch(self.prepare(d.train_x[b], regime), d.train_y[b], regime)
@@ -298,7 +304,9 @@ class MNISTHarness(Harness):
         if self._test_sets is None:
             d = self.digits()
             n = len(d.test_y)
-            idx = torch.from_numpy(np.sort(seed_sequence(self.seed, 3).permutation(n)[: self.opts.test_samples]))
+            idx = torch.from_numpy(
+                np.sort(seed_sequence(self.seed, 3).permutation(n)[: self.opts.test_samples])
+            )
             x, y = d.test_x[idx], d.test_y[idx]
             self._test_sets = {r: (self.prepare(x, r), y) for r in range(len(self.transforms))}
         return self._test_sets

@@ -42,11 +42,15 @@ class SyntheticOptions(BaseModel):
     num_regimes: int = Field(3, ge=1)
     regime_batches: int = Field(20, ge=1, description="stream batches per regime")
     shift: float = Field(4.0, ge=0, description="distance between consecutive regimes' constellations")
-    radius: float = Field(2.0, gt=0, description="distance of each class cluster from its constellation's centre")
+    radius: float = Field(
+        2.0, gt=0, description="distance of each class cluster from its constellation's centre"
+    )
     noise: float = Field(0.5, ge=0, description="standard deviation of every input dimension around its mean")
     hidden: int = Field(512, ge=1, description="hidden units of the MLP")
     test_size: int = Field(500, ge=1, description="test samples per regime")
-    pretrain_size: int = Field(1000, ge=0, description="regime-0 samples to pre-train on (0: no pre-training)")
+    pretrain_size: int = Field(
+        1000, ge=0, description="regime-0 samples to pre-train on (0: no pre-training)"
+    )
 
 
 class GaussianDriftHarness(Harness):

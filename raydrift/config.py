@@ -72,7 +72,10 @@ class DriftDetectionConfig(_Section):
 class ContinualLearningConfig(_Section):
     strategy: str = "replay"
     memory_size: int = Field(500, ge=0, description="replay memory capacity in samples")
-    window_batches: int = Field(8, ge=1, description="recent batches (up to the drift) trained on")
+    window_batches: int = Field(8, ge=1, description="recent batches trained on (ending at the window's last batch)")
+    post_drift_batches: int = Field(
+        4, ge=0, description="batches evaluated after a drift (old weights) to complete the window before training"
+    )
     replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
 
 

@@ -12,6 +12,7 @@ and the seed, never on the number of monitors or on scheduling.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from collections.abc import Callable
@@ -175,6 +176,9 @@ class Coordinator:
         started = dt.datetime.now()
         t_start = time.perf_counter()
         device = resolve_device(cfg.device)
+        # The driver's own work (pre-training, the accuracy matrix) is small; the cores belong to the
+        # actors. More threads here slow everything down on a small, busy machine.
+        torch.set_num_threads(1)
         harness = build_harness(**self._actor_spec())
         metric = cfg.monitor.metric
         if metric not in harness.metric_directions:
@@ -286,8 +290,6 @@ class Coordinator:
             tracker.finish(status)
             self._shutdown()
         self.log(format_summary(summary))
-        if tracker.ui_hint:
-            self.log(f"MLflow: {tracker.ui_hint}")
         return summary
 
     def _finish_cl_metrics(self) -> None:
@@ -394,7 +396,7 @@ class Coordinator:
         inflight: dict[ray.ObjectRef, tuple[int, int]] = {}  # task -> (batch id, monitor index)
         load = [0] * mc.num_monitors
         stream_done = False
-        processed = 0  # batches accepted by the detector
+        processed = 0  # batches accepted by the detector: ids < processed
         samples = 0
         pending_after: list[dict[str, Any]] = []  # updates waiting for their post-update interval
         t_mon = time.perf_counter()
@@ -402,83 +404,53 @@ class Coordinator:
         regimes_seen: list[int] = summary["stream"]["regimes_seen"]
         batch_regime: dict[int, int] = {}
         last_progress = 0.0
+        last_value = float("nan")
+        # a drift waiting for its post-drift window: (event, alarm time, last batch id of the window)
+        collecting: tuple[DriftEvent, float, int] | None = None
+        post = cfg.continual_learning.post_drift_batches
 
         def on_interval(rec: IntervalRecord) -> None:
-            row = rec.to_dict()
-            metrics_writer.write(row)
+            nonlocal samples, last_value
+            samples += rec.n_samples
+            last_value = rec.value
+            metrics_writer.write(rec.to_dict())
             tracker.log_metrics({"monitored": rec.value, **rec.metrics}, step=rec.last_batch)
             for upd in pending_after:
                 if rec.version >= upd["version"]:
                     upd["accuracy_after"] = rec.value
             pending_after[:] = [u for u in pending_after if u.get("accuracy_after") is None]
 
-        while True:
-            # keep the pipeline full
-            while not stream_done and len(inflight) < mc.max_in_flight:
-                if not queue:
-                    got = ray.get(self._stream.next_batches.remote(cfg.stream.prefetch))
-                    if not got:
-                        stream_done = True
-                        break
-                    queue.extend(got)
-                meta, bref = queue.pop(0)
-                batch_regime[meta.batch_id] = meta.regime
-                i = min(range(mc.num_monitors), key=lambda j: (load[j], j))
-                task = self._monitors[i].evaluate.remote(meta.batch_id, bref)
-                inflight[task] = (meta.batch_id, i)
-                load[i] += 1
-            if not inflight:
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
-            task = ready[0]
-            bid, i = inflight.pop(task)
-            load[i] -= 1
-            out: DetectionOutput = ray.get(self._detector.ingest.remote(task))
-            newly = out.next_batch - processed
-            if newly > 0:
-                for b in range(processed, out.next_batch):
-                    r = batch_regime.pop(b, None)
-                    starts = summary["stream"]["regime_starts"]
-                    if r is not None and (not starts or starts[-1]["regime"] != r):
-                        starts.append({"regime": r, "batch_id": b})
-                        if r not in regimes_seen:
-                            regimes_seen.append(r)
-                # stream position is accepted: the window and memory may take these batches
-                self._stream.commit.remote(out.next_batch - 1)
-                processed = out.next_batch
-            for rec in out.intervals:
-                samples += rec.n_samples
-                on_interval(rec)
+        def drain() -> None:
+            """Let in-flight batches finish and forget them (they are served again after a rewind)."""
+            nonlocal load
+            if inflight:
+                ray.wait(list(inflight), num_returns=len(inflight))
+            inflight.clear()
+            queue.clear()
+            load = [0] * mc.num_monitors
+            for b in [b for b in batch_regime if b >= processed]:
+                batch_regime.pop(b)
+
+        def progress(force: bool = False) -> None:
+            nonlocal last_progress
             now = time.perf_counter()
-            if now - last_progress > 2.0 or out.events:
+            if (force or now - last_progress > 2.0) and not math.isnan(last_value):
                 last_progress = now
                 total = f"/{cfg.stream.max_batches}" if cfg.stream.max_batches else ""
-                val = out.intervals[-1].value if out.intervals else float("nan")
                 rate = samples / max(1e-9, monitor_seconds + now - t_mon)
                 self.log(
-                    f"[batch {processed}{total}] {metric} {val:.3f}  model v{version}  "
+                    f"[batch {processed}{total}] {metric} {last_value:.3f}  model v{version}  "
                     f"drifts {len(summary['drift_events'])}  updates {len(summary['updates'])}  "
                     f"{rate:,.0f} samples/s"
                 )
-            if not out.events:
-                continue
 
-            # ---- drift: pause, update, broadcast, rewind ----
-            event: DriftEvent = out.events[0]
-            summary["drift_events"].append(event.to_dict())
-            tracker.log_metrics({"drift": 1.0}, step=event.batch_id)
-            self.log(
-                f"drift at batch {event.batch_id} (regime {event.regime}): {metric} {event.value:.3f} "
-                f"vs {event.reference:.3f} before, detector {event.detector}"
-            )
+        def update(event: DriftEvent, t_alarm: float, upto: int) -> None:
+            """Train on the window ending at ``upto``, broadcast, resume the stream at ``upto + 1``."""
+            nonlocal version, weights, weights_ref, monitor_seconds, t_mon, stream_done, processed
             monitor_seconds += time.perf_counter() - t_mon
             t0 = time.perf_counter()
-            if inflight:
-                ray.wait(list(inflight), num_returns=len(inflight))  # let them finish; discard results
-            inflight.clear()
-            load = [0] * mc.num_monitors
-            queue.clear()
-            data_ref = self._stream.update_data.remote(event.batch_id)
+            drain()
+            data_ref = self._stream.update_data.remote(upto)
             ray.wait([data_ref])
             t1 = time.perf_counter()
             outcome = updater.run(weights_ref, data_ref, version + 1)
@@ -490,21 +462,21 @@ class Coordinator:
             t3 = time.perf_counter()
             if any(a != version for a in acks):
                 raise RuntimeError(f"monitors did not load version {version}: {acks}")
-            ray.get(self._stream.rewind.remote(event.batch_id + 1))
-            self._detector.resume_after_update.remote(event.batch_id + 1, version)
+            ray.get(self._stream.rewind.remote(upto + 1))
+            self._detector.resume_after_update.remote(upto + 1, version)
+            processed = upto + 1
             stream_done = False
-            for b in list(batch_regime):
-                if b > event.batch_id:
-                    batch_regime.pop(b)
             prev = summary["accuracy_matrix"]["rows"][-1]["accuracy"]
             load_into(model, weights)
-            after = test_row(f"update-{version}", version, event.batch_id, model)
+            after = test_row(f"update-{version}", version, upto, model)
             regimes = summary["accuracy_matrix"]["regimes"]
             upd: dict[str, Any] = {
                 "version": version,
                 "drift_batch_id": event.batch_id,
-                "live_batch_id": event.batch_id + 1,
+                "window_last_batch_id": upto,
+                "live_batch_id": upto + 1,
                 "strategy": cfg.continual_learning.strategy,
+                "collecting_seconds": round(t0 - t_alarm, 4),
                 "waiting_seconds": round(t1 - t0, 4),
                 "training_seconds": round(t2 - t1, 4),
                 "broadcasting_seconds": round(t3 - t2, 4),
@@ -517,8 +489,8 @@ class Coordinator:
                 "regime": event.regime,
                 "accuracy_before": event.value,
                 "accuracy_after": None,
-                "test_accuracy_before": {r: a for r, a in zip(regimes, prev, strict=True)},
-                "test_accuracy_after": {r: a for r, a in zip(regimes, after, strict=True)},
+                "test_accuracy_before": dict(zip(regimes, prev, strict=True)),
+                "test_accuracy_after": dict(zip(regimes, after, strict=True)),
             }
             summary["updates"].append(upd)
             pending_after.append(upd)
@@ -528,17 +500,85 @@ class Coordinator:
                     "update_training_seconds": upd["training_seconds"],
                     "model_version": float(version),
                 },
-                step=event.batch_id,
+                step=upto,
             )
             cur = regimes.index(event.regime) if event.regime in regimes else None
             before_s = f"{prev[cur]:.3f}" if cur is not None and prev[cur] is not None else "n/a"
             after_s = f"{after[cur]:.3f}" if cur is not None and after[cur] is not None else "n/a"
             self.log(
-                f"update v{version}: waiting {t1 - t0:.2f}s, training {t2 - t1:.2f}s, broadcasting "
-                f"{t3 - t2:.2f}s; regime {event.regime} test accuracy {before_s} -> {after_s}"
+                f"update v{version} on batches {max(0, upto + 1 - cfg.continual_learning.window_batches)}-{upto}"
+                f" + memory: waiting {t1 - t0:.2f}s, training {t2 - t1:.2f}s, broadcasting {t3 - t2:.2f}s; "
+                f"regime {event.regime} test accuracy {before_s} -> {after_s}"
             )
-            processed = event.batch_id + 1
             t_mon = time.perf_counter()
+
+        while True:
+            # keep the pipeline full; while collecting a post-drift window, not beyond its end
+            while not stream_done and len(inflight) < mc.max_in_flight:
+                if not queue:
+                    got = ray.get(self._stream.next_batches.remote(cfg.stream.prefetch))
+                    if not got:
+                        stream_done = True
+                        break
+                    queue.extend(got)
+                if collecting is not None and queue[0][0].batch_id > collecting[2]:
+                    break
+                meta, bref = queue.pop(0)
+                batch_regime[meta.batch_id] = meta.regime
+                i = min(range(mc.num_monitors), key=lambda j: (load[j], j))
+                task = self._monitors[i].evaluate.remote(meta.batch_id, bref)
+                inflight[task] = (meta.batch_id, i)
+                load[i] += 1
+            if not inflight:
+                if collecting is not None and processed - 1 >= collecting[0].batch_id:
+                    update(collecting[0], collecting[1], processed - 1)  # the stream ended first
+                    collecting = None
+                    continue
+                break
+            ready, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
+            task = ready[0]
+            _, i = inflight.pop(task)
+            load[i] -= 1
+            out: DetectionOutput = ray.get(self._detector.ingest.remote(task))
+            if out.next_batch > processed:
+                starts = summary["stream"]["regime_starts"]
+                for b in range(processed, out.next_batch):
+                    r = batch_regime.pop(b, None)
+                    if r is not None and (not starts or starts[-1]["regime"] != r):
+                        starts.append({"regime": r, "batch_id": b})
+                        if r not in regimes_seen:
+                            regimes_seen.append(r)
+                # accepted batches may join the window and the replay memory
+                self._stream.commit.remote(out.next_batch - 1)
+                processed = out.next_batch
+            for rec in out.intervals:
+                on_interval(rec)
+            progress(force=bool(out.events))
+
+            if out.events:
+                event: DriftEvent = out.events[0]
+                summary["drift_events"].append(event.to_dict())
+                tracker.log_metrics({"drift": 1.0}, step=event.batch_id)
+                self.log(
+                    f"drift at batch {event.batch_id} (regime {event.regime}): {metric} {event.value:.3f} "
+                    f"vs {event.reference:.3f} before, detector {event.detector}"
+                )
+                if collecting is not None:  # a second alarm while collecting: train on what we have
+                    update(collecting[0], collecting[1], event.batch_id)
+                    collecting = None
+                elif post == 0:
+                    update(event, time.perf_counter(), event.batch_id)
+                else:
+                    # keep monitoring with the current weights until the post-drift window is complete
+                    collecting = (event, time.perf_counter(), event.batch_id + post)
+                    drain()
+                    ray.get(self._stream.rewind.remote(event.batch_id + 1))
+                    self._detector.resume_after_update.remote(event.batch_id + 1, version)
+                    stream_done = False
+                    self.log(f"collecting {post} post-drift batch(es) before the update", level=2)
+            elif collecting is not None and processed > collecting[2]:
+                update(collecting[0], collecting[1], collecting[2])
+                collecting = None
 
         monitor_seconds += time.perf_counter() - t_mon
         for rec in ray.get(self._detector.finish.remote()):
@@ -555,6 +595,7 @@ class Coordinator:
                 "monitor_versions": {s["name"]: s["version"] for s in stats},
                 "monitor_batches": {s["name"]: s["batches"] for s in stats},
                 "monitor_torch_threads": {s["name"]: s["torch_threads"] for s in stats},
+                "eval_seconds_total": round(sum(s["eval_seconds"] for s in stats), 3),
             }
         )
         summary["model_version"] = version

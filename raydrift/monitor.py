@@ -40,6 +40,7 @@ class Monitor:
         self._version = version
         self.batches_evaluated = 0
         self.samples_evaluated = 0
+        self.eval_seconds = 0.0
 
     def _build(self, weights: Weights) -> torch.nn.Module:
         model = self.harness.build_model()
@@ -74,6 +75,8 @@ class Monitor:
         means = {k: float(v.float().mean()) for k, v in metrics.items()}
         self.batches_evaluated += 1
         self.samples_evaluated += len(values)
+        seconds = time.perf_counter() - t0
+        self.eval_seconds += seconds
         return BatchResult(
             batch_id=batch_id,
             regime=batch.regime,
@@ -81,7 +84,7 @@ class Monitor:
             values=values,
             metrics=means,
             monitor=self.name,
-            eval_seconds=time.perf_counter() - t0,
+            eval_seconds=seconds,
         )
 
     def stats(self) -> dict[str, Any]:
@@ -91,4 +94,5 @@ class Monitor:
             "batches": self.batches_evaluated,
             "samples": self.samples_evaluated,
             "torch_threads": torch.get_num_threads(),
+            "eval_seconds": self.eval_seconds,
         }

@@ -389,10 +389,31 @@ def test_pause_drops_and_resume_restarts() -> None:
     out2 = eng.ingest_many(fresh)
     assert out2.events == []  # the new level is the new normal after the reset
     assert out2.intervals[0].first_batch == b + 1 and out2.intervals[0].version == 1
-    with pytest.raises(ValueError, match="processed"):
-        eng.resume_after_update(3, version=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        eng.resume_after_update(-1, version=2)
     with pytest.raises(ValueError, match="version"):
         eng.resume_after_update(eng.next_batch, version=0)
+
+
+def test_resume_can_rewind_to_reprocess_batches(scripted: str) -> None:
+    """The coordinator may monitor past an alarm with the old model (collecting a post-drift window),
+    then rewind: those batches are processed again with the new version."""
+    c = cfg(
+        detector=scripted, params={"alarm_at": [2 * BS + 1]}, interval=3, warmup_batches=0, direction="any"
+    )
+    eng = DetectionEngine(c, "accuracy", True)
+    res = constant_results([1.0] * 10)
+    out = eng.ingest_many(res)
+    assert [e.batch_id for e in out.events] == [2]
+    eng.resume_after_update(3, version=0)  # keep collecting with the same model
+    out = eng.ingest_many(res[3:6])
+    assert eng.next_batch == 6 and [(i.first_batch, i.last_batch) for i in out.intervals] == [(3, 5)]
+    eng.resume_after_update(4, version=1)  # trained on batches up to 3: re-evaluate from 4
+    assert eng.ingest(res[6]).next_batch == 4  # an old-model result: stale
+    out = eng.ingest_many(revalue(res[4:], 1))
+    assert eng.next_batch == 10 and eng.stats["dropped_stale"] == 1
+    assert [(i.first_batch, i.last_batch, i.version) for i in out.intervals] == [(4, 6, 1), (7, 9, 1)]
+    assert eng.stats["updates"] == 2 and eng.detector.resets == 2  # type: ignore[attr-defined]
 
 
 def test_alarm_stops_feeding_within_the_batch(scripted: str) -> None:

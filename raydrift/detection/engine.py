@@ -37,7 +37,8 @@ Alarm
     (at the alarming sample), closes the partial interval containing ``b``, drops buffered results
     with id > ``b`` and becomes :attr:`~DetectionEngine.paused`: results ingested while paused are
     dropped (the coordinator re-evaluates those batches with the updated model).
-    ``resume_after_update(b + 1, version)`` unpauses; processing and a new interval start at ``b + 1``.
+    ``resume_after_update(b + 1, version)`` unpauses; processing and a new interval start at ``b + 1``
+    (an earlier batch id rewinds: batches from there are processed again with the new model).
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ class DriftEvent:
     batch_id : int
         The batch containing the alarming value.
     sample_index : int
-        1-based position of the alarming sample among the samples processed by the engine (samples
-        of every batch before ``batch_id`` plus its index within the batch, plus one). At ``batch`` or
-        ``interval`` granularity, the last sample of ``batch_id``.
+        1-based index of the alarming sample among the samples processed by the engine: the samples
+        of every batch processed before ``batch_id``, plus its index within the batch, plus one (its
+        position in the stream, unless a rewind made the engine process some batches twice). At
+        ``batch`` or ``interval`` granularity, the last sample of ``batch_id``.
     detector : str
         Registry name of the detector.
     value : float
@@ -466,13 +468,18 @@ class DetectionEngine:
         the detector and the direction reference. Buffered results before ``next_batch`` or older
         than ``version`` are dropped.
 
+        ``next_batch`` is usually the batch after the alarm. It may also rewind to a batch already
+        processed (the coordinator kept monitoring past the alarm with the old model to collect a
+        post-drift window, then re-evaluates those batches with the new one): those batch ids are then
+        processed again, once more, and appear in a second interval, with the new version.
+
         Raises
         ------
         ValueError
-            ``next_batch`` is before a batch already processed, or ``version`` goes backwards.
+            ``next_batch`` is negative, or ``version`` is older than the current version.
         """
-        if next_batch < self._next:
-            raise ValueError(f"next_batch {next_batch} < {self._next}: batches before it were processed")
+        if next_batch < 0:
+            raise ValueError(f"next_batch must be >= 0, got {next_batch}")
         if version < self._version:
             raise ValueError(f"version {version} < current version {self._version}")
         self._close_interval(into=self._pending)
