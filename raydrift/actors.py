@@ -15,6 +15,7 @@ import torch
 from raydrift.detection.engine import BatchResult, DetectionEngine, DetectionOutput, IntervalRecord
 from raydrift.harness import build_harness
 from raydrift.learning.loop import UpdateData
+from raydrift.metrics import MonitorMetrics
 from raydrift.monitor import Monitor
 from raydrift.stream import BatchMeta, StreamState
 from raydrift.weights import Weights
@@ -79,18 +80,24 @@ class MonitorActor:
     ) -> None:
         set_torch_threads(num_cpus)
         self.monitor = Monitor(build_harness(**harness_spec), metric, weights, version, name, device)
+        self.metrics = MonitorMetrics(name)  # dashboard: raydrift_* metrics tagged monitor=<name>
+        self.metrics.version(version)
 
     @ray.method(concurrency_group="eval")
     def evaluate(self, batch_id: int, batch: Any) -> BatchResult:
-        return self.monitor.evaluate(batch_id, batch)
+        result = self.monitor.evaluate(batch_id, batch)
+        self.metrics.batch(len(result.values), result.eval_seconds)
+        return result
 
     @ray.method(concurrency_group="control")
     def set_weights(self, version: int, weights: Weights) -> int:
-        return self.monitor.set_weights(version, weights)
+        in_use = self.monitor.set_weights(version, weights)
+        self.metrics.version(in_use)
+        return in_use
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
-        return self.monitor.stats()
+        return {**self.monitor.stats(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 @ray.remote

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydrift.errors import ConfigError
 
@@ -44,12 +44,63 @@ class StreamConfig(_Section):
     prefetch: int = Field(8, ge=1, description="batches fetched from the stream reader per call")
 
 
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class MonitorConfig(_Section):
     num_monitors: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     metric: str = Field("accuracy", description="the harness metric that is monitored")
     max_in_flight: int = Field(4, ge=1, description="batches dispatched and not yet evaluated, in all")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each monitor needs, e.g. {monitor_node: 1} (nodes declare them)",
+    )
+    scheduling: Literal["default", "spread"] = Field(
+        "default",
+        description="'spread': place monitors on as many nodes as possible (Ray SPREAD); 'default': Ray's policy",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, amount in v.items():
+            if key in _BUILTIN_RESOURCES:
+                raise ValueError(
+                    f"'{key}' is not a custom resource: use monitor.num_cpus / monitor.num_gpus for CPUs and GPUs"
+                )
+            if amount < 0:
+                raise ValueError(f"resource '{key}' needs an amount >= 0, got {amount}")
+        return v
+
+
+class UpdateRegimesConfig(_Section):
+    fine_tuning: float | None = Field(
+        None, ge=0, description="drift score from which the update is plain fine-tuning on the window (null: never)"
+    )
+    retrain: float | None = Field(
+        None, ge=0, description="drift score from which the model is re-initialised and retrained (null: never)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UpdateRegimesConfig:
+        if self.fine_tuning is not None and self.retrain is not None and self.retrain < self.fine_tuning:
+            raise ValueError(
+                f"regimes.retrain ({self.retrain}) must be >= regimes.fine_tuning ({self.fine_tuning})"
+            )
+        return self
+
+
+class LabelFreeConfig(_Section):
+    signal: Literal["none", "confidence", "entropy", "features"] = Field(
+        "none", description="per-sample signal tested without labels (the monitors must send it)"
+    )
+    detector: str = Field("mmd", description="two-sample detector run on the signal: mmd | ks")
+    params: dict[str, Any] = Field(default_factory=dict, description="its constructor arguments")
+    use: Literal["beside", "instead"] = Field(
+        "beside", description="beside the monitored metric's detector, or instead of it"
+    )
 
 
 class DriftDetectionConfig(_Section):
@@ -67,6 +118,11 @@ class DriftDetectionConfig(_Section):
     warmup_batches: int = Field(5, ge=0, description="no alarm before this many batches")
     cooldown_batches: int = Field(3, ge=0, description="no alarm for this many batches after an update")
     reset_after_update: bool = True
+    regimes: UpdateRegimesConfig = Field(
+        default_factory=UpdateRegimesConfig,
+        description="drift score thresholds: continual_learning below fine_tuning, fine_tuning below retrain",
+    )
+    label_free: LabelFreeConfig = Field(default_factory=LabelFreeConfig)
 
 
 class ContinualLearningConfig(_Section):
@@ -77,6 +133,35 @@ class ContinualLearningConfig(_Section):
         4, ge=0, description="batches evaluated after a drift (old weights) to complete the window before training"
     )
     replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
+    memory_policy: Literal["reservoir", "class_balanced"] = Field(
+        "reservoir",
+        description="replay memory policy: 'reservoir' (uniform over the stream) or 'class_balanced' (CBRS)",
+    )
+    memory_max_bytes: int | None = Field(
+        None, ge=1, description="replay memory bound in bytes (inputs, labels, ids, logits); None: samples only"
+    )
+    jvp_lambda: float = Field(1.0, ge=0, description="jvp: lambda, weight of the penalty phi(D)")
+    jvp_input_scale: float = Field(
+        0.0, ge=0, description="jvp: kappa, scale of the input tangent v_x (0 turns the input term off)"
+    )
+    jvp_sign: Literal[-1, 1] = Field(
+        -1, description="jvp: s in v_theta = s*g_c/|g_c| (-1: the descent step about to be taken)"
+    )
+    jvp_penalty: Literal["square", "hinge", "identity"] = Field(
+        "square", description="jvp: phi(D) = D^2 | max(D, 0) | D (identity with jvp_sign -1 is unbounded below)"
+    )
+    jvp_logit_weight: float = Field(
+        0.0, ge=0, description="jvp: alpha, weight of DER-style logit replay on the history batch (0: off)"
+    )
+    der_alpha: float = Field(0.5, ge=0, description="der++: alpha, weight of the logit (MSE) replay term")
+    der_beta: float = Field(0.5, ge=0, description="der++: beta, weight of the label (cross-entropy) replay term")
+    ewc_lambda: float = Field(100.0, ge=0, description="ewc_online: lambda, weight of the quadratic penalty")
+    ewc_decay: float = Field(
+        0.9, ge=0, le=1, description="ewc_online: gamma, Fisher decay per update (F <- gamma*F + F_new)"
+    )
+    ewc_fisher_samples: int = Field(
+        512, ge=1, description="ewc_online: samples the diagonal Fisher is estimated on after an update"
+    )
 
 
 class TrainConfig(_Section):
@@ -100,14 +185,39 @@ class LoggingConfig(_Section):
     plots: bool = True
 
 
+_STORAGE_SCHEMES = ("s3", "gs", "file")
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="existing cluster; default: RAY_ADDRESS or a new local one")
     namespace: str = "raydrift"
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster (default: all)")
     num_gpus: int | None = Field(None, ge=0)
+    autoscaling: bool = Field(
+        False, description="the cluster adds nodes on demand: skip the check that it already has the resources"
+    )
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(8265, ge=1, le=65535)
+    storage_path: str | None = Field(
+        None,
+        description="storage every node reaches, for Train checkpoints and a copy of the run outputs: "
+        "a local or NFS path, s3://bucket/prefix or gs://bucket/prefix; default: the run directory",
+    )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_scheme(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("an empty path: give a directory, s3://bucket/prefix or gs://bucket/prefix")
+        scheme, sep, _ = v.partition("://")
+        if sep and scheme.lower() not in _STORAGE_SCHEMES:
+            raise ValueError(
+                f"unsupported scheme '{scheme}://': use a local path, {', '.join(s + '://' for s in _STORAGE_SCHEMES)}"
+            )
+        return v
 
 
 class RaydriftConfig(BaseModel):

@@ -140,6 +140,7 @@ class Coordinator:
             # Workers of a local cluster import user harnesses from the current directory too.
             path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
             ctx = ray.init(
+                address="local",  # a new cluster, even if another one runs on this machine
                 num_cpus=rc.num_cpus,
                 num_gpus=rc.num_gpus,
                 include_dashboard=rc.include_dashboard,
@@ -153,6 +154,13 @@ class Coordinator:
         return f"http://{url}" if url and not str(url).startswith("http") else url
 
     def _check_resources(self) -> None:
+        """Monitors and trainer workers must fit in the cluster at the same time.
+
+        Capacity for the update is reserved up front: monitors keep their resources during an update,
+        so if they could take what the trainer needs, ``fit()`` would wait forever.
+        """
+        if self.cfg.ray.autoscaling:
+            return
         res = ray.cluster_resources()
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         mc, tc = self.cfg.monitor, self.cfg.train
@@ -167,7 +175,7 @@ class Coordinator:
         if need_gpu > gpus + 1e-9:
             raise UserError(
                 f"the config needs {need_gpu:g} GPUs but the cluster has {gpus:g}: lower monitor.num_gpus "
-                "or set train.use_gpu: false"
+                "or set train.use_gpu: false (ray.autoscaling: true if the cluster adds GPU nodes on demand)"
             )
 
     # --- the run -------------------------------------------------------------------------------
@@ -370,7 +378,12 @@ class Coordinator:
         ).remote(spec, cfg.stream.model_dump(), cfg.continual_learning.model_dump())
         self._monitors = [
             MonitorActor.options(  # type: ignore[attr-defined]
-                name=f"monitor-{i}", namespace=ns, num_cpus=mc.num_cpus, num_gpus=mc.num_gpus
+                name=f"monitor-{i}",
+                namespace=ns,
+                num_cpus=mc.num_cpus,
+                num_gpus=mc.num_gpus,
+                resources=dict(mc.resources) or None,  # custom resources: pin monitors to node types
+                scheduling_strategy="SPREAD" if mc.scheduling == "spread" else "DEFAULT",
             ).remote(
                 spec,
                 metric,
@@ -582,7 +595,6 @@ class Coordinator:
 
         monitor_seconds += time.perf_counter() - t_mon
         for rec in ray.get(self._detector.finish.remote()):
-            samples += rec.n_samples
             on_interval(rec)
         stats = ray.get([m.stats.remote() for m in self._monitors])
         summary["stream"]["batches"] = processed

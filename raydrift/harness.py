@@ -114,6 +114,7 @@ class Harness:
 
 
 HARNESS_REGISTRY: dict[str, str] = {
+    "cifar": "harnesses.cifar:CIFARHarness",
     "mnist": "harnesses.mnist:MNISTHarness",
     "synthetic": "harnesses.synthetic:GaussianDriftHarness",
 }

@@ -20,7 +20,15 @@ class Monitor:
     Weights are versioned: :meth:`set_weights` ignores a version older than (or equal to) the one
     loaded, so retried or reordered broadcasts are harmless. A new version is loaded into a fresh
     model object and swapped in under a lock, so an evaluation never sees half-loaded weights.
+
+    With ``label_free`` set, each :class:`BatchResult` also carries a per-sample label-free signal for
+    ``drift_detection.label_free`` (off by default: nothing extra is computed or sent):
+    ``"confidence"`` (the largest softmax probability of the model's output, which must be class
+    logits), ``"entropy"`` (the entropy of that softmax, in nats) or ``"features"`` (the harness's
+    ``features(model, x)`` when it defines one, e.g. an embedding; otherwise the flattened input).
     """
+
+    LABEL_FREE_SIGNALS = ("confidence", "entropy", "features")
 
     def __init__(
         self,
@@ -30,7 +38,13 @@ class Monitor:
         version: int = 0,
         name: str = "monitor",
         device: str = "cpu",
+        label_free: str | None = None,
     ) -> None:
+        if label_free is not None and label_free not in self.LABEL_FREE_SIGNALS:
+            raise ValueError(
+                f"label_free must be one of {', '.join(self.LABEL_FREE_SIGNALS)} or None, got {label_free!r}"
+            )
+        self.label_free = label_free
         self.harness = harness
         self.metric = metric
         self.name = name
@@ -72,6 +86,7 @@ class Monitor:
             out = model(x)
             metrics = self.harness.metrics(out, y)
         values = metrics[self.metric].detach().float().cpu().numpy().astype(np.float32)
+        extra = self._label_free(model, x, out) if self.label_free is not None else {}
         means = {k: float(v.float().mean()) for k, v in metrics.items()}
         self.batches_evaluated += 1
         self.samples_evaluated += len(values)
@@ -85,7 +100,19 @@ class Monitor:
             metrics=means,
             monitor=self.name,
             eval_seconds=seconds,
+            **extra,
         )
+
+    def _label_free(self, model: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, np.ndarray]:
+        """The per-sample label-free signal named by ``self.label_free``."""
+        if self.label_free == "features":
+            feats_fn = getattr(self.harness, "features", None)
+            feats = feats_fn(model, x) if callable(feats_fn) else x
+            return {"features": feats.detach().float().reshape(x.shape[0], -1).cpu().numpy()}
+        logp = torch.log_softmax(out.detach().float().reshape(out.shape[0], -1), dim=1)
+        if self.label_free == "confidence":
+            return {"confidence": logp.max(dim=1).values.exp().cpu().numpy()}
+        return {"entropy": (-(logp.exp() * logp).sum(dim=1)).cpu().numpy()}
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -22,6 +23,54 @@ class UpdateOutcome:
     training_seconds: float
 
 
+def is_uri(path: str | os.PathLike[str]) -> bool:
+    """True for ``scheme://...`` storage (``s3://``, ``gs://``, ``file://``), False for a local path."""
+    return "://" in str(path)
+
+
+def normalize_storage(path: str | os.PathLike[str]) -> str:
+    """A URI unchanged (without a trailing ``/``), a local path made absolute."""
+    text = str(path)
+    return text.rstrip("/") if is_uri(text) else str(Path(text).expanduser().resolve())
+
+
+def run_storage(storage_path: str | None, run_dir: Path) -> str:
+    """Where a run's shared outputs live: ``<storage_path>/<run name>``, or the run directory itself
+    when no ``ray.storage_path`` is configured (enough on one machine)."""
+    if storage_path is None:
+        return str(Path(run_dir).resolve())
+    return f"{normalize_storage(storage_path)}/{Path(run_dir).name}"
+
+
+def train_storage(storage_path: str | None, run_dir: Path) -> str:
+    """The ``storage_path`` given to Ray Train: ``<run storage>/train`` (every update's checkpoints)."""
+    return f"{run_storage(storage_path, run_dir)}/train"
+
+
+def copy_run_outputs(run_dir: Path, storage_path: str | None) -> str | None:
+    """Copy the run directory's files (summary, metrics, plots, weights) to ``<storage_path>/<run>/``.
+
+    Returns the destination, or None when there is nothing to do (no ``storage_path``, or it is the
+    run directory). Uses ``pyarrow.fs`` like Ray Train, so ``s3://`` and ``gs://`` need the same
+    credentials Ray Train uses. Files already there (the Train checkpoints) are kept.
+    """
+    if storage_path is None:
+        return None
+    dest = run_storage(storage_path, run_dir)
+    src = str(Path(run_dir).resolve())
+    if not is_uri(dest) and Path(dest) == Path(src):
+        return None
+    import pyarrow.fs as pafs
+
+    if is_uri(dest):
+        fs, base = pafs.FileSystem.from_uri(dest)
+    else:
+        fs, base = pafs.LocalFileSystem(), dest
+    fs.create_dir(base, recursive=True)
+    pafs.copy_files(src, base, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return dest
+
+
 class Updater:
     """Runs the training loop (:func:`raydrift.learning.loop.train_func`) in a ``TorchTrainer``.
 
@@ -30,10 +79,13 @@ class Updater:
     (a ``state_dict`` loaded with ``weights_only=True``).
     """
 
-    def __init__(self, cfg: RaydriftConfig, harness_spec: dict[str, Any], storage_path: Path) -> None:
+    def __init__(
+        self, cfg: RaydriftConfig, harness_spec: dict[str, Any], storage_path: str | os.PathLike[str]
+    ) -> None:
         self.cfg = cfg
         self.harness_spec = harness_spec
-        self.storage_path = Path(storage_path).resolve()
+        # a URI (s3://, gs://, file://) is handed to Ray Train as is; a local path is made absolute
+        self.storage_path = normalize_storage(storage_path)
 
     def run(self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int) -> UpdateOutcome:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -64,7 +116,7 @@ class Updater:
             ),
             run_config=RunConfig(
                 name=f"update-{version:04d}-{uuid.uuid4().hex[:8]}",
-                storage_path=str(self.storage_path),
+                storage_path=self.storage_path,
                 failure_config=FailureConfig(max_failures=tc.max_failures),
             ),
         )

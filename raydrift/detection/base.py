@@ -9,12 +9,13 @@ constructor arguments (one-line config errors), ``state_dict()`` / ``load_state_
 
 from __future__ import annotations
 
+import copy
 import inspect
 import pickle
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-__all__ = ["DriftDetector", "InvalidParam", "RiverDetector", "check_param"]
+__all__ = ["DriftDetector", "InvalidParam", "NativeDetector", "RiverDetector", "check_param"]
 
 
 class InvalidParam(ValueError):
@@ -65,6 +66,9 @@ class DriftDetector:
     """
 
     name: ClassVar[str] = ""
+    #: A baseline (``periodic``, ``never``) ignores the values: generic tests do not expect it to
+    #: detect a change, benchmarks print it next to the real detectors.
+    baseline: ClassVar[bool] = False
 
     def update(self, x: float) -> None:
         """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm."""
@@ -171,3 +175,72 @@ class RiverDetector(DriftDetector):
             setattr(self, key, value)
         # raydrift's own state (see the class docstring): never unpickled from an untrusted source.
         self._river = pickle.loads(state["river"])
+
+
+class NativeDetector(DriftDetector):
+    """A :class:`DriftDetector` implemented in raydrift itself (no River class behind it).
+
+    Subclasses store every constructor argument under the same public name and keep all mutable
+    state in ``_private`` attributes set by :meth:`reset` (which ``__init__`` calls after validating
+    the arguments). :meth:`state_dict` is then a deep copy of those private attributes, so saving and
+    restoring needs no code in the subclass. Like River's detectors, a native detector resets itself
+    on the update that follows an alarm.
+    """
+
+    def _state_keys(self) -> list[str]:
+        return sorted(k for k in vars(self) if k.startswith("_"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": copy.deepcopy(self.params()),
+            "state": {k: copy.deepcopy(getattr(self, k)) for k in self._state_keys()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
+        for key, value in state["params"].items():
+            setattr(self, key, copy.deepcopy(value))
+        for key, value in state["state"].items():
+            setattr(self, key, copy.deepcopy(value))
+
+
+def estimate_mean_std(n: int, total: float, total_sq: float, binary: bool, min_sigma: float) -> tuple[float, float]:
+    """In-control mean and standard deviation estimated from a burn-in of ``n`` values.
+
+    Used by the control charts (CUSUM, EWMA) when the in-control mean or standard deviation is not
+    given. For a burn-in of 0/1 values (``binary``: the per-sample error indicator) the error rate
+    gets one pseudo-error and one pseudo-success (Laplace's rule), so a burn-in without any error
+    still gives a usable, non-zero standard deviation ``sqrt(p (1 - p))``. Otherwise the sample
+    standard deviation, floored at ``min_sigma``.
+
+    Parameters
+    ----------
+    n : int
+        Number of burn-in values (>= 1).
+    total, total_sq : float
+        Their sum and sum of squares.
+    binary : bool
+        Whether every burn-in value was 0 or 1.
+    min_sigma : float
+        Floor of the standard deviation for non-binary values.
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, std)``.
+
+    Examples
+    --------
+    >>> estimate_mean_std(98, 0.0, 0.0, binary=True, min_sigma=0.0)
+    (0.01, 0.099498743710662)
+    >>> estimate_mean_std(4, 6.0, 10.0, binary=False, min_sigma=0.0)  # 1, 1, 2, 2
+    (1.5, 0.5773502691896257)
+    """
+    if binary:
+        p = (total + 1.0) / (n + 2.0)
+        return p, float(p * (1.0 - p)) ** 0.5
+    mean = total / n
+    var = max(0.0, (total_sq - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+    return mean, max(var**0.5, min_sigma)

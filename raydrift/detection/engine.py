@@ -32,6 +32,27 @@ Reset
     (it restarts from the recent window) so that both describe the same stretch of the stream. With
     ``reset_after_update`` the detector and the direction reference are cleared at
     :meth:`~DetectionEngine.resume_after_update`.
+Warning zones
+    While the detector reports ``warning_detected`` the engine is in a warning zone; the batch where
+    it started is :attr:`DetectionEngine.warning_since` and each start is reported in
+    :attr:`DetectionOutput.warnings`. A drift that follows a warning carries the zone's first batch
+    (``DriftEvent.warning_batch_id``): the data since then is the classic DDM training window.
+Score and update kind
+    Every :class:`DriftEvent` carries a ``score`` (how severe the drift is) and the ``update_kind`` it
+    maps to with ``regimes``: ``continual_learning`` below ``regimes.fine_tuning``, ``fine_tuning``
+    below ``regimes.retrain``, ``retrain`` from there (a threshold left ``null`` is never reached).
+    For an alarm of the metric detector the score is the degradation of the monitored metric, in its
+    own units (reference minus recent for a higher-is-better metric: 0.3 = accuracy fell by 0.3),
+    clipped at 0, NaN when there is no reference; for a label-free alarm it is the two-sample
+    statistic (``mmd``: squared MMD, in [0, 2]; ``ks``: the largest KS statistic, in [0, 1]).
+Label-free detection
+    With ``label_free.signal`` set, a second detector (``label_free.detector``, a two-sample window
+    detector) is fed the per-sample confidence, entropy or feature vectors that the monitors attach
+    to each :class:`BatchResult` (``use: beside`` the metric detector, or ``instead`` of it), sample
+    by sample, interleaved with the metric detector at ``sample`` granularity. Warm-up and cooldown
+    apply to it, ``direction`` does not (a distribution change is neither better nor worse). Its
+    reference window is refreshed after every accepted update (a resume with a newer model version),
+    whatever ``reset_after_update`` says.
 Alarm
     On an alarm in batch ``b`` the engine returns a :class:`DriftEvent`, stops feeding within ``b``
     (at the alarming sample), closes the partial interval containing ``b``, drops buffered results
@@ -51,12 +72,23 @@ from typing import Any
 
 import numpy as np
 
-from raydrift.config import DriftDetectionConfig
+from raydrift.config import DriftDetectionConfig, UpdateRegimesConfig
 from raydrift.detection.aggregation import aggregate
 from raydrift.detection.base import DriftDetector
 from raydrift.detection.registry import make_detector
 
-__all__ = ["BatchResult", "DetectionEngine", "DetectionOutput", "DriftEvent", "IntervalRecord"]
+__all__ = [
+    "UPDATE_KINDS",
+    "BatchResult",
+    "DetectionEngine",
+    "DetectionOutput",
+    "DriftEvent",
+    "IntervalRecord",
+    "update_kind",
+]
+
+#: What a drift event asks the coordinator to run, from mild to severe.
+UPDATE_KINDS = ("continual_learning", "fine_tuning", "retrain")
 
 #: The recent window of the direction check covers at least this many samples (or one batch if larger).
 MIN_RECENT_SAMPLES = 30
@@ -84,6 +116,14 @@ class BatchResult:
         Name of the monitor actor that evaluated it.
     eval_seconds : float
         Time the evaluation took.
+    confidence : np.ndarray or None
+        Label-free signal, optional: per-sample confidence of the prediction (the largest softmax
+        probability), float32, length ``n``. Sent by monitors built with ``label_free`` on.
+    entropy : np.ndarray or None
+        Label-free signal, optional: per-sample entropy of the predicted distribution (nats).
+    features : np.ndarray or None
+        Label-free signal, optional: per-sample input or embedding features, float32, shape
+        ``(n, d)``.
     """
 
     batch_id: int
@@ -93,9 +133,33 @@ class BatchResult:
     metrics: dict[str, float]
     monitor: str = ""
     eval_seconds: float = 0.0
+    confidence: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
+        n = self.values.shape[0]
+        for name in ("confidence", "entropy"):
+            v = getattr(self, name)
+            if v is not None:
+                v = np.asarray(v, dtype=np.float32).reshape(-1)
+                if v.shape[0] != n:
+                    raise ValueError(f"batch {self.batch_id}: {v.shape[0]} {name} values for {n} samples")
+                setattr(self, name, v)
+        if self.features is not None:
+            f = np.asarray(self.features, dtype=np.float32)
+            f = f.reshape(f.shape[0], -1) if f.ndim != 1 else f.reshape(-1, 1)
+            if f.shape[0] != n:
+                raise ValueError(f"batch {self.batch_id}: {f.shape[0]} feature rows for {n} samples")
+            self.features = f
+
+    def signal(self, name: str) -> np.ndarray | None:
+        """The label-free signal ``name`` (``confidence``, ``entropy`` or ``features``) as ``(n, d)``."""
+        v = getattr(self, name)
+        if v is None:
+            return None
+        return np.asarray(v).reshape(v.shape[0], -1)
 
     @property
     def n(self) -> int:
@@ -124,6 +188,18 @@ class DriftEvent:
         Its mean since the last reset, before the recent window (NaN if there was none).
     regime, version : int
         Regime (reporting only) and model version of ``batch_id``.
+    score : float
+        Severity of the drift (>= 0, or NaN): the degradation of the monitored metric in its units for
+        the metric detector (``reference - value`` for a higher-is-better metric, clipped at 0; NaN
+        without a reference), the two-sample statistic for a label-free alarm.
+    update_kind : str
+        The update the coordinator should run, from ``score`` and ``drift_detection.regimes``:
+        ``continual_learning`` (the CL strategy), ``fine_tuning`` (plain fine-tuning on the window)
+        or ``retrain`` (re-initialise, train on memory + window).
+    warning_batch_id : int or None
+        First batch of the warning zone that preceded the alarm (None if there was none).
+    signal : str
+        What alarmed: ``metric`` (the monitored metric's detector) or ``label_free:<signal>``.
     """
 
     batch_id: int
@@ -133,10 +209,30 @@ class DriftEvent:
     reference: float
     regime: int
     version: int
+    score: float = float("nan")
+    update_kind: str = "continual_learning"
+    warning_batch_id: int | None = None
+    signal: str = "metric"
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a plain dict (JSON-friendly)."""
         return asdict(self)
+
+
+def update_kind(score: float, regimes: UpdateRegimesConfig) -> str:
+    """The update kind a drift of this ``score`` maps to (see :data:`UPDATE_KINDS`).
+
+    Examples
+    --------
+    >>> r = UpdateRegimesConfig(fine_tuning=0.1, retrain=0.4)
+    >>> [update_kind(s, r) for s in (0.05, 0.1, 0.3, 0.5, float("nan"))]
+    ['continual_learning', 'fine_tuning', 'fine_tuning', 'retrain', 'continual_learning']
+    """
+    if regimes.retrain is not None and score >= regimes.retrain:
+        return "retrain"
+    if regimes.fine_tuning is not None and score >= regimes.fine_tuning:
+        return "fine_tuning"
+    return "continual_learning"
 
 
 @dataclass
@@ -200,15 +296,19 @@ class DetectionOutput:
         Intervals closed by this call.
     next_batch : int
         The batch id the engine processes next.
+    warnings : list[int]
+        Batch ids where a warning zone started during this call.
     """
 
     events: list[DriftEvent] = field(default_factory=list)
     intervals: list[IntervalRecord] = field(default_factory=list)
     next_batch: int = 0
+    warnings: list[int] = field(default_factory=list)
 
     def extend(self, other: DetectionOutput) -> None:
         self.events.extend(other.events)
         self.intervals.extend(other.intervals)
+        self.warnings.extend(other.warnings)
         self.next_batch = other.next_batch
 
 
@@ -331,6 +431,8 @@ _COUNTERS = (
     "dropped_stale",
     "dropped_after_alarm",
     "updates",
+    "warnings",
+    "label_free_alarms",
 )
 
 
@@ -382,6 +484,12 @@ class DetectionEngine:
         self.start_batch = start_batch
         # One detector now; an ensemble would hold several (detector, reference) pairs and vote.
         self._detector: DriftDetector = make_detector(cfg.detector, cfg.params, seed=seed)
+        lf = cfg.label_free
+        self._lf_detector: DriftDetector | None = None
+        if lf.signal != "none":
+            self._lf_detector = make_detector(lf.detector, lf.params, seed=seed)
+        self._use_metric = lf.signal == "none" or lf.use == "beside"
+        self._warning_since: int | None = None
         self._reference = _DirectionReference()
         self._next = start_batch
         self._buffer: dict[int, BatchResult] = {}
@@ -414,6 +522,16 @@ class DetectionEngine:
     def detector(self) -> DriftDetector:
         """The drift detector (read-only use)."""
         return self._detector
+
+    @property
+    def label_free_detector(self) -> DriftDetector | None:
+        """The label-free detector (``label_free.signal`` set), else None (read-only use)."""
+        return self._lf_detector
+
+    @property
+    def warning_since(self) -> int | None:
+        """First batch of the current warning zone, or None when no detector is in its warning zone."""
+        return self._warning_since
 
     @property
     def buffered(self) -> list[int]:
@@ -487,12 +605,15 @@ class DetectionEngine:
         self._stats["dropped_stale"] += len(self._buffer) - len(keep)
         self._buffer = keep
         self._next = next_batch
-        self._version = version
         self._paused = False
         self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
+        if self._lf_detector is not None and (self.cfg.reset_after_update or version > self._version):
+            self._lf_detector.reset()  # refresh the reference window after an accepted update
+        self._version = version
         if self.cfg.reset_after_update:
             self._detector.reset()
             self._reference.clear()
+            self._warning_since = None
         self._stats["updates"] += 1
 
     def finish(self) -> list[IntervalRecord]:
@@ -519,11 +640,25 @@ class DetectionEngine:
     def _to_metric(self, fed: float) -> float:
         return 1.0 - fed if self.higher_is_better else fed
 
-    def _feed(self, x: float, weight: float, allowed: bool) -> bool:
-        """Feed one value to the detector; True if it raised an alarm that counts."""
-        self._detector.update(x)
+    def _track_warning(self, detector: DriftDetector, batch_id: int, out: DetectionOutput) -> None:
+        warning = detector.warning_detected
+        if warning and self._warning_since is None:
+            self._warning_since = batch_id
+            self._stats["warnings"] += 1
+            out.warnings.append(batch_id)
+        elif not warning and not detector.drift_detected and self._warning_since is not None:
+            # the zone ends when no detector is in it any more
+            others = [d for d in (self._detector, self._lf_detector) if d is not None and d is not detector]
+            if not any(d.warning_detected for d in others):
+                self._warning_since = None
+
+    def _feed(self, x: float, weight: float, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
+        """Feed one value to the metric detector; True if it raised an alarm that counts."""
+        if self._use_metric:
+            self._detector.update(x)
+            self._track_warning(self._detector, batch_id, out)
         self._reference.push(x, weight, self._recent_samples)
-        if not self._detector.drift_detected:
+        if not self._use_metric or not self._detector.drift_detected:
             return False
         self._stats["alarms"] += 1
         if not allowed:
@@ -536,18 +671,61 @@ class DetectionEngine:
             return False
         return True
 
-    def _event(self, r: BatchResult, sample_index: int) -> DriftEvent:
+    def _feed_label_free(self, v: np.ndarray, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
+        """Feed one sample's label-free signal; True if it raised an alarm that counts."""
+        det = self._lf_detector
+        assert det is not None
+        det.update(v)
+        self._track_warning(det, batch_id, out)
+        if not det.drift_detected:
+            return False
+        self._stats["alarms"] += 1
+        self._stats["label_free_alarms"] += 1
+        if not allowed:
+            self._stats["suppressed_alarms"] += 1
+            return False
+        return True
+
+    def _event(self, r: BatchResult, sample_index: int, label_free: bool = False) -> DriftEvent:
+        recent, ref = self._reference.recent_mean(), self._reference.reference_mean()
+        if label_free:
+            det = self._lf_detector
+            assert det is not None
+            score = float(getattr(det, "statistic", float("nan")))
+            signal = f"label_free:{self.cfg.label_free.signal}"
+        else:
+            det = self._detector
+            score = max(0.0, recent - ref) if not np.isnan(ref) else float("nan")
+            signal = "metric"
         event = DriftEvent(
             batch_id=r.batch_id,
             sample_index=sample_index,
-            detector=self._detector.name or type(self._detector).__name__,
-            value=self._to_metric(self._reference.recent_mean()),
-            reference=self._to_metric(self._reference.reference_mean()),
+            detector=det.name or type(det).__name__,
+            value=self._to_metric(recent),
+            reference=self._to_metric(ref),
             regime=r.regime,
             version=r.version,
+            score=score,
+            update_kind=update_kind(score, self.cfg.regimes),
+            warning_batch_id=self._warning_since,
+            signal=signal,
         )
+        self._warning_since = None
         self._reference.restart_from_recent()
         return event
+
+    def _label_free_values(self, r: BatchResult) -> np.ndarray | None:
+        if self._lf_detector is None or r.n == 0:
+            return None
+        name = self.cfg.label_free.signal
+        v = r.signal(name)
+        if v is None:
+            raise ValueError(
+                f"drift_detection.label_free.signal is '{name}' but batch {r.batch_id} (from "
+                f"'{r.monitor or 'a monitor'}') carries no {name}: build the monitors with "
+                f"label_free='{name}'"
+            )
+        return v
 
     def _process(self, r: BatchResult, out: DetectionOutput) -> None:
         cfg = self.cfg
@@ -555,17 +733,22 @@ class DetectionEngine:
         self._recent_samples = max(self._recent_samples, r.n)
         before = self._stats["samples"]
         event: DriftEvent | None = None
-        if r.n > 0 and cfg.granularity == "sample":
+        lf = self._label_free_values(r)
+        if r.n > 0 and (cfg.granularity == "sample" or lf is not None):
             vals = r.values.astype(np.float64)
-            fed = (1.0 - vals) if self.higher_is_better else vals
-            for i, x in enumerate(fed.tolist()):
-                if self._feed(x, 1.0, allowed):
+            fed = ((1.0 - vals) if self.higher_is_better else vals).tolist()
+            per_sample = cfg.granularity == "sample"
+            for i in range(r.n):
+                if per_sample and self._feed(fed[i], 1.0, allowed, r.batch_id, out):
                     event = self._event(r, before + i + 1)
                     break
-        elif r.n > 0 and cfg.granularity == "batch":
+                if lf is not None and self._feed_label_free(lf[i], allowed, r.batch_id, out):
+                    event = self._event(r, before + i + 1, label_free=True)
+                    break
+        if event is None and r.n > 0 and cfg.granularity == "batch":
             mean = float(np.mean(r.values, dtype=np.float64))
             x = 1.0 - mean if self.higher_is_better else mean
-            if self._feed(x, float(r.n), allowed):
+            if self._feed(x, float(r.n), allowed, r.batch_id, out):
                 event = self._event(r, before + r.n)
 
         if self._interval is None:
@@ -576,10 +759,10 @@ class DetectionEngine:
         self._next = r.batch_id + 1
 
         complete = self._interval.n_batches >= cfg.interval
-        if complete and cfg.granularity == "interval" and self._interval.batch_means:
+        if event is None and complete and cfg.granularity == "interval" and self._interval.batch_means:
             agg = self._interval.value(cfg.aggregation)
             x = 1.0 - agg if self.higher_is_better else agg
-            if self._feed(x, float(self._interval.n_samples), allowed):
+            if self._feed(x, float(self._interval.n_samples), allowed, r.batch_id, out):
                 event = self._event(r, self._stats["samples"])
         if complete or event is not None:
             self._close_interval(into=out.intervals)
@@ -599,6 +782,8 @@ class DetectionEngine:
             "seed": self.seed,
             "start_batch": self.start_batch,
             "detector": self._detector.state_dict(),
+            "label_free_detector": self._lf_detector.state_dict() if self._lf_detector is not None else None,
+            "warning_since": self._warning_since,
             "reference": self._reference.state_dict(),
             "next": self._next,
             "buffer": list(self._buffer.values()),
@@ -621,6 +806,9 @@ class DetectionEngine:
         self.seed = state["seed"]
         self.start_batch = state["start_batch"]
         self._detector.load_state_dict(state["detector"])
+        if self._lf_detector is not None and state.get("label_free_detector") is not None:
+            self._lf_detector.load_state_dict(state["label_free_detector"])
+        self._warning_since = state.get("warning_since")
         self._reference.load_state_dict(state["reference"])
         self._next = state["next"]
         self._buffer = {r.batch_id: r for r in state["buffer"]}

@@ -17,8 +17,20 @@ __all__ = ["DETECTOR_REGISTRY", "list_detectors", "make_detector", "resolve_dete
 
 DETECTOR_REGISTRY: dict[str, str] = {
     "adwin": "raydrift.detection.adwin:ADWINDetector",
+    "cusum": "raydrift.detection.cusum:CUSUMDetector",
+    "ddm": "raydrift.detection.ddm:DDMDetector",
+    "eddm": "raydrift.detection.eddm:EDDMDetector",
+    "ensemble": "raydrift.detection.ensemble:EnsembleDetector",
+    "ewma": "raydrift.detection.ewma:EWMADetector",
+    "fhddm": "raydrift.detection.fhddm:FHDDMDetector",
+    "hddm_a": "raydrift.detection.hddm_a:HDDMADetector",
+    "hddm_w": "raydrift.detection.hddm_w:HDDMWDetector",
+    "ks": "raydrift.detection.ks:KSDetector",
     "kswin": "raydrift.detection.kswin:KSWINDetector",
+    "mmd": "raydrift.detection.mmd:MMDDetector",
+    "never": "raydrift.detection.never:NeverDetector",
     "page_hinkley": "raydrift.detection.page_hinkley:PageHinkleyDetector",
+    "periodic": "raydrift.detection.periodic:PeriodicDetector",
 }
 """Registry name -> ``module:Class``. A new detector is one file plus one entry here."""
 
@@ -72,7 +84,7 @@ def make_detector(name: str, params: dict[str, Any] | None = None, seed: int = 0
     Parameters
     ----------
     name : str
-        Registry name (``adwin``, ``kswin``, ``page_hinkley``) or ``package.module:ClassName``.
+        Registry name (see :data:`DETECTOR_REGISTRY`) or ``package.module:ClassName``.
     params : dict, optional
         Constructor arguments (``drift_detection.params``). Values are coerced to the annotated type
         where that is lossless (``"1e-3"`` from YAML becomes ``0.001``).

@@ -69,12 +69,19 @@ class UpdateData:
         The recent window of the stream (current regime), ``(n, ...)`` and ``(n,)``.
     memory_x, memory_y : Tensor
         The replay memory's contents (:meth:`ReplayMemory.tensors`); may be empty (length 0).
+    memory_ids : Tensor, optional
+        The memory samples' ids (:meth:`ReplayMemory.ids`): stable keys that let a strategy's state
+        (e.g. DER++'s recorded logits) follow a sample across updates.
+    memory_logits : Tensor, optional
+        Recorded logits of the memory samples (:meth:`ReplayMemory.logits`; NaN rows: none recorded).
     """
 
     window_x: Tensor
     window_y: Tensor
     memory_x: Tensor
     memory_y: Tensor
+    memory_ids: Tensor | None = None
+    memory_logits: Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -162,12 +169,15 @@ def compute_step_gradients(
     all_reduce: AllReduce | None = None,
     epoch: int = 0,
     step: int = 0,
+    hist_index: Tensor | None = None,
 ) -> Tensor:
     """Zero the gradients and accumulate this rank's share of one global step's gradient.
 
     ``x, y`` (and ``x_hist, y_hist``) are the *global* batches; this rank takes ``[rank::world_size]``
     of each, moves it to the model's device and calls :meth:`UpdateStrategy.backward`. Summing the
     resulting gradients over ranks (:func:`all_reduce_gradients`) gives the 1-worker gradient.
+    ``hist_index`` (optional) is the global history batch's row indices into the memory; the strategy
+    sees this rank's ``[rank::world_size]`` of it as ``ctx.hist_index``.
 
     Returns
     -------
@@ -184,6 +194,7 @@ def compute_step_gradients(
         epoch=epoch,
         step=step,
         all_reduce=all_reduce if world_size > 1 else None,
+        hist_index=hist_index[rank::world_size] if hist_index is not None and has_hist else None,
     )
     xc = x[rank::world_size].to(device, non_blocking=True)
     yc = y[rank::world_size].to(device, non_blocking=True)
@@ -242,6 +253,7 @@ def _fit(
                 all_reduce=all_reduce,
                 epoch=epoch,
                 step=s.step,
+                hist_index=s.history if hist else None,
             )
             _sync(device)
             t1 = time.perf_counter()
@@ -377,6 +389,16 @@ def evaluate(
     return {name: float(total) / n for name, total in sums.items()}
 
 
+def _data_accuracies(model: nn.Module, harness: Harness, data: UpdateData) -> dict[str, float]:
+    """Accuracy of the updated model on the window and on the memory it trained on (if defined)."""
+    out: dict[str, float] = {}
+    for name, (x, y) in (("window", (data.window_x, data.window_y)), ("memory", (data.memory_x, data.memory_y))):
+        acc = evaluate(model, harness, x, y).get("accuracy") if len(y) else None
+        if acc is not None:
+            out[f"{name}_accuracy"] = acc
+    return out
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Per-worker function of the Ray Train ``TorchTrainer`` that runs one drift update.
 
@@ -384,7 +406,9 @@ def train_func(config: dict[str, Any]) -> None:
     batch size, for the harness constructor), ``train`` (:class:`TrainConfig` as a dict),
     ``continual_learning`` (:class:`ContinualLearningConfig` as a dict), ``weights_ref`` (ObjectRef of
     numpy weights, or the weights themselves), ``data_ref`` (ObjectRef of an :class:`UpdateData`, or
-    the data itself) and ``version`` (the version the update produces).
+    the data itself), ``version`` (the version the update produces) and, optionally,
+    ``strategy_state`` (an ObjectRef of, or the dict returned by, the previous update's
+    ``strategy.state_dict()``: how EWC's Fisher and DER++'s recorded logits persist across updates).
 
     Every rank trains the plain module (moved to ``ray.train.torch.get_device()`` when
     ``train.use_gpu``) with gradients all-reduced through ``torch.distributed`` when there is more
@@ -396,6 +420,11 @@ def train_func(config: dict[str, Any]) -> None:
     Train does not copy the checkpoint, and the directory is left for the caller to delete after
     reading it (``result.checkpoint.path``). With workers, the checkpoint is uploaded synchronously to
     the run's storage and the worker's temporary directory is removed.
+
+    The checkpoint also holds ``strategy.pt``: the strategy's ``state_dict()`` after the update (read
+    it with ``torch.load(..., weights_only=False)``; pass it as the next update's ``strategy_state``).
+    The reported metrics add ``window_accuracy`` and ``memory_accuracy`` (the updated model on the
+    window and the memory it trained on) when the harness has an ``accuracy`` metric.
     """
     import ray
     import ray.train
@@ -429,6 +458,11 @@ def train_func(config: dict[str, Any]) -> None:
         if train_cfg.use_gpu:
             model = model.to(ray.train.torch.get_device())
         strategy = make_strategy(cl_cfg.strategy, cl_cfg)
+        previous = config.get("strategy_state")
+        if isinstance(previous, ray.ObjectRef):
+            previous = ray.get(previous)
+        if previous:
+            strategy.load_state_dict(previous)
         seed_everything(seed + version)
         all_reduce = (
             dist.all_reduce if world_size > 1 and dist.is_available() and dist.is_initialized() else None
@@ -445,6 +479,8 @@ def train_func(config: dict[str, Any]) -> None:
             memory_samples=len(data.memory_y),
             torch_threads=torch.get_num_threads(),
         )
+        if rank == 0:
+            metrics.update(_data_accuracies(model, harness, data))
     finally:
         torch.set_num_threads(threads)
     if rank != 0:
@@ -455,6 +491,7 @@ def train_func(config: dict[str, Any]) -> None:
     try:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(tmpdir, "model.pt"))
+        torch.save(strategy.state_dict(), os.path.join(tmpdir, "strategy.pt"))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmpdir))
     finally:
         if not local_mode:

@@ -177,3 +177,12 @@ def test_helper_actors_run_one_torch_thread(ray_cluster: Path) -> None:
     )
     assert ray.get(reader.torch_threads.remote()) == 1
     ray.kill(reader)
+
+
+def test_a_config_larger_than_the_cluster_is_a_clear_error(ray_cluster: Path, tmp_path: Path) -> None:
+    from raydrift.errors import UserError
+
+    with pytest.raises(UserError, match=r"needs 1 GPUs but the cluster has 0: lower monitor.num_gpus"):
+        run(tmp_path, "monitor.num_gpus=1", "logging.backend=none")
+    with pytest.raises(UserError, match=r"needs 4 CPUs .* but the cluster has 2"):
+        run(tmp_path, "monitor.num_monitors=3", "monitor.num_cpus=1", "train.num_workers=1", "logging.backend=none")

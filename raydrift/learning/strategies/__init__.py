@@ -18,6 +18,9 @@ __all__ = ["STRATEGY_REGISTRY", "StepContext", "UpdateStrategy", "make_strategy"
 STRATEGY_REGISTRY: dict[str, str] = {
     "naive": "raydrift.learning.strategies.naive:NaiveUpdate",
     "replay": "raydrift.learning.strategies.replay:ReplayUpdate",
+    "ewc_online": "raydrift.learning.strategies.ewc_online:OnlineEWCUpdate",
+    "der++": "raydrift.learning.strategies.derpp:DERPPUpdate",
+    "jvp": "raydrift.learning.strategies.jvp:JVPRegularizedUpdate",
 }
 """Registry name -> ``module:Class``."""
 

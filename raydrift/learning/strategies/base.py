@@ -45,6 +45,10 @@ class StepContext:
         when ``world_size == 1``. A strategy whose loss is not a mean over samples (a penalty on a
         quantity of the whole global batch, e.g. a directional derivative) uses it to combine
         per-rank partial results before the nonlinearity.
+    hist_index : Tensor or None
+        Row indices into ``UpdateData.memory_*`` of this rank's history samples (``x_hist[i]`` is
+        memory row ``hist_index[i]``), for strategies that keep per-sample memory state (DER++'s
+        logits). ``None`` when there is no history batch or the caller did not give them.
     """
 
     rank: int
@@ -54,6 +58,7 @@ class StepContext:
     epoch: int
     step: int
     all_reduce: Callable[[Tensor], Any] | None = None
+    hist_index: Tensor | None = None
 
 
 class UpdateStrategy:
@@ -70,9 +75,11 @@ class UpdateStrategy:
     Notes
     -----
     A strategy object lives for one update (it is built in every trainer worker). Anything it learns
-    in :meth:`setup` (e.g. an EWC Fisher matrix) is computed identically on every rank from the full,
-    unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should outlive one update goes
-    through :meth:`state_dict` / :meth:`load_state_dict`.
+    in :meth:`setup` or :meth:`teardown` (e.g. an EWC Fisher matrix) is computed identically on every
+    rank from the full, unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should
+    outlive one update goes through :meth:`state_dict` / :meth:`load_state_dict`: the Ray Train
+    ``train_func`` loads the previous update's state (config key ``strategy_state``) before
+    :meth:`setup` and saves the new one as ``strategy.pt`` in the update's checkpoint.
 
     Strategies receive the plain (unwrapped) module: ``torch.func.functional_call(model, params, x)``
     works on it, and gradients are all-reduced by the loop, not by a DDP wrapper.

@@ -1,0 +1,244 @@
+"""Two-sample tests for label-free drift detection, and the window detector that runs them.
+
+Label-free detection compares a *reference window* (values seen right after a (re)start: after an
+accepted update, data the updated model is known to handle) with the *current window* (the newest
+values) by a two-sample test, every ``test_every`` values, and signals a drift when the test's
+p-value falls below ``alpha``. The values are vectors: the model's output confidence or entropy
+(one number per sample) or input / embedding features (many). Two tests:
+
+* :func:`mmd_test`: maximum mean discrepancy with a Gaussian kernel (median-heuristic bandwidth) and a
+  permutation p-value: multivariate, sees mean *and* covariance shifts.
+* :func:`ks_test`: a Kolmogorov-Smirnov test per feature, the p-values combined with a multiple-testing
+  correction (Bonferroni or Benjamini-Hochberg): cheap, interpretable per feature, blind to changes of
+  the dependence between features.
+
+The detectors are :class:`raydrift.detection.mmd.MMDDetector` and
+:class:`raydrift.detection.ks.KSDetector`; both are ordinary registered detectors (a scalar stream is
+a 1-feature stream), and the engine runs one of them on the label-free signal with
+``drift_detection.label_free``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.stats import kstwo
+
+from raydrift.detection.base import NativeDetector, check_param
+
+__all__ = ["CORRECTIONS", "TwoSampleDetector", "ks_test", "mmd_test"]
+
+CORRECTIONS = ("bonferroni", "fdr_bh", "none")
+
+
+def _as_2d(x: np.ndarray) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    return arr.reshape(-1, 1) if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
+
+
+def mmd_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    permutations: int = 500,
+    rng: np.random.Generator | None = None,
+    bandwidth: float | None = None,
+) -> tuple[float, float]:
+    """Squared MMD between samples ``x`` and ``y`` (Gaussian kernel) and its permutation p-value.
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Samples, shape ``(n, d)`` and ``(m, d)`` (1-D arrays are one feature).
+    permutations : int
+        Random relabellings of the pooled sample; the p-value is
+        ``(1 + #{permuted MMD >= observed}) / (1 + permutations)``, so it is never below
+        ``1 / (1 + permutations)``.
+    rng : np.random.Generator, optional
+        Source of the permutations (default: seeded with 0).
+    bandwidth : float, optional
+        Kernel bandwidth sigma in ``exp(-|a - b|^2 / (2 sigma^2))``; default: the median distance
+        between pooled points (median heuristic), or 1 if that is 0.
+
+    Returns
+    -------
+    tuple of float
+        ``(mmd2, p_value)``: the biased estimate of the squared MMD, in [0, 2].
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(100, 3)), rng.normal(size=(100, 3))
+    >>> mmd_test(a, b, 200, np.random.default_rng(1))[1] > 0.05
+    True
+    >>> mmd_test(a, b + 1.0, 200, np.random.default_rng(1))[1] < 0.01
+    True
+    """
+    x2, y2 = _as_2d(x), _as_2d(y)
+    n, m = x2.shape[0], y2.shape[0]
+    z = np.concatenate([x2, y2])
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    if bandwidth is None:
+        med = float(np.median(d2[np.triu_indices(n + m, k=1)]))
+        sigma2 = med if med > 0 else 1.0
+    else:
+        sigma2 = float(bandwidth) ** 2
+    k = np.exp(-d2 / (2.0 * sigma2))
+    # MMD^2_b = s^T K s with s = +1/n on x, -1/m on y; one matrix product for all permutations
+    s = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+    observed = float(s @ k @ s)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if permutations <= 0:
+        return observed, float("nan")
+    perms = np.stack([rng.permutation(s) for _ in range(permutations)], axis=1)
+    stats = np.einsum("ip,ip->p", perms, k @ perms)
+    # a tolerance so that relabellings equal to the observed split are counted as >= it
+    exceed = int(np.sum(stats >= observed - 1e-12))
+    return max(observed, 0.0), (1.0 + exceed) / (1.0 + permutations)
+
+
+def _ks_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-column two-sample KS statistic sup |F_x - F_y| (ties handled exactly)."""
+    n, m = x.shape[0], y.shape[0]
+    z = np.concatenate([x, y])
+    order = np.argsort(z, axis=0, kind="stable")
+    zs = np.take_along_axis(z, order, axis=0)
+    steps = np.where(order < n, 1.0 / n, -1.0 / m)
+    diff = np.cumsum(steps, axis=0)
+    # only where the next sorted value differs is the ECDF difference attained (ties move together)
+    last_of_tie = np.ones_like(zs, dtype=bool)
+    last_of_tie[:-1] = zs[1:] != zs[:-1]
+    return np.max(np.where(last_of_tie, np.abs(diff), 0.0), axis=0)
+
+
+def ks_test(x: np.ndarray, y: np.ndarray, correction: str = "bonferroni") -> tuple[float, float]:
+    """Per-feature two-sample KS tests, combined: ``(largest KS statistic, corrected p-value)``.
+
+    The p-value of each feature is the asymptotic one of :func:`scipy.stats.ks_2samp`
+    (``method="asymp"``). They are combined into one p-value for "some feature changed":
+    ``bonferroni``: ``min(1, d * min p)`` (Holm's procedure rejects exactly when this does);
+    ``fdr_bh``: the smallest Benjamini-Hochberg adjusted p-value, ``min_i p_(i) d / i``;
+    ``none``: the smallest raw p-value (only for one feature).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(200, 5)), rng.normal(size=(200, 5))
+    >>> ks_test(a, b)[1] > 0.05
+    True
+    >>> b[:, 2] += 1.0
+    >>> ks_test(a, b)[1] < 1e-6
+    True
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction '{correction}': use one of {', '.join(CORRECTIONS)}")
+    x2, y2 = _as_2d(x), _as_2d(y)
+    n, m = x2.shape[0], y2.shape[0]
+    stats = _ks_statistics(x2, y2)
+    en = round(n * m / (n + m))
+    pvals = np.clip(kstwo.sf(stats, en), 0.0, 1.0)
+    d = pvals.size
+    if correction == "bonferroni":
+        p = min(1.0, float(pvals.min()) * d)
+    elif correction == "fdr_bh":
+        ranked = np.sort(pvals)
+        p = min(1.0, float(np.min(ranked * d / np.arange(1, d + 1))))
+    else:
+        p = float(pvals.min())
+    return float(stats.max()), p
+
+
+class TwoSampleDetector(NativeDetector):
+    """A window detector: a two-sample test between a reference window and the current window.
+
+    After a (re)start the first ``reference_size`` values form the reference window; the newest
+    ``window_size`` values after them form the current window. Once it is full, the test runs every
+    ``test_every`` values (the detector's check cadence: it can only alarm on those values, which
+    adds up to ``test_every - 1`` values to a detection delay) and a drift is signalled when its
+    p-value is below ``alpha``; the warning zone when it is below ``warning_alpha``. The detector
+    restarts on the update after an alarm (a new reference is collected from the values that follow),
+    and on :meth:`reset` (the engine resets it after every accepted update, with
+    ``reset_after_update``: the reference is refreshed with data the updated model handles).
+
+    Values are numbers or 1-D arrays (one sample's features); all must have the same length.
+    Subclasses implement :meth:`_test`.
+
+    Repeating a test of level ``alpha`` on overlapping windows raises more than ``alpha`` false
+    alarms per test over a stationary stream; keep ``alpha`` small (the defaults give no false alarm
+    in the benchmark's stationary stretches; see ``docs/drift_detectors.md``).
+    """
+
+    name: ClassVar[str] = ""
+
+    def _init_windows(
+        self, reference_size: int, window_size: int, test_every: int, alpha: float, warning_alpha: float
+    ) -> None:
+        check_param("reference_size", reference_size >= 2, "an integer >= 2", reference_size)
+        check_param("window_size", window_size >= 2, "an integer >= 2", window_size)
+        check_param("test_every", test_every >= 1, "an integer >= 1", test_every)
+        check_param("alpha", 0.0 < alpha < 1.0, "a number in (0, 1)", alpha)
+        check_param(
+            "warning_alpha", alpha <= warning_alpha < 1.0, f"a number in [alpha={alpha}, 1)", warning_alpha
+        )
+        self.reference_size = reference_size
+        self.window_size = window_size
+        self.test_every = test_every
+        self.alpha = alpha
+        self.warning_alpha = warning_alpha
+
+    def reset(self) -> None:
+        self._reference: list[np.ndarray] = []
+        self._window: deque[np.ndarray] = deque(maxlen=self.window_size)
+        self._since_test = 0
+        self._drift = False
+        self._warning = False
+        self._statistic = 0.0
+        self._p_value = 1.0
+        self._rng = np.random.default_rng(int(getattr(self, "seed", 0)))
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    @property
+    def warning_detected(self) -> bool:
+        return self._warning
+
+    @property
+    def statistic(self) -> float:
+        """The test statistic of the last test (0 before the first)."""
+        return self._statistic
+
+    @property
+    def p_value(self) -> float:
+        """The p-value of the last test (1 before the first)."""
+        return self._p_value
+
+    @property
+    def reference_full(self) -> bool:
+        """Whether the reference window is complete."""
+        return len(self._reference) >= self.reference_size
+
+    def update(self, x: Any) -> None:
+        if self._drift:
+            self.reset()
+        v = np.array(x, dtype=np.float64).reshape(-1)
+        if not self.reference_full:
+            self._reference.append(v)
+            return
+        self._window.append(v)
+        if len(self._window) < self.window_size:
+            return
+        # test on the value that fills the window, then on every test_every-th value after it
+        self._since_test += 1
+        if (self._since_test - 1) % self.test_every != 0:
+            return  # between tests: no alarm; the warning zone stays as the last test left it
+        stat, p = self._test(np.stack(self._reference), np.stack(list(self._window)))
+        self._statistic, self._p_value = stat, p
+        self._drift = p < self.alpha
+        self._warning = not self._drift and p < self.warning_alpha
+
+    def _test(self, reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+        raise NotImplementedError

@@ -1,0 +1,310 @@
+"""The JVP-regularized update: replay plus a penalty on the first-order change of the history loss.
+
+Spec: ``shared/notes/jvp-update.md``; maths, defaults and measurements: ``docs/continuous_learning.md``.
+
+One step minimises ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) [+ α · logit replay]`` with
+
+``D(θ) = ⟨∇θ L_h(θ, x_h), v_θ⟩ + ⟨∇x L_h(θ, x_h), v_x⟩``,
+``v_θ = s · g_c / ‖g_c‖`` (``g_c = ∇θ L_c``, held constant) and
+``v_x = κ · (x_c − x_h) / (‖x_c‖ + ‖x_h‖)``.
+
+``D`` and ``L_h`` come out of **one** forward-mode JVP of ``(θ, x) ↦ L_h`` (``torch.func.jvp`` over
+``torch.func.functional_call``); back-propagating through it gives ``∇θ D = H_θθ v_θ + H_θx v_x``
+(a Hessian-vector product) and ``∇θ L_h`` in the same pass. ``g_c`` is the gradient the step computes
+anyway: the current loss is back-propagated first and its gradient read from ``p.grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from raydrift.harness import Harness
+from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.learning.strategies.derpp import LogitBank, logit_replay_sum
+
+if TYPE_CHECKING:
+    from raydrift.learning.loop import UpdateData
+
+__all__ = [
+    "JVPRegularizedUpdate",
+    "directional_derivative",
+    "input_tangent",
+    "penalty",
+    "penalty_derivative",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def penalty(d: Tensor, kind: str) -> Tensor:
+    """``φ(D)``: ``square`` → D², ``hinge`` → max(D, 0), ``identity`` → D."""
+    if kind == "square":
+        return d * d
+    if kind == "hinge":
+        return torch.clamp(d, min=0.0)
+    if kind == "identity":
+        return d
+    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+
+
+def penalty_derivative(d: Tensor, kind: str) -> Tensor:
+    """``φ'(D)`` (the hinge's derivative at 0 is taken as 0)."""
+    if kind == "square":
+        return 2.0 * d
+    if kind == "hinge":
+        return (d > 0).to(d.dtype)
+    if kind == "identity":
+        return torch.ones_like(d)
+    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+
+
+def _paired(x_cur: Tensor, n: int) -> Tensor:
+    """``x_cur`` cycled or cut to ``n`` rows (pairs current row ``i mod len`` with history row ``i``)."""
+    if len(x_cur) == n:
+        return x_cur
+    return x_cur[torch.arange(n, device=x_cur.device) % len(x_cur)]
+
+
+def input_tangent(
+    x_cur: Tensor, x_hist: Tensor, kappa: float, sq_norms: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """``v_x = κ · (x_c − x_h) / (‖x_c‖ + ‖x_h‖)``: history inputs shifted toward the current regime.
+
+    Row ``i`` of the history batch is paired with row ``i`` of the current batch. Batches of unequal
+    size pair history row ``i`` with current row ``i mod len(x_cur)`` (the loop always gives equal
+    sizes). ``sq_norms`` are the squared Frobenius norms of the *global* current and history batches
+    (summed over ranks); by default those of the given batches.
+    """
+    xc = _paired(x_cur, len(x_hist))
+    if sq_norms is None:
+        sq_norms = ((xc * xc).sum(), (x_hist * x_hist).sum())
+    denom = sq_norms[0].sqrt() + sq_norms[1].sqrt()
+    if float(denom) == 0.0:
+        return torch.zeros_like(x_hist)
+    return kappa * (xc - x_hist) / denom
+
+
+def directional_derivative(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x_hist: Tensor,
+    y_hist: Tensor,
+    v_theta: dict[str, Tensor],
+    v_x: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(L_h, D, f_θ(x_h))`` from one forward-mode JVP of ``(θ, x) ↦ L_h(θ, x)`` at ``(θ, x_h)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The plain module; its trainable parameters named in ``v_theta`` are the primal θ (they keep
+        their autograd history, so ``D.backward()`` accumulates ``∇θ D`` into ``p.grad``).
+    loss_fn : callable
+        ``loss_fn(outputs, y)`` -> scalar mean loss (``harness.loss``).
+    x_hist, y_hist : Tensor
+        The history batch.
+    v_theta : dict[str, Tensor]
+        Parameter tangent by parameter name (constant).
+    v_x : Tensor, optional
+        Input tangent (constant); ``None`` (no input term) skips the input's forward-mode work.
+
+    Returns
+    -------
+    tuple of Tensor
+        The history loss, its directional derivative along ``(v_θ, v_x)`` and the model's outputs
+        on ``x_hist`` (for logit replay without a second forward pass).
+    """
+    named = dict(model.named_parameters())
+    params = {k: named[k] for k in v_theta}
+    if v_x is None:
+
+        def f_theta(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            out = functional_call(model, p, (x_hist,))
+            return loss_fn(out, y_hist), out
+
+        lh, d, out = jvp(f_theta, (params,), (v_theta,), has_aux=True)
+    else:
+
+        def f_both(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+            out = functional_call(model, p, (x,))
+            return loss_fn(out, y_hist), out
+
+        lh, d, out = jvp(f_both, (params, x_hist), (v_theta, v_x), has_aux=True)
+    return lh, d, out
+
+
+class JVPRegularizedUpdate(UpdateStrategy):
+    """Replay with a penalty on the predicted first-order rise of the history loss (the JVP update).
+
+    ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) + α · ‖f_θ(x_h) − z_h‖²`` (module docstring).
+    Config (``continual_learning:``): ``jvp_lambda`` (λ), ``jvp_input_scale`` (κ), ``replay_weight``
+    (β), ``jvp_sign`` (s), ``jvp_penalty`` (φ: ``square`` | ``hinge`` | ``identity``) and
+    ``jvp_logit_weight`` (α; logits recorded as for DER++, see
+    :class:`~raydrift.learning.strategies.derpp.LogitBank`).
+
+    Cost of a step: a forward and backward pass on the current batch (giving ``g_c``), one JVP on the
+    history batch and one backward pass through it; compared with a replay step (one forward and
+    backward pass on both batches) it is measured in ``benchmarks/jvp_cost.py``.
+
+    With N workers
+    --------------
+    Exact (N workers = 1 worker on the same global batch, up to float summation order): ``g_c`` is
+    all-reduced before it is normalised, the batch norms in ``v_x`` are all-reduced, each rank's
+    ``D`` share (its history shard's part, weighted by its share of the history batch) is
+    all-reduced into the global ``D`` before the nonlinearity φ, and each rank back-propagates
+    ``λ · φ'(D_global) · D_rank``, whose sum over ranks is ``∇θ λ φ(D_global)``. This costs two small
+    collectives and one of the size of the gradient per step, on top of the loop's gradient
+    all-reduce. What stays approximate: models with batch-dependent layers (BatchNorm statistics are
+    per shard) or per-rank randomness (dropout masks), as for every strategy; and the pairing of
+    ``x_c`` with ``x_h`` in ``v_x`` when a step's current and history batches differ in size.
+    """
+
+    name: ClassVar[str] = "jvp"
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.bank = LogitBank()
+        self._z: Tensor | None = None
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
+        self._z = self.bank.prepare(model, data) if self.cfg.jvp_logit_weight > 0 else None
+
+    def teardown(self, model: nn.Module, harness: Harness) -> None:
+        self._z = None
+
+    # --- pieces -----------------------------------------------------------------------------------
+    def _trainable(self, model: nn.Module) -> dict[str, Tensor]:
+        return {k: p for k, p in model.named_parameters() if p.requires_grad}
+
+    def _v_theta(self, params: dict[str, Tensor], grads: list[Tensor]) -> dict[str, Tensor]:
+        norm = torch.sqrt(sum((g.double() * g.double()).sum() for g in grads))  # type: ignore[arg-type]
+        scale = float(self.cfg.jvp_sign) / float(norm) if float(norm) > 0 else 0.0
+        return {k: (g * scale).detach() for k, g in zip(params, grads, strict=True)}
+
+    def _logit_term(self, out: Tensor, hist_index: Tensor | None) -> Tensor:
+        if self.cfg.jvp_logit_weight <= 0 or self._z is None or hist_index is None:
+            return out.sum() * 0.0
+        return logit_replay_sum(out, self._z[hist_index.cpu()].to(out.device))
+
+    # --- the reference loss (one process) -----------------------------------------------------------
+    def loss(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        x_cur: Tensor,
+        y_cur: Tensor,
+        x_hist: Tensor | None,
+        y_hist: Tensor | None,
+    ) -> Tensor:
+        """``J(θ)`` on one process, as a differentiable scalar (the reference :meth:`backward` matches).
+
+        ``g_c`` is taken with a separate ``autograd.grad``; the logit term is left out (it needs the
+        memory rows of the history batch, which only :meth:`backward` receives).
+        """
+        lc = harness.loss(model(x_cur), y_cur)
+        if x_hist is None or y_hist is None or len(x_hist) == 0:
+            return lc
+        params = self._trainable(model)
+        grads = torch.autograd.grad(lc, list(params.values()), retain_graph=True, allow_unused=True)
+        grads_t = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)]
+        v = self._v_theta(params, grads_t)
+        kappa = self.cfg.jvp_input_scale
+        v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
+        lh, d, _ = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
+        return lc + self.cfg.replay_weight * lh + self.cfg.jvp_lambda * penalty(d, self.cfg.jvp_penalty)
+
+    # --- the step the loop takes ----------------------------------------------------------------------
+    def backward(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        x_cur: Tensor,
+        y_cur: Tensor,
+        x_hist: Tensor | None,
+        y_hist: Tensor | None,
+        ctx: StepContext,
+    ) -> Tensor:
+        params = self._trainable(model)
+        plist = list(params.values())
+        device = plist[0].device if plist else torch.device("cpu")
+        reduce = ctx.all_reduce
+        # 1. current loss: forward + backward; its gradient (this rank's share) is g_c's share.
+        lc = torch.zeros((), device=device)
+        if len(x_cur) > 0 and ctx.global_n > 0:
+            lc = harness.loss(model(x_cur), y_cur) * (len(x_cur) / ctx.global_n)
+            lc.backward()
+        if ctx.global_hist_n == 0:  # no history anywhere: a naive step (same branch on every rank)
+            return lc.detach()
+        for p in plist:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad.detach().clone() for p in plist]  # type: ignore[union-attr]
+        if reduce is not None:  # the global g_c, so that v_θ is the same on every rank
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            reduce(flat)
+            grads = [c.view_as(g) for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)]
+        v = self._v_theta(params, grads)
+        has_local = x_hist is not None and y_hist is not None and len(x_hist) > 0
+        # 2. input tangent, with the global batch norms
+        kappa = self.cfg.jvp_input_scale
+        v_x = None
+        if kappa > 0:
+            if has_local and len(x_cur) > 0:
+                assert x_hist is not None
+                xc = _paired(x_cur, len(x_hist))
+                sq = torch.stack([(xc * xc).sum(), (x_hist * x_hist).sum()])
+            else:
+                sq = torch.zeros(2, device=device, dtype=x_cur.dtype)
+            if reduce is not None:
+                reduce(sq)
+            if has_local and len(x_cur) > 0:
+                assert x_hist is not None
+                v_x = input_tangent(x_cur, x_hist, kappa, (sq[0], sq[1])).detach()
+            elif has_local:
+                assert x_hist is not None
+                v_x = torch.zeros_like(x_hist)
+        # 3. one JVP on the history shard: L_h, D and the outputs
+        w = (len(x_hist) if has_local and x_hist is not None else 0) / ctx.global_hist_n
+        lh_share = d_share = logit_share = torch.zeros((), device=device)
+        if has_local:
+            assert x_hist is not None and y_hist is not None
+            lh, d, out = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
+            lh_share, d_share = lh * w, d * w
+            logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
+        d_global = d_share.detach().clone().reshape(1)
+        if reduce is not None:
+            reduce(d_global)
+        d_all = d_global[0]
+        kind, lam, beta, alpha = (
+            self.cfg.jvp_penalty,
+            self.cfg.jvp_lambda,
+            self.cfg.replay_weight,
+            self.cfg.jvp_logit_weight,
+        )
+        if has_local:
+            surrogate = beta * lh_share + lam * penalty_derivative(d_all, kind) * d_share + alpha * logit_share
+            surrogate.backward()
+        world = ctx.world_size
+        reported = lc + beta * lh_share + alpha * logit_share + lam * penalty(d_all, kind) / world
+        return reported.detach()
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded logits by memory sample id (used when ``jvp_logit_weight > 0``)."""
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bank" in state:
+            self.bank.load_state_dict(state["bank"])
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
+        yield {"jvp_penalty": "hinge", "jvp_input_scale": 1.0}
+        yield {"jvp_penalty": "identity", "jvp_sign": 1, "jvp_logit_weight": 0.5}
