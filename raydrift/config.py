@@ -170,6 +170,7 @@ class TrainConfig(_Section):
     )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu (fractional allowed)")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch size of an update step")
     lr: float = Field(1e-3, gt=0)

@@ -91,7 +91,9 @@ class Coordinator:
         return {"spec": s["spec"], "options": s["options"], "seed": s["seed"], "batch_size": s["batch_size"]}
 
     # --- setup ---------------------------------------------------------------------------------
-    def _initial_model(self, harness: Harness) -> torch.nn.Module:
+    def _initial_model(self, harness: Harness, device: str = "cpu") -> torch.nn.Module:
+        """Build the model, load ``model.checkpoint`` or pre-train it; it stays on ``device`` (the driver
+        pre-trains and evaluates the test sets there)."""
         torch.manual_seed(self.cfg.seed)
         model = harness.build_model()
         mc = self.cfg.model
@@ -106,7 +108,8 @@ class Coordinator:
                     f"model.checkpoint '{path}' could not be loaded into the model: {exc}"
                 ) from exc
             self.log(f"initial weights from {path}")
-        elif mc.pretrain_epochs > 0:
+        model.to(device)
+        if not mc.checkpoint and mc.pretrain_epochs > 0:
             data = harness.pretrain_data()
             if data is not None:
                 t0 = time.perf_counter()
@@ -165,7 +168,7 @@ class Coordinator:
         cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
         mc, tc = self.cfg.monitor, self.cfg.train
         need_cpu = mc.num_monitors * mc.num_cpus + tc.num_workers * tc.cpus_per_worker
-        need_gpu = mc.num_monitors * mc.num_gpus + (tc.num_workers if tc.use_gpu else 0)
+        need_gpu = mc.num_monitors * mc.num_gpus + (tc.num_workers * tc.gpus_per_worker if tc.use_gpu else 0)
         if need_cpu > cpus + 1e-9:
             raise UserError(
                 f"the config needs {need_cpu:g} CPUs ({mc.num_monitors} monitors x {mc.num_cpus:g} + "
@@ -201,7 +204,7 @@ class Coordinator:
         save_config(cfg, run_dir / "config.yaml")
         self.log(f"run directory: {run_dir}")
 
-        model = self._initial_model(harness)
+        model = self._initial_model(harness, device)
         test_sets = harness.test_sets()
         regimes = sorted(test_sets)
         names = harness.regime_names()

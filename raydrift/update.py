@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from raydrift.config import RaydriftConfig
 from raydrift.weights import Weights, load_weights, to_numpy
@@ -89,14 +90,14 @@ class Updater:
 
     def run(self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int) -> UpdateOutcome:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train.torch import TorchConfig, TorchTrainer
 
         from raydrift.learning.loop import train_func
 
         tc = self.cfg.train
         resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
         if tc.use_gpu:
-            resources["GPU"] = 1.0
+            resources["GPU"] = tc.gpus_per_worker
         config = {
             "harness": self.harness_spec["spec"],
             "harness_options": self.harness_spec["options"],
@@ -111,6 +112,8 @@ class Updater:
         trainer = TorchTrainer(
             train_loop_per_worker=train_func,
             train_loop_config=config,
+            # NCCL needs CUDA; logical GPUs on a CPU machine (tests, scheduling dry runs) use gloo
+            torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() and tc.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
             ),

@@ -25,6 +25,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     code_dir = tmp_path_factory.mktemp("code")
     path = os.pathsep.join([str(code_dir), str(ROOT)])
     ray.init(
+        address="local",  # a new cluster even if another one runs on this machine
         num_cpus=2,
         include_dashboard=False,
         namespace="raydrift",

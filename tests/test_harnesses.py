@@ -30,6 +30,13 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], int, int]] = {
         4,
         2,
     ),
+    "cifar": (
+        "cifar",
+        {"source": "synthetic", "synthetic_train": 300, "synthetic_test": 100, "test_samples": 50, "regime_batches": 2},
+        (3, 32, 32),
+        10,
+        5,
+    ),
 }
 BATCH = 16
 

@@ -117,7 +117,7 @@ def test_memory_capacity_and_contents() -> None:
     assert x.shape == (50, 1) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert torch.equal(x.squeeze(1).long(), y)  # x and y rows stay paired
     assert len(set(y.tolist())) == 50  # no sample stored twice
-    assert fill_more.nbytes == 50 * (4 + 8)
+    assert fill_more.nbytes == 50 * (4 + 8 + 8)  # input, label, id
 
 
 def test_memory_capacity_zero_and_empty() -> None:

@@ -70,8 +70,12 @@ class DriftDetector:
     #: detect a change, benchmarks print it next to the real detectors.
     baseline: ClassVar[bool] = False
 
-    def update(self, x: float) -> None:
-        """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm."""
+    def update(self, x: Any) -> None:
+        """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm.
+
+        ``x`` is a number; the two-sample (label-free) detectors also take a 1-D array (one sample's
+        features).
+        """
         raise NotImplementedError
 
     @property
@@ -206,7 +210,9 @@ class NativeDetector(DriftDetector):
             setattr(self, key, copy.deepcopy(value))
 
 
-def estimate_mean_std(n: int, total: float, total_sq: float, binary: bool, min_sigma: float) -> tuple[float, float]:
+def estimate_mean_std(
+    n: int, total: float, total_sq: float, binary: bool, min_sigma: float
+) -> tuple[float, float]:
     """In-control mean and standard deviation estimated from a burn-in of ``n`` values.
 
     Used by the control charts (CUSUM, EWMA) when the in-control mean or standard deviation is not

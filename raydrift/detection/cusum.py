@@ -153,4 +153,10 @@ class CUSUMDetector(NativeDetector):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"allowance": 1.0, "threshold": 10.0, "warning_threshold": 5.0, "min_instances": 50, "mode": "both"}
+        yield {
+            "allowance": 1.0,
+            "threshold": 10.0,
+            "warning_threshold": 5.0,
+            "min_instances": 50,
+            "mode": "both",
+        }

@@ -45,7 +45,9 @@ class DDMDetector(RiverDetector):
     name: ClassVar[str] = "ddm"
     river_cls: ClassVar[type[Any]] = binary.DDM
 
-    def __init__(self, warm_start: int = 30, warning_threshold: float = 2.0, drift_threshold: float = 3.0) -> None:
+    def __init__(
+        self, warm_start: int = 30, warning_threshold: float = 2.0, drift_threshold: float = 3.0
+    ) -> None:
         check_param("warm_start", warm_start >= 0, "an integer >= 0", warm_start)
         check_param("warning_threshold", warning_threshold > 0, "a number > 0", warning_threshold)
         check_param(

@@ -16,7 +16,11 @@ VOTINGS = ("any", "majority", "all", "weighted")
 def _member_spec(i: int, spec: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, str):
         return spec, {}
-    if isinstance(spec, dict) and isinstance(spec.get("detector"), str) and set(spec) <= {"detector", "params"}:
+    if (
+        isinstance(spec, dict)
+        and isinstance(spec.get("detector"), str)
+        and set(spec) <= {"detector", "params"}
+    ):
         params = spec.get("params") or {}
         if isinstance(params, dict):
             return spec["detector"], dict(params)
@@ -87,7 +91,8 @@ class EnsembleDetector(DriftDetector):
         check_param("voting", voting in VOTINGS, f"one of {', '.join(VOTINGS)}", voting)
         check_param(
             "weights",
-            weights is None or (len(weights) == len(members) and all(w >= 0 for w in weights) and sum(weights) > 0),
+            weights is None
+            or (len(weights) == len(members) and all(w >= 0 for w in weights) and sum(weights) > 0),
             f"null or {len(members)} non-negative numbers (one per member), not all 0",
             weights,
         )
@@ -189,6 +194,9 @@ class EnsembleDetector(DriftDetector):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"members": ["adwin", {"detector": "page_hinkley", "params": {"threshold": 30.0}}], "voting": "any"}
+        yield {
+            "members": ["adwin", {"detector": "page_hinkley", "params": {"threshold": 30.0}}],
+            "voting": "any",
+        }
         yield {"members": ["adwin", "hddm_a", "ddm"], "voting": "all", "vote_window": 300}
         yield {"members": ["adwin", "hddm_w", "cusum"], "voting": "weighted", "weights": [2.0, 1.0, 1.0]}

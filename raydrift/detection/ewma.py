@@ -172,4 +172,10 @@ class EWMADetector(NativeDetector):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"smoothing": 0.1, "threshold": 3.0, "warning_threshold": 2.0, "min_instances": 50, "mode": "both"}
+        yield {
+            "smoothing": 0.1,
+            "threshold": 3.0,
+            "warning_threshold": 2.0,
+            "min_instances": 50,
+            "mode": "both",
+        }

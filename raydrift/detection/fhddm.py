@@ -48,7 +48,10 @@ class FHDDMDetector(RiverDetector):
     river_cls: ClassVar[type[Any]] = binary.FHDDM
 
     def __init__(
-        self, sliding_window_size: int = 100, confidence_level: float = 0.000001, short_window_size: int | None = None
+        self,
+        sliding_window_size: int = 100,
+        confidence_level: float = 0.000001,
+        short_window_size: int | None = None,
     ) -> None:
         check_param("sliding_window_size", sliding_window_size >= 2, "an integer >= 2", sliding_window_size)
         check_param("confidence_level", 0.0 < confidence_level < 1.0, "a number in (0, 1)", confidence_level)

@@ -47,7 +47,8 @@ class HDDMWDetector(RiverDetector):
     def __init__(
         self,
         drift_confidence: float = 0.001,
-        warning_confidence: float = 0.005, lambda_val: float = 0.05,
+        warning_confidence: float = 0.005,
+        lambda_val: float = 0.05,
         two_sided_test: bool = False,
     ) -> None:
         check_param("drift_confidence", 0.0 < drift_confidence < 1.0, "a number in (0, 1)", drift_confidence)

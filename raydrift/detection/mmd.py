@@ -89,5 +89,12 @@ class MMDDetector(TwoSampleDetector):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"reference_size": 100, "window_size": 60, "test_every": 30, "permutations": 99, "alpha": 0.02}
-        yield {"reference_size": 80, "window_size": 50, "test_every": 25, "permutations": 99, "alpha": 0.02,
-               "standardize": False, "seed": 3}
+        yield {
+            "reference_size": 80,
+            "window_size": 50,
+            "test_every": 25,
+            "permutations": 99,
+            "alpha": 0.02,
+            "standardize": False,
+            "seed": 3,
+        }

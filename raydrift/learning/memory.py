@@ -189,8 +189,8 @@ class ReplayMemory:
 
     def _add_class_balanced(self, x: Tensor, y: Tensor) -> None:
         assert self._y is not None
-        for i in range(len(y)):
-            c = int(y[i])
+        labels = y.tolist()
+        for i, c in enumerate(labels):
             sid = self.seen
             self.seen += 1
             self._class_seen[c] = self._class_seen.get(c, 0) + 1
@@ -198,10 +198,10 @@ class ReplayMemory:
                 continue
             if self._size < self._cap:
                 self._reserve(self._size + 1)
-                self._store(torch.tensor([self._size]), x[i : i + 1], y[i : i + 1], torch.tensor([sid]))
+                self._store_one(self._size, x[i], c, sid)
                 self._size += 1
                 continue
-            stored = self._y[: self._size].numpy()
+            stored = self._y[: self._size].numpy()  # a view: kept current by _store_one
             counts = np.bincount(stored, minlength=c + 1)
             if counts[c] < counts.max():  # not a largest class: evict from a largest class
                 slot = self._victim(None)
@@ -209,7 +209,15 @@ class ReplayMemory:
                 slot = int(self._rng.choice(np.flatnonzero(stored == c)))
             else:
                 continue
-            self._store(torch.tensor([slot]), x[i : i + 1], y[i : i + 1], torch.tensor([sid]))
+            self._store_one(slot, x[i], c, sid)
+
+    def _store_one(self, slot: int, x: Tensor, y: int, sid: int) -> None:
+        assert self._x is not None and self._y is not None and self._ids is not None
+        self._x[slot] = x
+        self._y[slot] = y
+        self._ids[slot] = sid
+        if self._logits is not None:
+            self._logits[slot] = float("nan")
 
     def _victim(self, cls: int | None) -> int:
         """A slot to evict: uniform (reservoir) or uniform within a random largest class."""

@@ -179,9 +179,10 @@ class DERPPUpdate(UpdateStrategy):
         if self._z is not None and ctx.hist_index is not None:
             z = self._z[ctx.hist_index.cpu()]
         lc, ce_sum, mse_sum = self._terms(model, harness, x_cur, y_cur, x_hist, y_hist, z)
-        total = lc * (len(x_cur) / max(1, ctx.global_n)) + (
-            self.cfg.der_beta * ce_sum + self.cfg.der_alpha * mse_sum
-        ) / ctx.global_hist_n
+        total = (
+            lc * (len(x_cur) / max(1, ctx.global_n))
+            + (self.cfg.der_beta * ce_sum + self.cfg.der_alpha * mse_sum) / ctx.global_hist_n
+        )
         total.backward()
         return total.detach()
 

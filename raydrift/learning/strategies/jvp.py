@@ -127,14 +127,15 @@ def directional_derivative(
             out = functional_call(model, p, (x_hist,))
             return loss_fn(out, y_hist), out
 
-        lh, d, out = jvp(f_theta, (params,), (v_theta,), has_aux=True)
+        result: Any = jvp(f_theta, (params,), (v_theta,), has_aux=True)
     else:
 
         def f_both(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
             out = functional_call(model, p, (x,))
             return loss_fn(out, y_hist), out
 
-        lh, d, out = jvp(f_both, (params, x_hist), (v_theta, v_x), has_aux=True)
+        result = jvp(f_both, (params, x_hist), (v_theta, v_x), has_aux=True)
+    lh, d, out = result  # (primal, tangent, aux)
     return lh, d, out
 
 
@@ -212,7 +213,9 @@ class JVPRegularizedUpdate(UpdateStrategy):
             return lc
         params = self._trainable(model)
         grads = torch.autograd.grad(lc, list(params.values()), retain_graph=True, allow_unused=True)
-        grads_t = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)]
+        grads_t = [
+            torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)
+        ]
         v = self._v_theta(params, grads_t)
         kappa = self.cfg.jvp_input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
@@ -248,7 +251,10 @@ class JVPRegularizedUpdate(UpdateStrategy):
         if reduce is not None:  # the global g_c, so that v_θ is the same on every rank
             flat = torch.cat([g.reshape(-1) for g in grads])
             reduce(flat)
-            grads = [c.view_as(g) for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)]
+            grads = [
+                c.view_as(g)
+                for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)
+            ]
         v = self._v_theta(params, grads)
         has_local = x_hist is not None and y_hist is not None and len(x_hist) > 0
         # 2. input tangent, with the global batch norms
@@ -288,7 +294,9 @@ class JVPRegularizedUpdate(UpdateStrategy):
             self.cfg.jvp_logit_weight,
         )
         if has_local:
-            surrogate = beta * lh_share + lam * penalty_derivative(d_all, kind) * d_share + alpha * logit_share
+            surrogate = (
+                beta * lh_share + lam * penalty_derivative(d_all, kind) * d_share + alpha * logit_share
+            )
             surrogate.backward()
         world = ctx.world_size
         reported = lc + beta * lh_share + alpha * logit_share + lam * penalty(d_all, kind) / world
