@@ -53,18 +53,19 @@ MAIN: dict[str, tuple[str, dict[str, Any]]] = {
     "replay": ("replay", {}),
     "ewc_online": ("ewc_online", {}),
     "der++": ("der++", {}),
-    "jvp (default)": ("jvp", {}),
-    "jvp + logits": ("jvp", {"jvp_logit_weight": 0.5}),
+    "jvp λ=1, no logits": ("jvp", {"jvp_logit_weight": 0.0}),
+    "jvp λ=1 + logits α=0.5 (default)": ("jvp", {}),
 }
+_NO_LOGITS = {"jvp_logit_weight": 0.0}
 ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
-    "jvp square λ=0.1": ("jvp", {"jvp_lambda": 0.1}),
-    "jvp square λ=10": ("jvp", {"jvp_lambda": 10.0}),
-    "jvp square λ=100": ("jvp", {"jvp_lambda": 100.0}),
-    "jvp hinge s=-1": ("jvp", {"jvp_penalty": "hinge", "jvp_sign": -1}),
-    "jvp identity s=-1 (unbounded)": ("jvp", {"jvp_penalty": "identity", "jvp_sign": -1}),
-    "jvp identity s=+1 (apeiron)": ("jvp", {"jvp_penalty": "identity", "jvp_sign": 1}),
-    "jvp square + input κ=1": ("jvp", {"jvp_input_scale": 1.0}),
-    "jvp square + input κ=10": ("jvp", {"jvp_input_scale": 10.0}),
+    "jvp square λ=0.1": ("jvp", {"jvp_lambda": 0.1, **_NO_LOGITS}),
+    "jvp square λ=10": ("jvp", {"jvp_lambda": 10.0, **_NO_LOGITS}),
+    "jvp square λ=100": ("jvp", {"jvp_lambda": 100.0, **_NO_LOGITS}),
+    "jvp hinge s=-1": ("jvp", {"jvp_penalty": "hinge", "jvp_sign": -1, **_NO_LOGITS}),
+    "jvp identity s=-1 (unbounded)": ("jvp", {"jvp_penalty": "identity", "jvp_sign": -1, **_NO_LOGITS}),
+    "jvp identity s=+1 (apeiron)": ("jvp", {"jvp_penalty": "identity", "jvp_sign": 1, **_NO_LOGITS}),
+    "jvp square + input κ=1": ("jvp", {"jvp_input_scale": 1.0, **_NO_LOGITS}),
+    "jvp square + input κ=10": ("jvp", {"jvp_input_scale": 10.0, **_NO_LOGITS}),
     "jvp λ=0 + logits (= replay + logits)": ("jvp", {"jvp_lambda": 0.0, "jvp_logit_weight": 0.5}),
 }
 

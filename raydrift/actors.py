@@ -77,16 +77,18 @@ class MonitorActor:
         name: str,
         num_cpus: float,
         device: str = "cpu",
+        label_free: str | None = None,
     ) -> None:
         set_torch_threads(num_cpus)
-        self.monitor = Monitor(build_harness(**harness_spec), metric, weights, version, name, device)
+        harness = build_harness(**harness_spec)
+        self.monitor = Monitor(harness, metric, weights, version, name, device, label_free=label_free)
         self.metrics = MonitorMetrics(name)  # dashboard: raydrift_* metrics tagged monitor=<name>
         self.metrics.version(version)
 
     @ray.method(concurrency_group="eval")
     def evaluate(self, batch_id: int, batch: Any) -> BatchResult:
         result = self.monitor.evaluate(batch_id, batch)
-        self.metrics.batch(len(result.values), result.eval_seconds)
+        self.metrics.batch(len(result.values), result.eval_seconds, result.version)
         return result
 
     @ray.method(concurrency_group="control")

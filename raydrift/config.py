@@ -151,7 +151,7 @@ class ContinualLearningConfig(_Section):
         "square", description="jvp: phi(D) = D^2 | max(D, 0) | D (identity with jvp_sign -1 is unbounded below)"
     )
     jvp_logit_weight: float = Field(
-        0.0, ge=0, description="jvp: alpha, weight of DER-style logit replay on the history batch (0: off)"
+        0.5, ge=0, description="jvp: alpha, weight of DER-style logit replay on the history batch (0: off)"
     )
     der_alpha: float = Field(0.5, ge=0, description="der++: alpha, weight of the logit (MSE) replay term")
     der_beta: float = Field(0.5, ge=0, description="der++: beta, weight of the label (cross-entropy) replay term")
@@ -252,7 +252,12 @@ class RaydriftConfig(BaseModel):
 
 
 # Sections whose values are free-form dicts: keys below them are not checked against the schema here.
-_FREE_FORM = {("data",), ("drift_detection", "params")}
+_FREE_FORM = {("data",), ("drift_detection", "params"), ("drift_detection", "label_free", "params")}
+
+
+def _is_free_form(key: str) -> bool:
+    parts = tuple(key.split("."))
+    return any(parts[: len(prefix)] == prefix and len(parts) > len(prefix) for prefix in _FREE_FORM)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,8 +429,7 @@ def build_config(
     valid = _schema_keys(RaydriftConfig)
     for source, pairs in (("environment", env_overrides(environ)), ("--set", set_overrides(overrides))):
         for key, value in pairs:
-            head = tuple(key.split(".")[:2])
-            if key not in valid and head[:1] not in _FREE_FORM and head not in _FREE_FORM:
+            if key not in valid and not _is_free_form(key):
                 close = closest_key(key, valid)
                 hint = f"did you mean '{close}'?" if close else "list the valid keys with 'raydrift keys'"
                 name = f"{ENV_PREFIX}{key.upper().replace('.', '__')}" if source == "environment" else key

@@ -374,6 +374,7 @@ class Coordinator:
         ns = cfg.ray.namespace
         spec = self._actor_spec()
         mc = cfg.monitor
+        label_free = cfg.drift_detection.label_free.signal
         version = 0
         weights_ref = ray.put(weights)
         self._stream = StreamReader.options(  # type: ignore[attr-defined]
@@ -395,6 +396,7 @@ class Coordinator:
                 f"monitor-{i}",
                 mc.num_cpus,
                 device if mc.num_gpus > 0 else "cpu",
+                None if label_free == "none" else label_free,
             )
             for i in range(mc.num_monitors)
         ]
@@ -469,7 +471,15 @@ class Coordinator:
             data_ref = self._stream.update_data.remote(upto)
             ray.wait([data_ref])
             t1 = time.perf_counter()
-            outcome = updater.run(weights_ref, data_ref, version + 1)
+            # the drift's score picks the kind of update (drift_detection.regimes)
+            kind = getattr(event, "update_kind", "continual_learning") or "continual_learning"
+            start_ref, strategy = weights_ref, cfg.continual_learning.strategy
+            if kind == "fine_tuning":
+                strategy = "naive"  # plain fine-tuning on the window
+            elif kind == "retrain":
+                torch.manual_seed(cfg.seed + version + 1)  # re-initialise, then memory + window
+                start_ref = ray.put(to_numpy(harness.build_model().state_dict()))
+            outcome = updater.run(start_ref, data_ref, version + 1, strategy=strategy)
             t2 = time.perf_counter()
             version += 1
             weights = outcome.weights
@@ -491,7 +501,9 @@ class Coordinator:
                 "drift_batch_id": event.batch_id,
                 "window_last_batch_id": upto,
                 "live_batch_id": upto + 1,
-                "strategy": cfg.continual_learning.strategy,
+                "strategy": strategy,
+                "update_kind": kind,
+                "score": getattr(event, "score", None),
                 "collecting_seconds": round(t0 - t_alarm, 4),
                 "waiting_seconds": round(t1 - t0, 4),
                 "training_seconds": round(t2 - t1, 4),

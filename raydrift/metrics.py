@@ -14,6 +14,10 @@ Two recorders, both cheap (a few microseconds a call) and both no-ops outside a 
 
 Metric handles are created on first use and dropped when pickled, so both classes pickle.
 
+Ray drops a gauge's value from the node's endpoint some time after its last ``set`` (about 20 s,
+measured on Ray 2.60), so the recorders set their gauges again with every call: a monitor's version
+with every batch, the run's gauges with every interval, progress line, drift or update.
+
 Examples
 --------
 >>> m = RunMetrics("demo", "accuracy")  # outside Ray: every call is a no-op
@@ -116,6 +120,16 @@ class _Recorder:
     def __init__(self, enabled: bool | None = None) -> None:
         self._enabled_arg = enabled
         self._handles: dict[str, Any] = {}
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def _set(self, short: str, value: float, tags: dict[str, str]) -> None:
+        """Set a gauge and remember it, so that :meth:`_refresh` can set it again."""
+        self._gauges[(short, tuple(sorted(tags.items())))] = float(value)
+        self._get(short).set(float(value), tags=tags)
+
+    def _refresh(self) -> None:
+        for (short, tags), value in self._gauges.items():
+            self._get(short).set(value, tags=dict(tags))
 
     @property
     def enabled(self) -> bool:
@@ -130,7 +144,7 @@ class _Recorder:
         return handle
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}}  # handles are per process: made again on first use
+        return {**self.__dict__, "_handles": {}, "_gauges": {}}  # handles are per process: made again on first use
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -151,8 +165,8 @@ class MonitorMetrics(_Recorder):
         super().__init__(enabled)
         self.monitor = monitor
 
-    def batch(self, n_samples: int, seconds: float) -> None:
-        """One batch of ``n_samples`` evaluated in ``seconds``."""
+    def batch(self, n_samples: int, seconds: float, version: int | None = None) -> None:
+        """One batch of ``n_samples`` evaluated in ``seconds`` (with model ``version``)."""
         if not self.enabled:
             return
         tags = {"monitor": self.monitor}
@@ -160,11 +174,13 @@ class MonitorMetrics(_Recorder):
         if n_samples > 0:
             self._get("samples_evaluated").inc(float(n_samples), tags=tags)
         self._get("eval_seconds").observe(float(seconds), tags=tags)
+        if version is not None:
+            self._set("model_version", float(version), tags)
 
     def version(self, version: int) -> None:
         """The model version the monitor now evaluates with."""
         if self.enabled:
-            self._get("model_version").set(float(version), tags={"monitor": self.monitor})
+            self._set("model_version", float(version), {"monitor": self.monitor})
 
 
 class RunMetrics(_Recorder):
@@ -188,17 +204,20 @@ class RunMetrics(_Recorder):
     def interval(self, value: float) -> None:
         """The monitored metric aggregated over one interval (``IntervalRecord.value``)."""
         if self.enabled and value == value:  # NaN (an empty interval) is not exported
-            self._get("monitored_metric").set(float(value), tags={"run": self.run, "metric": self.metric})
+            self._set("monitored_metric", value, {"run": self.run, "metric": self.metric})
+            self._refresh()
 
     def throughput(self, samples_per_second: float) -> None:
         """Samples evaluated per second of monitoring so far."""
         if self.enabled:
-            self._get("samples_per_second").set(float(samples_per_second), tags={"run": self.run})
+            self._set("samples_per_second", samples_per_second, {"run": self.run})
+            self._refresh()
 
     def drift(self, detector: str) -> None:
         """One drift event acted on."""
         if self.enabled:
             self._get("drift_events").inc(1.0, tags={"run": self.run, "detector": detector})
+            self._refresh()
 
     def update(self, update: Mapping[str, Any]) -> None:
         """One update broadcast: an entry of ``summary["updates"]`` (``version``, ``strategy``,
@@ -212,4 +231,5 @@ class RunMetrics(_Recorder):
             if seconds is not None:
                 hist.observe(float(seconds), tags={"run": self.run, "phase": phase})
         if update.get("version") is not None:
-            self._get("run_model_version").set(float(update["version"]), tags={"run": self.run})
+            self._set("run_model_version", float(update["version"]), {"run": self.run})
+        self._refresh()

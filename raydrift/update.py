@@ -88,7 +88,11 @@ class Updater:
         # a URI (s3://, gs://, file://) is handed to Ray Train as is; a local path is made absolute
         self.storage_path = normalize_storage(storage_path)
 
-    def run(self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int) -> UpdateOutcome:
+    def run(
+        self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int, strategy: str | None = None
+    ) -> UpdateOutcome:
+        """Train from the weights behind ``weights_ref`` on ``data_ref`` (an UpdateData) with
+        ``strategy`` (default: ``continual_learning.strategy``); returns the new weights."""
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -104,7 +108,10 @@ class Updater:
             "seed": self.cfg.seed,
             "batch_size": self.cfg.stream.batch_size,
             "train": tc.model_dump(),
-            "continual_learning": self.cfg.continual_learning.model_dump(),
+            "continual_learning": {
+                **self.cfg.continual_learning.model_dump(),
+                **({"strategy": strategy} if strategy else {}),
+            },
             "weights_ref": weights_ref,
             "data_ref": data_ref,
             "version": version,

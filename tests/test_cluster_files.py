@@ -237,7 +237,7 @@ def test_recorders_are_no_ops_outside_ray_and_pickle() -> None:
     mon.version(1)
     assert not run.enabled and not mon.enabled
     clone = pickle.loads(pickle.dumps(run))
-    assert (clone.run, clone.metric, clone._handles) == ("r", "accuracy", {})
+    assert (clone.run, clone.metric, clone._handles, clone._gauges) == ("r", "accuracy", {}, {})
     assert not RunMetrics("r", "accuracy", enabled=False).enabled
 
 

@@ -348,7 +348,7 @@ def test_train_func_passes_strategy_state(tmp_path: Any) -> None:
     result = trainer.fit()
     assert result.checkpoint is not None
     try:
-        state = torch.load(f"{result.checkpoint.path}/strategy.pt", weights_only=False)
+        state = torch.load(f"{result.checkpoint.path}/strategy.pt", weights_only=True)
     finally:
         shutil.rmtree(result.checkpoint.path, ignore_errors=True)
     assert state["updates"] == previous.updates + 1  # continued from the state passed in

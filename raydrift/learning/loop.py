@@ -422,7 +422,7 @@ def train_func(config: dict[str, Any]) -> None:
     the run's storage and the worker's temporary directory is removed.
 
     The checkpoint also holds ``strategy.pt``: the strategy's ``state_dict()`` after the update (read
-    it with ``torch.load(..., weights_only=False)``; pass it as the next update's ``strategy_state``).
+    it with ``torch.load(..., weights_only=True)``: plain dicts of tensors; pass it as the next update's ``strategy_state``).
     The reported metrics add ``window_accuracy`` and ``memory_accuracy`` (the updated model on the
     window and the memory it trained on) when the harness has an ``accuracy`` metric.
     """

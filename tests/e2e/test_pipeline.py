@@ -186,3 +186,22 @@ def test_a_config_larger_than_the_cluster_is_a_clear_error(ray_cluster: Path, tm
         run(tmp_path, "monitor.num_gpus=1", "logging.backend=none")
     with pytest.raises(UserError, match=r"needs 4 CPUs .* but the cluster has 2"):
         run(tmp_path, "monitor.num_monitors=3", "monitor.num_cpus=1", "train.num_workers=1", "logging.backend=none")
+
+
+def test_drift_score_picks_the_kind_of_update(ray_cluster: Path, tmp_path: Path) -> None:
+    # score = how far accuracy fell; every drift here falls by more than 0.2 -> retrain, none by less than 0
+    s = run(
+        tmp_path,
+        "train.num_workers=0",
+        "logging.backend=none",
+        "logging.plots=false",
+        "drift_detection.regimes.fine_tuning=0.0",
+        "drift_detection.regimes.retrain=0.2",
+    )
+    assert s["updates"]
+    for upd, ev in zip(s["updates"], s["drift_events"], strict=False):
+        expected = "retrain" if ev["score"] >= 0.2 else "fine_tuning"
+        assert upd["update_kind"] == expected and upd["score"] == ev["score"]
+        assert upd["strategy"] == ("naive" if expected == "fine_tuning" else "replay")
+        r = upd["regime"]
+        assert upd["test_accuracy_after"][r] > upd["test_accuracy_before"][r]
