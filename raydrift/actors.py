@@ -43,6 +43,8 @@ class StreamReader:
             memory_size=cl_cfg["memory_size"],
             seed=harness_spec["seed"],
             max_batches=stream_cfg["max_batches"],
+            memory_policy=cl_cfg.get("memory_policy", "reservoir"),
+            memory_max_bytes=cl_cfg.get("memory_max_bytes"),
         )
 
     def next_batches(self, k: int) -> list[tuple[BatchMeta, ray.ObjectRef]]:

@@ -377,6 +377,7 @@ class Coordinator:
         label_free = cfg.drift_detection.label_free.signal
         version = 0
         weights_ref = ray.put(weights)
+        strategy_state_ref: ray.ObjectRef | None = None  # carried from update to update
         self._stream = StreamReader.options(  # type: ignore[attr-defined]
             name="stream", namespace=ns, num_cpus=0
         ).remote(spec, cfg.stream.model_dump(), cfg.continual_learning.model_dump())
@@ -465,6 +466,7 @@ class Coordinator:
         def update(event: DriftEvent, t_alarm: float, upto: int) -> None:
             """Train on the window ending at ``upto``, broadcast, resume the stream at ``upto + 1``."""
             nonlocal version, weights, weights_ref, monitor_seconds, t_mon, stream_done, processed
+            nonlocal strategy_state_ref
             monitor_seconds += time.perf_counter() - t_mon
             t0 = time.perf_counter()
             drain()
@@ -479,7 +481,11 @@ class Coordinator:
             elif kind == "retrain":
                 torch.manual_seed(cfg.seed + version + 1)  # re-initialise, then memory + window
                 start_ref = ray.put(to_numpy(harness.build_model().state_dict()))
-            outcome = updater.run(start_ref, data_ref, version + 1, strategy=strategy)
+            outcome = updater.run(
+                start_ref, data_ref, version + 1, strategy=strategy, strategy_state_ref=strategy_state_ref
+            )
+            if outcome.strategy_state is not None:
+                strategy_state_ref = ray.put(outcome.strategy_state)
             t2 = time.perf_counter()
             version += 1
             weights = outcome.weights
@@ -514,6 +520,8 @@ class Coordinator:
                 "train_loss": outcome.metrics.get("train_loss"),
                 "train_steps": outcome.metrics.get("steps"),
                 "train_torch_threads": outcome.metrics.get("torch_threads"),
+                "window_accuracy_after_training": outcome.metrics.get("window_accuracy"),
+                "memory_accuracy_after_training": outcome.metrics.get("memory_accuracy"),
                 "regime": event.regime,
                 "accuracy_before": event.value,
                 "accuracy_after": None,

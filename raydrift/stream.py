@@ -54,6 +54,8 @@ class StreamState:
         memory_size: int = 500,
         seed: int = 0,
         max_batches: int | None = None,
+        memory_policy: str = "reservoir",
+        memory_max_bytes: int | None = None,
     ) -> None:
         self.window_batches = window_batches
         self.memory_size = memory_size
@@ -66,7 +68,9 @@ class StreamState:
         self._committed = 0  # batch ids < this are committed
         self._pending: dict[int, Batch] = {}  # served (or produced) but not committed
         self._window: deque[Batch] = deque(maxlen=window_batches)
-        self._memory = ReplayMemory(memory_size, seed=seed)
+        self._memory = ReplayMemory(
+            memory_size, seed=seed, policy=memory_policy, max_bytes=memory_max_bytes  # type: ignore[arg-type]
+        )
         self._regime_starts: list[tuple[int, int]] = []  # (regime, first batch id)
 
     # --- serving -------------------------------------------------------------------------------
@@ -135,6 +139,8 @@ class StreamState:
             window_y=torch.cat([b.y for b in window]),
             memory_x=mem_x,
             memory_y=mem_y,
+            memory_ids=self._memory.ids(),
+            memory_logits=self._memory.logits(),
         )
 
     # --- reporting / state -----------------------------------------------------------------------

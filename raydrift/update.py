@@ -22,6 +22,7 @@ class UpdateOutcome:
     weights: Weights
     metrics: dict[str, Any]
     training_seconds: float
+    strategy_state: dict[str, Any] | None = None
 
 
 def is_uri(path: str | os.PathLike[str]) -> bool:
@@ -89,7 +90,12 @@ class Updater:
         self.storage_path = normalize_storage(storage_path)
 
     def run(
-        self, weights_ref: ray.ObjectRef, data_ref: ray.ObjectRef, version: int, strategy: str | None = None
+        self,
+        weights_ref: ray.ObjectRef,
+        data_ref: ray.ObjectRef,
+        version: int,
+        strategy: str | None = None,
+        strategy_state_ref: ray.ObjectRef | None = None,
     ) -> UpdateOutcome:
         """Train from the weights behind ``weights_ref`` on ``data_ref`` (an UpdateData) with
         ``strategy`` (default: ``continual_learning.strategy``); returns the new weights."""
@@ -115,6 +121,7 @@ class Updater:
             "weights_ref": weights_ref,
             "data_ref": data_ref,
             "version": version,
+            "strategy_state": strategy_state_ref,  # e.g. EWC's Fisher, DER++'s recorded logits
         }
         trainer = TorchTrainer(
             train_loop_per_worker=train_func,
@@ -135,10 +142,16 @@ class Updater:
         seconds = time.perf_counter() - t0
         if result.checkpoint is None:
             raise RuntimeError(f"update {version}: the training loop reported no checkpoint")
+        strategy_state = None
         with result.checkpoint.as_directory() as d:
             state = load_weights(Path(d) / "model.pt")
+            if (Path(d) / "strategy.pt").is_file():
+                strategy_state = load_weights(Path(d) / "strategy.pt")
         if tc.num_workers == 0:  # local mode leaves the checkpoint in a temp dir for us to remove
             shutil.rmtree(result.checkpoint.path, ignore_errors=True)
         return UpdateOutcome(
-            weights=to_numpy(state), metrics=dict(result.metrics or {}), training_seconds=seconds
+            weights=to_numpy(state),
+            metrics=dict(result.metrics or {}),
+            training_seconds=seconds,
+            strategy_state=strategy_state,
         )

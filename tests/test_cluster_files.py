@@ -189,7 +189,9 @@ def test_rayjob_runs_raydrift_on_cifar_with_valid_overrides() -> None:
     assert words[:3] == ["raydrift", "run", "configs/cifar.yaml"]
     overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
     assert any(o.startswith("ray.storage_path=s3://") for o in overrides)
-    build_config(None, overrides)  # every overridden key exists and its value is valid
+    assert "ray.autoscaling=true" in overrides  # GPU workers start at 0
+    cfg = build_config(ROOT / words[2], overrides)  # the config and every override are valid
+    assert cfg.ray.autoscaling and cfg.ray.storage_path is not None
 
 
 # --- Grafana ----------------------------------------------------------------------------------
