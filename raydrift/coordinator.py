@@ -519,6 +519,7 @@ class Coordinator:
                 "memory_samples": int(outcome.metrics.get("memory_samples", 0)),
                 "train_loss": outcome.metrics.get("train_loss"),
                 "train_steps": outcome.metrics.get("steps"),
+                "train_loop_seconds": outcome.metrics.get("seconds"),  # the gradient steps alone
                 "train_torch_threads": outcome.metrics.get("torch_threads"),
                 "window_accuracy_after_training": outcome.metrics.get("window_accuracy"),
                 "memory_accuracy_after_training": outcome.metrics.get("memory_accuracy"),
