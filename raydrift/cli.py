@@ -63,6 +63,19 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return cfg
 
 
+def _stop_on_sigterm() -> None:
+    """``ray job stop`` and Kubernetes send SIGTERM: stop like Ctrl-C, writing what the run has."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave the default
+        pass
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -73,6 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
+    _stop_on_sigterm()
     summary = Coordinator(cfg, address=args.address, run_dir=run_dir).run()
     return 130 if summary["run"]["status"] == "interrupted" else 0
 

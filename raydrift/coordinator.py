@@ -29,9 +29,10 @@ from raydrift.errors import UserError
 from raydrift.harness import Harness, build_harness
 from raydrift.learning.loop import evaluate, pretrain
 from raydrift.learning.metrics import cl_summary
+from raydrift.metrics import RunMetrics
 from raydrift.report import MetricsWriter, format_summary, make_plots, write_summary
 from raydrift.tracking import Tracker, make_tracker
-from raydrift.update import Updater
+from raydrift.update import Updater, copy_run_outputs, train_storage
 from raydrift.weights import Weights, load_into, load_weights, save_weights, to_numpy
 
 Console = Callable[[str], None]
@@ -175,6 +176,13 @@ class Coordinator:
                 f"{tc.num_workers} train workers x {tc.cpus_per_worker:g}) but the cluster has {cpus:g}: "
                 "lower monitor.num_cpus, monitor.num_monitors or train.num_workers"
             )
+        for key, amount in mc.resources.items():
+            have = res.get(key, 0.0)
+            if mc.num_monitors * amount > have + 1e-9:
+                raise UserError(
+                    f"monitor.resources needs {mc.num_monitors * amount:g} '{key}' but the cluster offers "
+                    f"{have:g}: declare it on nodes (ray start --resources) or change monitor.resources"
+                )
         if need_gpu > gpus + 1e-9:
             raise UserError(
                 f"the config needs {need_gpu:g} GPUs but the cluster has {gpus:g}: lower monitor.num_gpus "
@@ -298,6 +306,12 @@ class Coordinator:
                 except Exception as exc:  # noqa: BLE001 - plots must never lose a run
                     self.log(f"warning: plots failed: {exc}")
             tracker.log_artifacts(run_dir)
+            try:
+                dest = copy_run_outputs(run_dir, cfg.ray.storage_path)
+                if dest:
+                    self.log(f"outputs copied to {dest}")
+            except Exception as exc:  # noqa: BLE001 - a failed copy must not lose the run
+                self.log(f"warning: copying outputs to ray.storage_path failed: {exc}")
             tracker.finish(status)
             self._shutdown()
         self.log(format_summary(summary))
@@ -404,7 +418,8 @@ class Coordinator:
         self._detector = DetectorActor.options(  # type: ignore[attr-defined]
             name="detector", namespace=ns, num_cpus=0
         ).remote(cfg.drift_detection.model_dump(), metric, higher_is_better, cfg.seed)
-        updater = Updater(cfg, spec, self.run_dir / "train")  # type: ignore[operator]
+        updater = Updater(cfg, spec, train_storage(cfg.ray.storage_path, self.run_dir))  # type: ignore[arg-type]
+        run_metrics = RunMetrics(self.run_dir.name, metric)  # type: ignore[union-attr]
         ray.get([m.stats.remote() for m in self._monitors])  # actors are up
         self.log(
             f"{mc.num_monitors} monitor(s), detector '{cfg.drift_detection.detector}' on {metric} "
@@ -432,6 +447,7 @@ class Coordinator:
             nonlocal samples, last_value
             samples += rec.n_samples
             last_value = rec.value
+            run_metrics.interval(rec.value)
             metrics_writer.write(rec.to_dict())
             tracker.log_metrics({"monitored": rec.value, **rec.metrics}, step=rec.last_batch)
             for upd in pending_after:
@@ -457,6 +473,7 @@ class Coordinator:
                 last_progress = now
                 total = f"/{cfg.stream.max_batches}" if cfg.stream.max_batches else ""
                 rate = samples / max(1e-9, monitor_seconds + now - t_mon)
+                run_metrics.throughput(rate)
                 self.log(
                     f"[batch {processed}{total}] {metric} {last_value:.3f}  model v{version}  "
                     f"drifts {len(summary['drift_events'])}  updates {len(summary['updates'])}  "
@@ -530,6 +547,7 @@ class Coordinator:
                 "test_accuracy_after": dict(zip(regimes, after, strict=True)),
             }
             summary["updates"].append(upd)
+            run_metrics.update(upd)
             pending_after.append(upd)
             tracker.log_metrics(
                 {
@@ -595,6 +613,7 @@ class Coordinator:
             if out.events:
                 event: DriftEvent = out.events[0]
                 summary["drift_events"].append(event.to_dict())
+                run_metrics.drift(event.detector)
                 tracker.log_metrics({"drift": 1.0}, step=event.batch_id)
                 self.log(
                     f"drift at batch {event.batch_id} (regime {event.regime}): {metric} {event.value:.3f} "
@@ -631,6 +650,7 @@ class Coordinator:
                 "monitor_versions": {s["name"]: s["version"] for s in stats},
                 "monitor_batches": {s["name"]: s["batches"] for s in stats},
                 "monitor_torch_threads": {s["name"]: s["torch_threads"] for s in stats},
+                "monitor_nodes": {s["name"]: s.get("node_id") for s in stats},
                 "eval_seconds_total": round(sum(s["eval_seconds"] for s in stats), 3),
             }
         )

@@ -455,7 +455,7 @@ def train_func(config: dict[str, Any]) -> None:
             data = ray.get(data)
         model = harness.build_model()
         load_into(model, weights)
-        if train_cfg.use_gpu:
+        if train_cfg.use_gpu and torch.cuda.is_available():  # logical GPUs without CUDA: stay on CPU
             model = model.to(ray.train.torch.get_device())
         strategy = make_strategy(cl_cfg.strategy, cl_cfg)
         previous = config.get("strategy_state")

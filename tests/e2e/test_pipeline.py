@@ -137,7 +137,10 @@ def in_process_runs(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory)
     return {
         "one": run(tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", *common),
         "three": run(tmp, "monitor.num_monitors=3", "monitor.num_cpus=0.5", *common),
-        "again": run(tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", *common),
+        # the same run again, with its outputs also copied to a storage path
+        "again": run(
+            tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", f"ray.storage_path={tmp / 'store'}", *common
+        ),
     }
 
 
@@ -185,7 +188,13 @@ def test_a_config_larger_than_the_cluster_is_a_clear_error(ray_cluster: Path, tm
     with pytest.raises(UserError, match=r"needs 1 GPUs but the cluster has 0: lower monitor.num_gpus"):
         run(tmp_path, "monitor.num_gpus=1", "logging.backend=none")
     with pytest.raises(UserError, match=r"needs 4 CPUs .* but the cluster has 2"):
-        run(tmp_path, "monitor.num_monitors=3", "monitor.num_cpus=1", "train.num_workers=1", "logging.backend=none")
+        run(
+            tmp_path,
+            "monitor.num_monitors=3",
+            "monitor.num_cpus=1",
+            "train.num_workers=1",
+            "logging.backend=none",
+        )
 
 
 def test_drift_score_picks_the_kind_of_update(ray_cluster: Path, tmp_path: Path) -> None:
@@ -205,3 +214,11 @@ def test_drift_score_picks_the_kind_of_update(ray_cluster: Path, tmp_path: Path)
         assert upd["strategy"] == ("naive" if expected == "fine_tuning" else "replay")
         r = upd["regime"]
         assert upd["test_accuracy_after"][r] > upd["test_accuracy_before"][r]
+
+
+def test_outputs_are_copied_to_the_storage_path(in_process_runs: dict[str, dict[str, Any]]) -> None:
+    s = in_process_runs["again"]
+    run_dir = Path(s["run"]["run_dir"])
+    copied = run_dir.parent / "store" / run_dir.name
+    assert json.loads((copied / "summary.json").read_text())["drift_events"] == s["drift_events"]
+    assert (copied / "metrics.csv").read_text() == (run_dir / "metrics.csv").read_text()
