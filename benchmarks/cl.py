@@ -207,6 +207,10 @@ def closed_loop(strategies: list[str], quick: bool, seed: int) -> list[dict[str,
                     for k in ("final_average_accuracy", "forgetting", "backward_transfer")
                 },
                 "updates": len(summary["updates"]),
+                "recovery_batches": [u.get("recovery_batches") for u in summary["updates"]],
+                "new_regime_accuracy_after": [
+                    u["test_accuracy_after"].get(u["regime"]) for u in summary["updates"]
+                ],
                 "wall_seconds": time.perf_counter() - t0,
             }
         )

@@ -37,6 +37,9 @@ from raydrift.weights import Weights, load_into, load_weights, save_weights, to_
 
 Console = Callable[[str], None]
 
+RECOVERY_TOLERANCE = 0.02
+"""An update has recovered when an interval's metric is back within this of the pre-drift level."""
+
 
 def make_run_dir(cfg: RaydriftConfig) -> Path:
     """``<runs_dir>/<name>-<timestamp>/`` (a suffix is added if it exists)."""
@@ -433,6 +436,8 @@ class Coordinator:
         processed = 0  # batches accepted by the detector: ids < processed
         samples = 0
         pending_after: list[dict[str, Any]] = []  # updates waiting for their post-update interval
+        awaiting_recovery: list[dict[str, Any]] = []  # updates whose metric is not back yet
+        tolerance = RECOVERY_TOLERANCE if higher_is_better else -RECOVERY_TOLERANCE
         t_mon = time.perf_counter()
         monitor_seconds = 0.0
         regimes_seen: list[int] = summary["stream"]["regimes_seen"]
@@ -454,6 +459,12 @@ class Coordinator:
                 if rec.version >= upd["version"]:
                     upd["accuracy_after"] = rec.value
             pending_after[:] = [u for u in pending_after if u.get("accuracy_after") is None]
+            for upd in awaiting_recovery:
+                ref = upd["pre_drift_value"]
+                back = rec.value >= ref - tolerance if higher_is_better else rec.value <= ref - tolerance
+                if rec.version >= upd["version"] and back:
+                    upd["recovery_batches"] = rec.last_batch - upd["drift_batch_id"]
+            awaiting_recovery[:] = [u for u in awaiting_recovery if u["recovery_batches"] is None]
 
         def drain() -> None:
             """Let in-flight batches finish and forget them (they are served again after a rewind)."""
@@ -542,11 +553,17 @@ class Coordinator:
                 "memory_accuracy_after_training": outcome.metrics.get("memory_accuracy"),
                 "regime": event.regime,
                 "accuracy_before": event.value,
+                "pre_drift_value": event.reference,
+                # batches from the drift until the monitored metric is back within RECOVERY_TOLERANCE
+                # of its pre-drift level (None: not within this regime)
+                "recovery_batches": None,
                 "accuracy_after": None,
                 "test_accuracy_before": dict(zip(regimes, prev, strict=True)),
                 "test_accuracy_after": dict(zip(regimes, after, strict=True)),
             }
             summary["updates"].append(upd)
+            awaiting_recovery.clear()  # a new drift ends the wait of earlier updates (recovery: None)
+            awaiting_recovery.append(upd)
             run_metrics.update(upd)
             pending_after.append(upd)
             tracker.log_metrics(

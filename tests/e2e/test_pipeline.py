@@ -222,3 +222,13 @@ def test_outputs_are_copied_to_the_storage_path(in_process_runs: dict[str, dict[
     copied = run_dir.parent / "store" / run_dir.name
     assert json.loads((copied / "summary.json").read_text())["drift_events"] == s["drift_events"]
     assert (copied / "metrics.csv").read_text() == (run_dir / "metrics.csv").read_text()
+
+
+def test_recovery_time_is_recorded(trained_run: dict[str, Any]) -> None:
+    updates = trained_run["updates"]
+    assert any(u["recovery_batches"] is not None for u in updates)
+    for u in updates:
+        assert u["pre_drift_value"] > 0.9  # the pre-trained model was accurate before the drift
+        if u["recovery_batches"] is not None:
+            # not before the new weights are live
+            assert u["recovery_batches"] > u["window_last_batch_id"] - u["drift_batch_id"]
