@@ -302,6 +302,9 @@ class Coordinator:
             summary["run"]["finished"] = dt.datetime.now().isoformat(timespec="seconds")
             summary["run"]["wall_seconds"] = round(time.perf_counter() - t_start, 3)
             self._finish_cl_metrics()
+            cl = {k: v for k, v in summary["cl_metrics"].items() if isinstance(v, int | float)}
+            if cl:
+                tracker.log_metrics(cl, step=summary["stream"]["batches"])
             write_summary(run_dir, summary)
             if cfg.logging.plots:
                 try:

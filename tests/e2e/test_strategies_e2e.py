@@ -41,3 +41,41 @@ def test_strategy_adapts_in_the_pipeline(ray_cluster: Path, tmp_path: Path, stra
         assert upd["strategy"] == strategy
         r = upd["regime"]
         assert upd["test_accuracy_after"][r] > upd["test_accuracy_before"][r] + 0.1
+
+
+def test_two_ray_train_workers_equal_one(ray_cluster: Path, tmp_path: Path) -> None:
+    """The JVP update with 2 real Ray Train workers equals the in-process update on the same global batch."""
+    import ray
+    import torch
+
+    from raydrift.harness import build_harness
+    from raydrift.learning.loop import UpdateData
+    from raydrift.update import Updater
+    from raydrift.weights import to_numpy
+
+    spec = {"spec": "synthetic", "options": {}, "seed": 0, "batch_size": 32}
+    harness = build_harness(**spec)
+    torch.manual_seed(0)
+    weights = to_numpy(harness.build_model().state_dict())
+    stream = harness.stream()
+    window = [next(stream) for _ in range(4)]
+    history = [next(stream) for _ in range(4)]
+    data = UpdateData(
+        torch.cat([b.x for b in window]),
+        torch.cat([b.y for b in window]),
+        torch.cat([b.x for b in history]),
+        torch.cat([b.y for b in history]),
+    )
+    refs = ray.put(weights), ray.put(data)
+    out = {}
+    for workers in (0, 2):
+        cfg = build_config(
+            None,
+            [*BASE, "continual_learning.strategy=jvp", f"train.num_workers={workers}", "train.epochs=2"],
+        )
+        out[workers] = Updater(cfg, spec, tmp_path / f"train-{workers}").run(*refs, version=1).weights
+    assert out[2].keys() == out[0].keys()
+    for k in out[0]:
+        # float32, different summation order: equal to 1e-5
+        assert abs(out[2][k] - out[0][k]).max() < 1e-5, k
+    assert any(abs(out[0][k] - weights[k]).max() > 1e-3 for k in weights)  # the update did move the weights
