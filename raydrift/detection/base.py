@@ -15,7 +15,7 @@ import pickle
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-__all__ = ["DriftDetector", "InvalidParam", "NativeDetector", "RiverDetector", "check_param"]
+__all__ = ["ControlChart", "DriftDetector", "InvalidParam", "NativeDetector", "RiverDetector", "check_param"]
 
 
 class InvalidParam(ValueError):
@@ -208,6 +208,81 @@ class NativeDetector(DriftDetector):
             setattr(self, key, copy.deepcopy(value))
         for key, value in state["state"].items():
             setattr(self, key, copy.deepcopy(value))
+
+
+CHART_MODES = ("up", "both")
+
+
+class ControlChart(NativeDetector):
+    """A control chart on standardized values (CUSUM, EWMA): the shared burn-in and parameter checks.
+
+    Until the in-control mean and standard deviation are known (given as ``target`` and ``sigma``, or
+    estimated by :func:`estimate_mean_std` from the first ``min_instances`` values), values only feed
+    the estimate. Subclasses call :meth:`_check_chart_params` in ``__init__``, :meth:`_reset_burn_in`
+    in ``reset`` and :meth:`_burn_in` first in ``update``.
+    """
+
+    threshold: float
+    warning_threshold: float
+    min_instances: int
+    target: float | None
+    sigma: float | None
+    min_sigma: float
+    mode: str
+
+    @staticmethod
+    def _check_chart_params(
+        threshold: float,
+        warning_threshold: float,
+        min_instances: int,
+        sigma: float | None,
+        min_sigma: float,
+        mode: str,
+    ) -> None:
+        check_param("threshold", threshold > 0.0, "a number > 0", threshold)
+        check_param(
+            "warning_threshold",
+            0.0 < warning_threshold <= threshold,
+            f"a number in (0, threshold={threshold}]",
+            warning_threshold,
+        )
+        check_param("min_instances", min_instances >= 1, "an integer >= 1", min_instances)
+        check_param("sigma", sigma is None or sigma > 0.0, "null or a number > 0", sigma)
+        check_param("min_sigma", min_sigma > 0.0, "a number > 0", min_sigma)
+        check_param("mode", mode in CHART_MODES, f"one of {', '.join(CHART_MODES)}", mode)
+
+    def _reset_burn_in(self) -> None:
+        self._n = 0
+        self._sum = 0.0
+        self._sum_sq = 0.0
+        self._binary = True
+        known = self.target is not None and self.sigma is not None
+        self._mu: float | None = self.target if known else None
+        self._sd: float | None = self.sigma if known else None
+        self._drift = False
+        self._warning = False
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._drift
+
+    @property
+    def warning_detected(self) -> bool:
+        return self._warning
+
+    def _burn_in(self, x: float) -> bool:
+        """Count ``x``; True if it went to the in-control estimate (the chart must not use it)."""
+        self._n += 1
+        if self._mu is not None:
+            return False
+        self._sum += x
+        self._sum_sq += x * x
+        self._binary = self._binary and x in (0.0, 1.0)
+        if self._n >= self.min_instances:  # the burn-in ends with the min_instances-th value
+            mean, sd = estimate_mean_std(self._n, self._sum, self._sum_sq, self._binary, self.min_sigma)
+            self._mu = self.target if self.target is not None else mean
+            self._sd = self.sigma if self.sigma is not None else sd
+        return True
 
 
 def estimate_mean_std(

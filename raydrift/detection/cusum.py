@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from raydrift.detection.base import NativeDetector, check_param, estimate_mean_std
+from raydrift.detection.base import ControlChart, check_param
 
 __all__ = ["CUSUMDetector"]
 
-_MODES = ("up", "both")
 
-
-class CUSUMDetector(NativeDetector):
+class CUSUMDetector(ControlChart):
     """CUSUM: alarms when the cumulative standardized excess over the in-control mean exceeds ``threshold``.
 
     Page's tabular CUSUM. Each value is standardized, ``z = (x - target) / sigma``, and accumulated::
@@ -79,17 +77,7 @@ class CUSUMDetector(NativeDetector):
         mode: str = "up",
     ) -> None:
         check_param("allowance", allowance >= 0.0, "a number >= 0", allowance)
-        check_param("threshold", threshold > 0.0, "a number > 0", threshold)
-        check_param(
-            "warning_threshold",
-            0.0 < warning_threshold <= threshold,
-            f"a number in (0, threshold={threshold}]",
-            warning_threshold,
-        )
-        check_param("min_instances", min_instances >= 1, "an integer >= 1", min_instances)
-        check_param("sigma", sigma is None or sigma > 0.0, "null or a number > 0", sigma)
-        check_param("min_sigma", min_sigma > 0.0, "a number > 0", min_sigma)
-        check_param("mode", mode in _MODES, f"one of {', '.join(_MODES)}", mode)
+        self._check_chart_params(threshold, warning_threshold, min_instances, sigma, min_sigma, mode)
         self.allowance = allowance
         self.threshold = threshold
         self.warning_threshold = warning_threshold
@@ -101,25 +89,9 @@ class CUSUMDetector(NativeDetector):
         self.reset()
 
     def reset(self) -> None:
-        self._n = 0
-        self._sum = 0.0
-        self._sum_sq = 0.0
-        self._binary = True
-        known = self.target is not None and self.sigma is not None
-        self._mu: float | None = self.target if known else None
-        self._sd: float | None = self.sigma if known else None
+        self._reset_burn_in()
         self._pos = 0.0
         self._neg = 0.0
-        self._drift = False
-        self._warning = False
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
-    def warning_detected(self) -> bool:
-        return self._warning
 
     @property
     def statistic(self) -> float:
@@ -130,16 +102,7 @@ class CUSUMDetector(NativeDetector):
         if self._drift:
             self.reset()
         x = float(x)
-        self._n += 1
-        if self._mu is None:
-            self._sum += x
-            self._sum_sq += x * x
-            self._binary = self._binary and x in (0.0, 1.0)
-            if self._n < self.min_instances:
-                return  # the burn-in ends with the min_instances-th value
-            mean, sd = estimate_mean_std(self._n, self._sum, self._sum_sq, self._binary, self.min_sigma)
-            self._mu = self.target if self.target is not None else mean
-            self._sd = self.sigma if self.sigma is not None else sd
+        if self._burn_in(x):
             return
         assert self._mu is not None and self._sd is not None
         z = (x - self._mu) / self._sd

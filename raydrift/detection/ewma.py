@@ -6,14 +6,12 @@ import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from raydrift.detection.base import NativeDetector, check_param, estimate_mean_std
+from raydrift.detection.base import ControlChart, check_param
 
 __all__ = ["EWMADetector"]
 
-_MODES = ("up", "both")
 
-
-class EWMADetector(NativeDetector):
+class EWMADetector(ControlChart):
     """EWMA chart: alarms when the exponentially weighted mean leaves its control limit.
 
     Roberts' EWMA chart (with Ross et al.'s use of it on the error indicator, ECDD, in mind)::
@@ -83,17 +81,7 @@ class EWMADetector(NativeDetector):
         mode: str = "up",
     ) -> None:
         check_param("smoothing", 0.0 < smoothing <= 1.0, "a number in (0, 1]", smoothing)
-        check_param("threshold", threshold > 0.0, "a number > 0", threshold)
-        check_param(
-            "warning_threshold",
-            0.0 < warning_threshold <= threshold,
-            f"a number in (0, threshold={threshold}]",
-            warning_threshold,
-        )
-        check_param("min_instances", min_instances >= 1, "an integer >= 1", min_instances)
-        check_param("sigma", sigma is None or sigma > 0.0, "null or a number > 0", sigma)
-        check_param("min_sigma", min_sigma > 0.0, "a number > 0", min_sigma)
-        check_param("mode", mode in _MODES, f"one of {', '.join(_MODES)}", mode)
+        self._check_chart_params(threshold, warning_threshold, min_instances, sigma, min_sigma, mode)
         self.smoothing = smoothing
         self.threshold = threshold
         self.warning_threshold = warning_threshold
@@ -106,26 +94,10 @@ class EWMADetector(NativeDetector):
         self.reset()
 
     def reset(self) -> None:
-        self._n = 0
-        self._sum = 0.0
-        self._sum_sq = 0.0
-        self._binary = True
-        known = self.target is not None and self.sigma is not None
-        self._mu: float | None = self.target if known else None
-        self._sd: float | None = self.sigma if known else None
+        self._reset_burn_in()
         self._z = self._mu if self._mu is not None else 0.0
         self._t = 0  # values charted (after the burn-in)
         self._decay_sq = 1.0  # (1 - smoothing)^(2 t)
-        self._drift = False
-        self._warning = False
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
-    def warning_detected(self) -> bool:
-        return self._warning
 
     @property
     def statistic(self) -> float:
@@ -146,18 +118,11 @@ class EWMADetector(NativeDetector):
         if self._drift:
             self.reset()
         x = float(x)
-        self._n += 1
-        if self._mu is None:
-            self._sum += x
-            self._sum_sq += x * x
-            self._binary = self._binary and x in (0.0, 1.0)
-            if self._n < self.min_instances:
-                return
-            mean, sd = estimate_mean_std(self._n, self._sum, self._sum_sq, self._binary, self.min_sigma)
-            self._mu = self.target if self.target is not None else mean
-            self._sd = self.sigma if self.sigma is not None else sd
-            self._z = self._mu
+        if self._burn_in(x):
+            if self._mu is not None:  # the burn-in just ended: the chart starts at the in-control mean
+                self._z = self._mu
             return
+        assert self._mu is not None and self._sd is not None
         lam = self.smoothing
         self._z = (1.0 - lam) * self._z + lam * x
         self._t += 1
