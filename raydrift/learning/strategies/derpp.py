@@ -14,7 +14,7 @@ from raydrift.learning.strategies.base import StepContext, UpdateStrategy
 if TYPE_CHECKING:
     from raydrift.learning.loop import UpdateData
 
-__all__ = ["DERPPUpdate", "LogitBank", "logit_replay_sum"]
+__all__ = ["DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
 
 
 class LogitBank:
@@ -103,7 +103,21 @@ def logit_replay_sum(out: Tensor, z: Tensor) -> Tensor:
     return (diff * diff).mean(dim=1).sum()
 
 
-class DERPPUpdate(UpdateStrategy):
+class LogitReplayState:
+    """State of a strategy that replays recorded logits: its :class:`LogitBank` (``self.bank``)."""
+
+    bank: LogitBank
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded logits by memory sample id (see :class:`LogitBank`)."""
+        return {"bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bank" in state:
+            self.bank.load_state_dict(state["bank"])
+
+
+class DERPPUpdate(LogitReplayState, UpdateStrategy):
     """DER++: ``L_c + α · ‖f_θ(x_h) − z_h‖² + β · ℓ(f_θ(x_h), y_h)``.
 
     ``z_h`` are the logits recorded for the history samples (see :class:`LogitBank` for when they are
@@ -185,14 +199,6 @@ class DERPPUpdate(UpdateStrategy):
         )
         total.backward()
         return total.detach()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The recorded logits by memory sample id (see :class:`LogitBank`)."""
-        return {"bank": self.bank.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "bank" in state:
-            self.bank.load_state_dict(state["bank"])
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:

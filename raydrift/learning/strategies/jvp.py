@@ -25,7 +25,7 @@ from torch.func import functional_call, jvp
 
 from raydrift.harness import Harness
 from raydrift.learning.strategies.base import StepContext, UpdateStrategy
-from raydrift.learning.strategies.derpp import LogitBank, logit_replay_sum
+from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, logit_replay_sum
 
 if TYPE_CHECKING:
     from raydrift.learning.loop import UpdateData
@@ -139,7 +139,7 @@ def directional_derivative(
     return lh, d, out
 
 
-class JVPRegularizedUpdate(UpdateStrategy):
+class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (jvp_logit_weight > 0)
     """Replay with a penalty on the predicted first-order rise of the history loss (the JVP update).
 
     ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) + α · ‖f_θ(x_h) − z_h‖²`` (module docstring).
@@ -301,15 +301,6 @@ class JVPRegularizedUpdate(UpdateStrategy):
         world = ctx.world_size
         reported = lc + beta * lh_share + alpha * logit_share + lam * penalty(d_all, kind) / world
         return reported.detach()
-
-    # --- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The recorded logits by memory sample id (used when ``jvp_logit_weight > 0``)."""
-        return {"bank": self.bank.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "bank" in state:
-            self.bank.load_state_dict(state["bank"])
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
