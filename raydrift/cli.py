@@ -45,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("keys", help="list every config key with its default")
     sub.add_parser("detectors", help="list the drift detectors with their parameters and defaults")
 
-    rep = sub.add_parser("report", help="regenerate plots and print the summary of a run directory")
-    rep.add_argument("run_dir")
+    rep = sub.add_parser(
+        "report",
+        help="regenerate the plots and CSV exports of a run directory and print its summary",
+    )
+    rep.add_argument("run_dir", help="a run directory, runs/<name>-<timestamp>")
     return p
 
 

@@ -5,11 +5,16 @@ A run writes everything into its run directory ``runs/<name>-<timestamp>/``::
     config.yaml        the resolved configuration (written by the CLI)
     summary.json       the summary dict below (write_summary / load_summary)
     metrics.csv        one row per aggregation interval (MetricsWriter / read_metrics)
+    updates.csv        export_csv: one row per update
+    drift_events.csv   export_csv: one row per drift alarm
+    accuracy_matrix.csv  export_csv: test accuracy, one row per model version, one column per regime
+    cl_metrics.csv     export_csv: final average accuracy, forgetting, backward transfer
+    profile.csv        export_csv: time per stage, when the summary has a "profile" section
     weights.pt         the final weights (raydrift.weights.save_weights)
     plots/*.png        make_plots: monitored_metric.png, accuracy_matrix.png, update_timing.png
 
-``raydrift report RUN_DIR`` calls :func:`report`: it regenerates the plots from the files alone and
-prints :func:`format_summary`. Every reader here tolerates partial files (an interrupted or failed run
+``raydrift report RUN_DIR`` calls :func:`report`: it regenerates the plots and the CSV exports from
+the files alone and prints :func:`format_summary`. Every reader here tolerates partial files (an interrupted or failed run
 writes whatever it has): missing keys and ``null`` values are shown as ``-`` or skipped.
 
 summary.json schema
@@ -52,6 +57,28 @@ One row per interval of ``drift_detection.interval`` batches: ``interval, first_
 n_samples, value, regime, version`` (``value`` is the monitored metric aggregated as the detector saw
 it, ``regime`` the regime of the last batch, ``version`` the weights version that evaluated it), then
 one column per harness metric (e.g. ``accuracy, loss``: the interval means).
+
+CSV exports (export_csv)
+------------------------
+Tables of summary.json for spreadsheets and pandas; empty cells are missing / ``null`` values.
+Regime columns are named after the regimes (``stream.regime_names``, else ``regime-<id>``).
+
+``updates.csv``
+    One row per update: every scalar field of ``summary["updates"][i]``, starting with
+    :data:`UPDATES_COLUMNS` and continuing with the other fields in the coordinator's order (e.g.
+    ``collecting_seconds, train_steps, recovery_batches``). The per-regime dicts become one column
+    per regime: ``test_accuracy_before.<regime>``, ``test_accuracy_after.<regime>``.
+``drift_events.csv``
+    One row per drift alarm: :data:`DRIFT_EVENTS_COLUMNS` (``batch_id, sample_index, detector,
+    value, reference, regime, version``), then any other scalar field of the event.
+``accuracy_matrix.csv``
+    ``label, version, batch_id``, then one column per regime: the test accuracy of each model
+    version (``initial``, ``update-1``, ...) on each regime's test set.
+``cl_metrics.csv``
+    One row: ``final_average_accuracy, forgetting, backward_transfer``.
+``profile.csv``
+    Only if the summary has a ``profile`` mapping of stage -> value: ``stage, value`` for a number,
+    or ``stage`` followed by the scalar fields (e.g. ``seconds, count``) for a mapping.
 """
 
 from __future__ import annotations
@@ -76,6 +103,19 @@ METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.pt"
 PLOTS_DIR = "plots"
+UPDATES_FILE = "updates.csv"
+DRIFT_EVENTS_FILE = "drift_events.csv"
+ACCURACY_MATRIX_FILE = "accuracy_matrix.csv"
+CL_METRICS_FILE = "cl_metrics.csv"
+PROFILE_FILE = "profile.csv"
+#: The CSV files written by :func:`export_csv` (``profile.csv`` only when the summary has a profile).
+EXPORT_FILES: tuple[str, ...] = (
+    UPDATES_FILE,
+    DRIFT_EVENTS_FILE,
+    ACCURACY_MATRIX_FILE,
+    CL_METRICS_FILE,
+    PROFILE_FILE,
+)
 
 #: The columns every metrics.csv row starts with; harness metric columns follow.
 METRICS_COLUMNS: tuple[str, ...] = (
@@ -87,10 +127,40 @@ METRICS_COLUMNS: tuple[str, ...] = (
     "regime",
     "version",
 )
+#: The columns updates.csv starts with (the summary's update fields, in the coordinator's order);
+#: any other scalar field of an update follows.
+UPDATES_COLUMNS: tuple[str, ...] = (
+    "version",
+    "drift_batch_id",
+    "live_batch_id",
+    "strategy",
+    "waiting_seconds",
+    "training_seconds",
+    "broadcasting_seconds",
+    "total_seconds",
+    "window_samples",
+    "memory_samples",
+    "train_loss",
+    "regime",
+    "accuracy_before",
+    "accuracy_after",
+)
+DRIFT_EVENTS_COLUMNS: tuple[str, ...] = (
+    "batch_id",
+    "sample_index",
+    "detector",
+    "value",
+    "reference",
+    "regime",
+    "version",
+)
+CL_METRICS_COLUMNS: tuple[str, ...] = ("final_average_accuracy", "forgetting", "backward_transfer")
 
 __all__ = [
+    "EXPORT_FILES",
     "METRICS_COLUMNS",
     "MetricsWriter",
+    "export_csv",
     "format_summary",
     "load_summary",
     "make_plots",
@@ -229,10 +299,14 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], columns: Sequence[str] | None = None, append: bool = False
+        self,
+        run_dir: str | os.PathLike[str],
+        columns: Sequence[str] | None = None,
+        append: bool = False,
+        filename: str = METRICS_FILE,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / METRICS_FILE
+        self.path = self.run_dir / filename
         self.columns: list[str] = list(dict.fromkeys(columns)) if columns else []
         self.rows_written = 0
         self._file: IO[str] | None = None
@@ -376,6 +450,114 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             for row in csv.DictReader(f)
             if any(v not in (None, "") for v in row.values())
         ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# CSV exports
+
+
+def _regime_labels(summary: Mapping[str, Any], regimes: Sequence[Any]) -> list[str]:
+    """Column names for ``regimes``: their names, made unique with the id where two share one."""
+    names = [_regime_name(summary, g) for g in regimes]
+    return [n if names.count(n) == 1 else f"{n} ({g})" for n, g in zip(names, regimes, strict=True)]
+
+
+def _is_scalar(v: Any) -> bool:
+    return (
+        v is None
+        or isinstance(v, str | int | float | bool)
+        or (callable(getattr(v, "item", None)) and getattr(v, "ndim", 0) == 0)
+    )
+
+
+def _flat_row(
+    d: Mapping[str, Any], summary: Mapping[str, Any], regime_dicts: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The scalar fields of ``d``; a dict of scalars becomes ``field.<key>`` columns (lists are skipped).
+
+    For the fields named in ``regime_dicts`` the keys are regime ids, written as regime names.
+    """
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if _is_scalar(value):
+            out[str(key)] = value
+        elif isinstance(value, Mapping):
+            keys = list(value)
+            labels = _regime_labels(summary, keys) if key in regime_dicts else [str(k) for k in keys]
+            for k, label in zip(keys, labels, strict=True):
+                if _is_scalar(value[k]):
+                    out[f"{key}.{label}"] = value[k]
+    return out
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` under the header ``columns`` plus any further key, in order of appearance."""
+    rows = list(rows)
+    header = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(v) for k, v in r.items()})
+    _atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def export_csv(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -> list[Path]:
+    """Write the summary's per-update, per-drift, accuracy-matrix and profile tables as CSV files.
+
+    ``updates.csv``, ``drift_events.csv``, ``accuracy_matrix.csv`` and ``cl_metrics.csv`` are always
+    written (a header alone when the run has none); ``profile.csv`` only when the summary has a
+    ``profile`` section. Columns are described in the module docstring. ``metrics.csv`` (one row
+    per interval) is written during the run by :class:`MetricsWriter` and is not touched. Each file
+    is replaced atomically. Returns the files written.
+    """
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    updates = [u for u in summary.get("updates") or [] if isinstance(u, Mapping)]
+    written.append(
+        _write_csv(
+            d / UPDATES_FILE,
+            UPDATES_COLUMNS,
+            (_flat_row(u, summary, ("test_accuracy_before", "test_accuracy_after")) for u in updates),
+        )
+    )
+
+    events = [e for e in summary.get("drift_events") or [] if isinstance(e, Mapping)]
+    written.append(
+        _write_csv(d / DRIFT_EVENTS_FILE, DRIFT_EVENTS_COLUMNS, (_flat_row(e, summary) for e in events))
+    )
+
+    am = summary.get("accuracy_matrix") or {}
+    regimes = list(am.get("regimes") or [])
+    labels = _regime_labels(summary, regimes)
+    rows = []
+    for r in am.get("rows") or []:
+        if not isinstance(r, Mapping):
+            continue
+        acc = list(r.get("accuracy") or [])
+        acc += [None] * (len(regimes) - len(acc))
+        rows.append(
+            {"label": r.get("label"), "version": r.get("version"), "batch_id": r.get("batch_id"),
+             **dict(zip(labels, acc[: len(regimes)], strict=True))}
+        )  # fmt: skip
+    written.append(_write_csv(d / ACCURACY_MATRIX_FILE, ["label", "version", "batch_id", *labels], rows))
+
+    cl = summary.get("cl_metrics")
+    cl_rows = [_flat_row(cl, summary)] if isinstance(cl, Mapping) and cl else []
+    written.append(_write_csv(d / CL_METRICS_FILE, CL_METRICS_COLUMNS, cl_rows))
+
+    profile = summary.get("profile")
+    if isinstance(profile, Mapping):
+        prows = [
+            {"stage": stage, **(_flat_row(v, summary) if isinstance(v, Mapping) else {"value": v})}
+            for stage, v in profile.items()
+            if isinstance(v, Mapping) or _is_scalar(v)
+        ]
+        written.append(_write_csv(d / PROFILE_FILE, ["stage"], prows))
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -794,7 +976,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines += ["", f"run dir  {run_dir or '-'}"]
     if run_dir:
         d = Path(run_dir)
-        present = [n for n in (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE) if (d / n).exists()]
+        present = [
+            n
+            for n in (SUMMARY_FILE, METRICS_FILE, *EXPORT_FILES, CONFIG_FILE, WEIGHTS_FILE)
+            if (d / n).exists()
+        ]
         plots = sorted(p.name for p in (d / PLOTS_DIR).glob("*.png")) if (d / PLOTS_DIR).is_dir() else []
         if present:
             lines.append(f"files    {', '.join(present)}")
@@ -808,7 +994,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def report(run_dir: str | os.PathLike[str], plots: bool = True) -> str:
-    """Regenerate the plots of a run from its files and return its text summary.
+    """Regenerate the plots and CSV exports of a run from its files and return its text summary.
 
     Raises
     ------
@@ -828,4 +1014,11 @@ def report(run_dir: str | os.PathLike[str], plots: bool = True) -> str:
         ) from exc
     if plots:
         make_plots(run_dir, summary, metrics)
+    try:
+        export_csv(run_dir, summary)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the CSV exports into '{run_dir}' ({type(exc).__name__}: {exc}): "
+            "check that the run directory is writable"
+        ) from exc
     return format_summary(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import pickle
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from raydrift.errors import UserError
 from raydrift.report import (
     METRICS_COLUMNS,
+    UPDATES_COLUMNS,
     MetricsWriter,
+    export_csv,
     format_summary,
     load_summary,
     make_plots,
@@ -390,3 +393,126 @@ def test_report_missing_or_corrupt_dir_raises_user_error(tmp_path: Path) -> None
     (tmp_path / "summary.json").write_text("not json")
     with pytest.raises(UserError):
         report(tmp_path)
+
+
+# --- CSV exports ------------------------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_export_csv_full_run(tmp_path: Path) -> None:
+    summary = make_summary(tmp_path)
+    summary["updates"][0]["recovery_batches"] = 9  # a field outside UPDATES_COLUMNS
+    summary["updates"][1]["recovery_batches"] = None
+    summary["profile"] = {
+        "inference": {"seconds": 3.1, "count": 60},
+        "detection": {"seconds": 0.02, "count": 60},
+        "broadcast": 0.375,
+    }
+    written = export_csv(tmp_path, summary)
+    assert sorted(p.name for p in written) == [
+        "accuracy_matrix.csv",
+        "cl_metrics.csv",
+        "drift_events.csv",
+        "profile.csv",
+        "updates.csv",
+    ]
+
+    header, rows = read_csv(tmp_path / "updates.csv")
+    assert header[: len(UPDATES_COLUMNS)] == list(UPDATES_COLUMNS)
+    assert "recovery_batches" in header
+    assert [r["version"] for r in rows] == ["1", "2"]
+    assert rows[0]["live_batch_id"] == "26" and rows[1]["live_batch_id"] == ""  # missing -> empty
+    assert rows[0]["recovery_batches"] == "9" and rows[1]["recovery_batches"] == ""
+    assert float(rows[0]["training_seconds"]) == 4.5 and rows[1]["strategy"] == "replay"
+    # the per-regime dicts: one column per regime, named after it
+    assert float(rows[0]["test_accuracy_after.rotated-90"]) == 0.917
+    assert float(rows[1]["test_accuracy_before.inverted"]) == 0.352
+    assert not any(h in ("test_accuracy_before", "test_accuracy_after") for h in header)
+
+    header, rows = read_csv(tmp_path / "drift_events.csv")
+    assert header == ["batch_id", "sample_index", "detector", "value", "reference", "regime", "version"]
+    assert [(r["batch_id"], r["detector"], float(r["value"])) for r in rows] == [
+        ("23", "adwin", 0.4375),
+        ("44", "adwin", 0.3125),
+    ]
+
+    header, rows = read_csv(tmp_path / "accuracy_matrix.csv")
+    assert header == ["label", "version", "batch_id", "clean", "rotated-90", "inverted"]
+    assert [r["label"] for r in rows] == ["initial", "update-1", "update-2"]
+    matrix = [[float(r[c]) for c in header[3:]] for r in rows]
+    assert matrix == [row["accuracy"] for row in summary["accuracy_matrix"]["rows"]]
+
+    header, rows = read_csv(tmp_path / "cl_metrics.csv")
+    assert header == ["final_average_accuracy", "forgetting", "backward_transfer"]
+    assert [float(rows[0][h]) for h in header] == [0.8847, 0.055, -0.055]
+
+    header, rows = read_csv(tmp_path / "profile.csv")
+    assert header == ["stage", "seconds", "count", "value"]
+    assert rows == [
+        {"stage": "inference", "seconds": "3.1", "count": "60", "value": ""},
+        {"stage": "detection", "seconds": "0.02", "count": "60", "value": ""},
+        {"stage": "broadcast", "seconds": "", "count": "", "value": "0.375"},
+    ]
+
+
+def test_export_csv_interrupted_run_writes_headers(tmp_path: Path) -> None:
+    summary = interrupted_summary(tmp_path)
+    summary["accuracy_matrix"]["rows"] = [
+        {"label": "initial", "version": 0, "batch_id": -1, "accuracy": [0.9]}
+    ]
+    export_csv(tmp_path, summary)
+    header, rows = read_csv(tmp_path / "updates.csv")
+    assert header == list(UPDATES_COLUMNS) and rows == []
+    header, rows = read_csv(tmp_path / "drift_events.csv")
+    assert header[0] == "batch_id" and rows == []
+    # no regime names: regime-<id>; a short accuracy list leaves the later regimes empty
+    header, rows = read_csv(tmp_path / "accuracy_matrix.csv")
+    assert header == ["label", "version", "batch_id", "regime-0", "regime-1"]
+    assert rows == [{"label": "initial", "version": "0", "batch_id": "-1", "regime-0": "0.9", "regime-1": ""}]
+    assert read_csv(tmp_path / "cl_metrics.csv")[1] == []
+    assert not (tmp_path / "profile.csv").exists()
+    # a summary with nothing in it still gives the files, never an exception
+    empty = tmp_path / "empty"
+    assert len(export_csv(empty, {})) == 4
+
+
+def test_export_csv_numpy_values_and_duplicate_regime_names(tmp_path: Path) -> None:
+    import numpy as np
+
+    summary = make_summary(tmp_path)
+    summary["stream"]["regime_names"] = {0: "same", 1: "same", 2: "other"}
+    summary["updates"][0]["train_loss"] = np.float32(0.25)
+    summary["updates"][0]["window_samples"] = np.int64(512)
+    summary["updates"][0]["accuracy_after"] = float("nan")
+    export_csv(tmp_path, summary)
+    header, rows = read_csv(tmp_path / "accuracy_matrix.csv")
+    assert header[3:] == ["same (0)", "same (1)", "other"]
+    _, rows = read_csv(tmp_path / "updates.csv")
+    assert rows[0]["train_loss"] == "0.25" and rows[0]["window_samples"] == "512"
+    assert rows[0]["accuracy_after"] == ""  # NaN: no value, like null in summary.json
+
+
+def test_report_command_regenerates_csv_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raydrift.cli import main
+
+    run_dir = tmp_path / "mnist-20250101-100000"
+    write_summary(run_dir, make_summary(tmp_path / "elsewhere"))  # JSON: regime keys become text
+    with MetricsWriter(run_dir, columns=[*METRICS_COLUMNS, "accuracy", "loss"]) as w:
+        for row in make_metrics():
+            w.write(row)
+    (run_dir / "updates.csv").write_text("stale\n")
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("updates.csv", "drift_events.csv", "accuracy_matrix.csv", "cl_metrics.csv"):
+        assert name in out
+    _, rows = read_csv(run_dir / "updates.csv")
+    assert [r["drift_batch_id"] for r in rows] == ["23", "44"]
+    assert float(rows[0]["test_accuracy_before.clean"]) == 0.97  # int keys restored by load_summary
+    _, rows = read_csv(run_dir / "accuracy_matrix.csv")
+    assert len(rows) == 3
+    assert len(read_metrics(run_dir)) == 12  # metrics.csv is left as the run wrote it
