@@ -178,9 +178,26 @@ class TrainConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    backend: Literal["mlflow", "none"] = "mlflow"
-    tracking_uri: str | None = Field(None, description="default: sqlite:///<runs_dir>/mlflow.db")
-    experiment: str = "raydrift"
+    backend: Literal["mlflow", "wandb", "none"] = Field(
+        "mlflow", description="experiment tracking (see docs/tracking.md); 'wandb' needs raydrift[wandb]"
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow store; default: sqlite:///<runs_dir>/mlflow.db. If it fails, the run goes on "
+        "in sqlite:///<runs_dir>/mlflow-fallback.db",
+    )
+    experiment: str = Field("raydrift", description="MLflow experiment; also the default W&B project")
+    wandb_project: str | None = Field(
+        None, description="W&B project; default: WANDB_PROJECT, else experiment"
+    )
+    wandb_entity: str | None = Field(
+        None, description="W&B user or team; default: WANDB_ENTITY or your default"
+    )
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None,
+        description="default: WANDB_MODE, else online; offline needs no network and writes "
+        "<runs_dir>/wandb/offline-run-*/ for a later `wandb sync`",
+    )
     runs_dir: str = "runs"
     save_weights: bool = True
     plots: bool = True

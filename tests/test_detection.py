@@ -24,6 +24,7 @@ from raydrift.detection import (
     make_detector,
     resolve_detector,
 )
+from raydrift.detection.change_point import split_at_change
 from raydrift.errors import ConfigError
 
 BS = 64
@@ -221,9 +222,9 @@ def test_dotted_paths() -> None:
 def test_list_detectors() -> None:
     rows = {name: (params, doc) for name, params, doc in list_detectors()}
     assert set(rows) == set(DETECTOR_REGISTRY)
-    assert rows["adwin"][0] == {
-        "delta": 0.002,
-        "clock": 32,
+    assert rows["adwin"][0] == {  # raydrift's default setting, not River's 0.002 / 32
+        "delta": 0.05,
+        "clock": 1,
         "max_buckets": 5,
         "min_window_length": 5,
         "grace_period": 10,
@@ -471,7 +472,7 @@ def test_direction_for_lower_is_better_metric(scripted: str) -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_detects_abrupt_bernoulli_change_quickly(detector: str, seed: int) -> None:
     """Accuracy 0.95 -> 0.5 after 3,200 samples: detected within 200 samples at sample granularity,
-    River defaults, no false alarm before the change."""
+    default parameters, no false alarm before the change."""
     change = 50 * BS
     results = bernoulli_results([(0, 0.95), (change, 0.5)], n_batches=80, seed=seed)
     eng = DetectionEngine(cfg(detector=detector), "accuracy", True, seed=seed)
@@ -481,6 +482,72 @@ def test_detects_abrupt_bernoulli_change_quickly(detector: str, seed: int) -> No
     assert change < ev.sample_index <= change + 200
     assert ev.regime == 1 and ev.version == 0
     assert ev.reference == pytest.approx(0.95, abs=0.03)
+
+
+def test_default_setting_meets_the_detection_target() -> None:
+    """The default setting (``DriftDetectionConfig()``: adwin, delta 0.05, clock 1, per sample): at most
+    0.2 false alarms per 10,000 stationary samples (4 in 210,000 at accuracies 0.95 / 0.75 / 0.5), and
+    an error increase 0.05 -> 0.18 (River's SEA streams) detected within 200 samples."""
+    false_alarms = 0
+    for seed, acc in enumerate((0.95, 0.75, 0.5)):
+        eng = DetectionEngine(DriftDetectionConfig(), "accuracy", True, seed=seed)
+        for r in bernoulli_results([(0, acc)], n_batches=70_000 // BS + 1, seed=seed):
+            out = eng.ingest(r)
+            if out.events:  # resume as after an update
+                false_alarms += 1
+                eng.resume_after_update(out.events[0].batch_id + 1, eng.version + 1)
+    assert false_alarms <= 4
+    change = 100 * BS
+    for seed in range(4):
+        results = bernoulli_results([(0, 0.95), (change, 0.82)], n_batches=130, seed=seed)
+        events = (
+            DetectionEngine(DriftDetectionConfig(), "accuracy", True, seed=seed).ingest_many(results).events
+        )
+        assert len(events) == 1 and change < events[0].sample_index <= change + 200, events
+
+
+def test_split_at_change() -> None:
+    # noise-free segments: the exact split, with the older values only known as a sum
+    x = np.array([0.1] * 5 + [2.0] * 3)
+    assert split_at_change(x, np.full(8, 10.0), prior_sum=50.0, prior_weight=50.0) == (
+        3,
+        pytest.approx(0.55),
+        2.0,
+    )
+    # batch means weigh as many samples as they average; too little weight after: no split
+    assert split_at_change(np.array([0.0, 1.0]), np.array([64.0, 4.0])) is None
+    assert split_at_change(np.array([]), np.array([])) is None
+    # Bernoulli 0.05 -> 0.6 for 20 samples: located near the change, means near the truth
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.random(2000) < 0.05, rng.random(20) < 0.6].astype(float)
+    split = split_at_change(x, np.ones_like(x))
+    assert split is not None
+    n_after, before, after = split
+    assert (
+        15 <= n_after <= 30
+        and before == pytest.approx(0.05, abs=0.01)
+        and after == pytest.approx(0.6, abs=0.2)
+    )
+
+
+def test_event_value_is_measured_since_the_change() -> None:
+    """A quick alarm (~15 samples into 0.97 -> 0.4) still reports the accuracy since the change, not
+    the mean of a recent window that holds mostly the old regime."""
+    change = 40 * BS
+    values, references, windows = [], [], []
+    for seed in range(10):
+        results = bernoulli_results([(0, 0.97), (change, 0.4)], n_batches=60, seed=seed)
+        (ev,) = (
+            DetectionEngine(DriftDetectionConfig(), "accuracy", True, seed=seed).ingest_many(results).events
+        )
+        assert ev.sample_index - change <= 64  # within the batch of the change
+        values.append(ev.value)
+        references.append(ev.reference)
+        seen = np.concatenate([r.values for r in results])[: ev.sample_index]
+        windows.append(float(seen[-BS:].mean()))  # the last 64 samples before the alarm
+    # biased low (the alarm comes when the few samples since the change look bad), but near 0.4
+    assert abs(np.mean(values) - 0.4) < 0.15 and np.mean(references) == pytest.approx(0.97, abs=0.01)
+    assert np.mean(windows) > 0.75  # what a window of the last batch's size would have reported
 
 
 # ---------------------------------------------------------------------------------------------------

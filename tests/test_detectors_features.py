@@ -167,7 +167,9 @@ def test_event_score_maps_to_update_kind(regimes: dict, kind: str) -> None:
     (event,) = eng.ingest_many(results).events
     assert event.batch_id >= 40
     assert event.score == pytest.approx(event.reference - event.value)
-    assert 0.15 < event.score < 0.7 and event.update_kind == kind
+    # the drop is 0.97 -> 0.4 = 0.57, measured on the few samples since the change (the alarm comes
+    # ~15 samples into it): thresholds 0.1 / 0.9 and 0.05 / 0.1 are far from it
+    assert 0.3 < event.score < 0.85 and event.update_kind == kind
     assert event.to_dict()["update_kind"] == kind and event.signal == "metric"
 
 

@@ -42,8 +42,11 @@ Score and update kind
     maps to with ``regimes``: ``continual_learning`` below ``regimes.fine_tuning``, ``fine_tuning``
     below ``regimes.retrain``, ``retrain`` from there (a threshold left ``null`` is never reached).
     For an alarm of the metric detector the score is the degradation of the monitored metric, in its
-    own units (reference minus recent for a higher-is-better metric: 0.3 = accuracy fell by 0.3),
-    clipped at 0, NaN when there is no reference; for a label-free alarm it is the two-sample
+    own units (reference minus value for a higher-is-better metric: 0.3 = accuracy fell by 0.3),
+    clipped at 0, NaN when there is no reference. ``value`` is the mean since the most likely change
+    point among the values fed since the last reset, ``reference`` the mean before it (a quick alarm
+    comes when the last batch still holds mostly values from before the change: measured over a fixed
+    recent window, the drop would look smaller than it is); for a label-free alarm it is the two-sample
     statistic (``mmd``: squared MMD, in [0, 2]; ``ks``: the largest KS statistic, in [0, 1]).
 Label-free detection
     With ``label_free.signal`` set, a second detector (``label_free.detector``, a two-sample window
@@ -75,6 +78,7 @@ import numpy as np
 from raydrift.config import DriftDetectionConfig, UpdateRegimesConfig
 from raydrift.detection.aggregation import aggregate
 from raydrift.detection.base import DriftDetector
+from raydrift.detection.change_point import split_at_change
 from raydrift.detection.registry import make_detector
 
 __all__ = [
@@ -92,6 +96,9 @@ UPDATE_KINDS = ("continual_learning", "fine_tuning", "retrain")
 
 #: The recent window of the direction check covers at least this many samples (or one batch if larger).
 MIN_RECENT_SAMPLES = 30
+
+#: Fed values kept for locating the change behind an alarm (the event's value and score).
+CHANGE_HISTORY = 4096
 
 _FIXED_COLUMNS = ("interval", "first_batch", "last_batch", "n_samples", "value", "regime", "version")
 
@@ -183,9 +190,11 @@ class DriftEvent:
     detector : str
         Registry name of the detector.
     value : float
-        The monitored metric's recent mean at the alarm (e.g. recent accuracy).
+        The monitored metric's mean since the most likely change point before the alarm (e.g. the
+        accuracy since the change), located among the values fed since the detector's last reset
+        (:func:`raydrift.detection.change_point.split_at_change`).
     reference : float
-        Its mean since the last reset, before the recent window (NaN if there was none).
+        Its mean since the last reset, before that change point (NaN if there was none).
     regime, version : int
         Regime (reporting only) and model version of ``batch_id``.
     score : float
@@ -316,7 +325,9 @@ class _DirectionReference:
     """Running means of the fed values for the ``degrade`` check: a recent window vs. everything before.
 
     Values carry a weight (the samples they stand for: 1 per sample, ``n`` per batch mean), so the
-    recent window covers at least ``recent_samples`` samples at every granularity.
+    recent window covers at least ``recent_samples`` samples at every granularity. The newest
+    :data:`CHANGE_HISTORY` values since the last (re)start are also kept one by one, to locate the
+    change behind an alarm (:meth:`change_split`).
     """
 
     def __init__(self) -> None:
@@ -328,6 +339,7 @@ class _DirectionReference:
         self.recent_w = 0.0
         self.total_sum = 0.0
         self.total_w = 0.0
+        self.history: deque[tuple[float, float]] = deque(maxlen=CHANGE_HISTORY)
 
     def push(self, x: float, w: float, recent_samples: float) -> None:
         self.recent.append((x, w))
@@ -335,6 +347,7 @@ class _DirectionReference:
         self.recent_w += w
         self.total_sum += x * w
         self.total_w += w
+        self.history.append((x, w))
         # keep the shortest suffix that still covers recent_samples
         while len(self.recent) > 1 and self.recent_w - self.recent[0][1] >= recent_samples:
             old_x, old_w = self.recent.popleft()
@@ -345,6 +358,7 @@ class _DirectionReference:
         """Forget the reference; keep the recent window (the detector's own reset after an alarm)."""
         self.total_sum = self.recent_sum
         self.total_w = self.recent_w
+        self.history = deque(self.recent, maxlen=CHANGE_HISTORY)
 
     def recent_mean(self) -> float:
         return self.recent_sum / self.recent_w if self.recent_w > 0 else float("nan")
@@ -358,6 +372,19 @@ class _DirectionReference:
         ref = self.reference_mean()
         return bool(np.isnan(ref)) or self.recent_mean() > ref
 
+    def change_split(self) -> tuple[float, float]:
+        """``(mean before, mean since)`` the most likely change in the values since the last (re)start.
+
+        Falls back to (reference, recent) means when no split is possible (too few values).
+        """
+        if self.history:
+            x, w = np.array(self.history, dtype=np.float64).T
+            kept_sum, kept_w = float(np.dot(x, w)), float(w.sum())
+            split = split_at_change(x, w, self.total_sum - kept_sum, max(0.0, self.total_w - kept_w))
+            if split is not None:
+                return split[1], split[2]
+        return self.reference_mean(), self.recent_mean()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "recent": list(self.recent),
@@ -365,6 +392,7 @@ class _DirectionReference:
             "recent_w": self.recent_w,
             "total_sum": self.total_sum,
             "total_w": self.total_w,
+            "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -373,6 +401,8 @@ class _DirectionReference:
         self.recent_w = float(state["recent_w"])
         self.total_sum = float(state["total_sum"])
         self.total_w = float(state["total_w"])
+        history = state.get("history", state["recent"])  # states saved before the history was kept
+        self.history = deque(((float(x), float(w)) for x, w in history), maxlen=CHANGE_HISTORY)
 
 
 @dataclass
@@ -687,7 +717,9 @@ class DetectionEngine:
         return True
 
     def _event(self, r: BatchResult, sample_index: int, label_free: bool = False) -> DriftEvent:
-        recent, ref = self._reference.recent_mean(), self._reference.reference_mean()
+        # measured from the most likely change point, not a fixed recent window: a quick alarm comes
+        # when the recent window still holds mostly values from before the change
+        ref, recent = self._reference.change_split()
         if label_free:
             det = self._lf_detector
             assert det is not None
