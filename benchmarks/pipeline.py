@@ -1,0 +1,1381 @@
+"""The pipeline benchmark of issue 8: every figure as a ratio against a baseline measured in the same run.
+
+One process, one local Ray cluster (``ray.init(address="local")``). Sections (``--only`` picks some):
+
+``throughput``
+    Monitoring throughput of the real :class:`raydrift.coordinator.Coordinator` (stream reader,
+    monitors, ordered detector) with 1..N monitors, steady state (the first 20% of the stream and the
+    actors' start-up are excluded; start-up is reported separately), against a plain single-process
+    PyTorch evaluation loop over the same model and batches doing the same per-batch work as
+    :meth:`raydrift.monitor.Monitor.evaluate` (forward, the harness's metrics, per-sample values as
+    numpy, batch means), one torch thread. Models: the MNIST harness's CNN and a trivial 4 -> 2 linear
+    layer (``benchmarks/scaling.py``). Targets: >= 0.9x at 1 monitor, >= 0.8 x N at N monitors.
+    To say where the time goes it also drives the monitors directly (no stream reader, no detector):
+    ``MonitorActor.evaluate`` one batch per task, and a benchmark-only prototype actor
+    (:class:`BatchingMonitor`: no concurrency groups, no per-batch metrics) at 1 and ``--k`` batches
+    per task; plus the object sizes and deserialisation cost of a batch.
+``broadcast``
+    ``ray.put`` of the weights once + ``MonitorActor.set_weights`` on every monitor, waited for, against
+    one ``ray.put`` + ``ray.get`` of the same weights (numpy, :func:`raydrift.weights.to_numpy`) in the
+    driver. Target <= 1.3x, flat in the number of monitors (1..N, and 4N in the full run). Weights: the
+    MNIST CNN (0.9 MB) and a wide MLP (67 MB, :class:`WideHarness`). The monitor-side rebuild
+    (``Monitor.set_weights``: build a fresh model, load the weights) is timed in-process, and split
+    into its two parts: ``build_model`` (random initialisation) and ``load_into``.
+``update``
+    Drift -> new weights live on every monitor, from ``summary.json`` (``waiting`` / ``training`` /
+    ``broadcasting`` seconds) of a real Coordinator run on MNIST with ``train.num_workers`` 0 (Ray Train
+    local mode, in the driver), 1 and 2, against the same gradient steps run in-process
+    (:func:`raydrift.learning.loop.train_update` on the very weights, data and strategy state the
+    update got, recorded by wrapping :class:`raydrift.update.Updater`). A bare ``TorchTrainer(...).fit()``
+    of a no-op loop with 0, 1 and 2 workers measures Ray Train's own start-up. Targets (2 cores): fixed
+    overhead <= 5 s with 0 workers; <= bare ``fit()`` + 1 s with N workers.
+``coordinator``
+    Driver CPU per batch at 64 monitors with the trivial model (``benchmarks/scaling.py``'s method,
+    re-done here with this file's instrumentation of the Coordinator), against the same at 1 monitor. Each monitor process costs ~0.3 GB of private memory here (importing
+    torch), so the run is cut to the number of monitors that fits in half of the available memory,
+    and the JSON says so.
+``memory``
+    Peak resident memory (``VmHWM``) of each actor kind (stream reader, monitors, detector) and of the
+    driver (the coordinator; its peak is reset before the run) for a Coordinator run of L and of 10L
+    batches on the synthetic harness with ``detector: periodic`` (updates every regime). Also the
+    update's cost against the number of regimes seen, with the accuracy-matrix evaluation (reporting)
+    timed apart.
+``on_drift``
+    Samples evaluated during updates with ``monitor.on_drift: continue`` and ``pause``
+    (``summary.json`` ``monitoring.samples_during_updates``), when the config has that option.
+
+Usage::
+
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py            # full (about 15-20 min on 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick    # smoke run (about 2 min)
+    .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2
+
+Writes ``benchmarks/results/pipeline.json`` (``--out``) and prints one table of figures and ratios.
+Linux only (peak memory is read from ``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from scaling import TrivialHarness  # noqa: E402
+
+from raydrift.harness import Batch, Harness, build_harness  # noqa: E402
+from raydrift.weights import Weights, load_into, to_numpy  # noqa: E402
+
+MiB = 2**20
+SECTIONS = ("throughput", "broadcast", "update", "coordinator", "memory", "on_drift")
+WARMUP_FRACTION = 0.2
+"""Steady state: throughput is measured from the batch at this fraction of the stream to its end."""
+
+# a drift every ``period`` batches, whatever the metric does (a periodic alarm is not a degradation)
+PERIODIC: dict[str, Any] = {"detector": "periodic", "granularity": "batch", "direction": "any"}
+
+
+def _pause() -> dict[str, Any]:
+    from raydrift.config import MonitorConfig
+
+    return {"on_drift": "pause"} if "on_drift" in MonitorConfig.model_fields else {}
+
+
+def _no_gate() -> dict[str, Any]:
+    from raydrift.config import RaydriftConfig
+
+    return {"promotion": {"enabled": False}} if "promotion" in RaydriftConfig.model_fields else {}
+
+
+# Runs that need every periodic update to go live turn the promotion gate off (where it exists): a
+# gate may reject an update of a model that the periodic "drift" did not hurt.
+NO_GATE = _no_gate()
+
+# Update latency is measured with monitoring paused during the update (where the option exists), so
+# nothing else competes with it; the on_drift section measures what monitoring on costs.
+PAUSE = _pause()
+
+TRIVIAL_SPEC = "scaling:TrivialHarness"
+WIDE_SPEC = "pipeline:WideHarness"
+
+
+# ---------------------------------------------------------------------------------------------------
+# harnesses used only here
+
+
+class WideHarness(TrivialHarness):
+    """The trivial stream with a wide MLP (4 -> 4096 -> 4096 -> 2, 16.8M parameters, 67 MB float32):
+    weights large enough that copying them, not calling actors, is what a broadcast costs."""
+
+    name: ClassVar[str] = "wide"
+
+    def build_model(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return nn.Sequential(
+            nn.Linear(4, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 2)
+        )
+
+
+def harness_spec(model: str, batches: int, batch_size: int = 64) -> dict[str, Any]:
+    """The ``build_harness`` arguments of ``model`` ('mnist', 'trivial', 'wide') for ``batches`` batches."""
+    if model == "mnist":
+        return {
+            "spec": "mnist",
+            "options": {"regimes": ["identity"], "regime_batches": batches},
+            "seed": 0,
+            "batch_size": batch_size,
+        }
+    spec = {"trivial": TRIVIAL_SPEC, "wide": WIDE_SPEC}[model]
+    return {"spec": spec, "options": {"batches": batches}, "seed": 0, "batch_size": batch_size}
+
+
+# ---------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def steady_rate(
+    points: Sequence[tuple[float, float]], total: float, skip: float = WARMUP_FRACTION
+) -> float | None:
+    """Units per second between the first point at or past ``skip * total`` units and the last point.
+
+    ``points`` are ``(time, cumulative units done)`` in time order. None with fewer than two usable
+    points.
+    """
+    if len(points) < 2:
+        return None
+    start = next((p for p in points if p[1] >= skip * total), points[0])
+    end = points[-1]
+    if end[0] <= start[0] or end[1] <= start[1]:
+        start = points[0]
+    if end[0] <= start[0] or end[1] <= start[1]:
+        return None
+    return (end[1] - start[1]) / (end[0] - start[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# /proc: process tree and memory (Linux)
+
+
+def _ppid_map() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: the fields start after the last ')'
+        out[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every process below ``pid`` (default: this one): the local Ray cluster this driver started."""
+    root = os.getpid() if pid is None else pid
+    children: dict[int, list[int]] = {}
+    for p, pp in _ppid_map().items():
+        children.setdefault(pp, []).append(p)
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def proc_title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def proc_memory(pid: int | str = "self") -> dict[str, float]:
+    """``rss_mb`` (now), ``peak_mb`` (VmHWM, the peak since start or the last :func:`reset_peak`) and
+    ``private_mb`` (USS: pages no other process maps) of a process."""
+    out: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out["rss_mb" if line.startswith("VmRSS") else "peak_mb"] = int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            priv = sum(
+                int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:"))
+            )
+        out["private_mb"] = priv / 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak(pid: int | str = "self") -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0; own processes only)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def mem_available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+ACTOR_KINDS = {"StreamReader": "stream_reader", "MonitorActor": "monitor", "DetectorActor": "detector"}
+
+
+def actor_processes() -> dict[str, list[int]]:
+    """PIDs of this cluster's raydrift actors by kind (Ray titles worker processes ``ray::<Class>``)."""
+    out: dict[str, list[int]] = {}
+    for pid in descendants():
+        title = proc_title(pid)
+        for cls, kind in ACTOR_KINDS.items():
+            if title.startswith(f"ray::{cls}"):
+                out.setdefault(kind, []).append(pid)
+    return out
+
+
+_MONITOR_PRIVATE_MB: list[float] = []  # private memory of monitor processes seen during the run
+
+
+def note_monitor_memory() -> None:
+    for pid in actor_processes().get("monitor", []):
+        mb = proc_memory(pid).get("private_mb")
+        if mb:
+            _MONITOR_PRIVATE_MB.append(mb)
+
+
+# ---------------------------------------------------------------------------------------------------
+# baseline: the plain single-process evaluation loop
+
+
+def eval_one(model: nn.Module, harness: Harness, batch: Batch, metric: str = "accuracy") -> None:
+    """The per-batch work of ``Monitor.evaluate``, without Ray: forward, metrics, per-sample values as
+    numpy, batch means."""
+    out = model(batch.x)
+    metrics = harness.metrics(out, batch.y)
+    metrics[metric].detach().float().cpu().numpy().astype(np.float32)
+    {k: float(v.float().mean()) for k, v in metrics.items()}
+
+
+def plain_eval(
+    model: nn.Module, harness: Harness, batches: Sequence[Batch], threads: int = 1, reps: int = 3
+) -> dict[str, Any]:
+    """Samples/s of a plain PyTorch evaluation loop over ``batches`` (after the first 20% as warm-up),
+    the median of ``reps`` passes, with ``threads`` torch threads."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model.eval()
+    w = max(1, int(WARMUP_FRACTION * len(batches)))
+    rates, per_batch = [], []
+    try:
+        with torch.inference_mode():
+            for b in batches[:w]:
+                eval_one(model, harness, b)
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for b in batches[w:]:
+                    eval_one(model, harness, b)
+                dt = time.perf_counter() - t0
+                rates.append(sum(len(b.y) for b in batches[w:]) / dt)
+                per_batch.append(1000 * dt / (len(batches) - w))
+    finally:
+        torch.set_num_threads(prev)
+    return {
+        "threads": threads,
+        "batches": len(batches) - w,
+        "samples_per_second": r(median(rates), 1),
+        "ms_per_batch": r(median(per_batch), 4),
+        "reps": [r(x, 1) for x in rates],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# the real Coordinator, instrumented from the outside
+
+
+@dataclass
+class Probe:
+    """What one instrumented Coordinator run recorded."""
+
+    t_run: float = 0.0
+    t_loop_enter: float = 0.0  # resources checked: the actors are about to start
+    t_actors_up: float = 0.0  # the coordinator logged that its actors answer
+    t_shutdown: float = 0.0
+    # (wall time, driver CPU time, last batch id, samples) per interval record, in order
+    intervals: list[tuple[float, float, int, int]] = field(default_factory=list)
+    test_row_seconds: list[float] = field(default_factory=list)  # accuracy-matrix evaluation
+    updates: list[dict[str, Any]] = field(default_factory=list)  # what each Updater.run got
+    actor_memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    driver_memory: dict[str, float] = field(default_factory=dict)
+    on_shutdown: Callable[[], None] | None = None  # called while the run's actors are still alive
+    _row_frame: Any = None
+
+
+@contextmanager
+def instrumented(probe: Probe) -> Iterator[type]:
+    """A Coordinator subclass that fills ``probe``, with the coordinator module's ``MetricsWriter``,
+    ``Updater`` and ``evaluate`` wrapped for the duration (restored afterwards).
+
+    Only seams that do not depend on how the loop is written are used: interval records written to
+    metrics.csv (the detector has accepted every batch up to ``last_batch``), the test-set evaluation
+    called from the coordinator's ``test_row`` (the accuracy matrix, which is reporting), the
+    arguments of each ``Updater.run`` (refs only: nothing is fetched inside the timed span), the
+    "actors are up" log line, and the actors' memory just before ``_shutdown`` kills them.
+    """
+    import raydrift.coordinator as cm
+
+    def record_update(call: dict[str, Any]) -> None:
+        probe.updates.append(call)
+
+    class RecordingWriter(cm.MetricsWriter):  # type: ignore[misc, name-defined]
+        def write(self, row: Any) -> None:
+            if "last_batch" in row and "n_samples" in row:
+                probe.intervals.append(
+                    (time.perf_counter(), time.process_time(), int(row["last_batch"]), int(row["n_samples"]))
+                )
+            super().write(row)
+
+    class RecordingUpdater(cm.Updater):  # type: ignore[misc, name-defined]
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
+            call = dict(zip(names, args, strict=False)) | kwargs
+            out = super().run(*args, **kwargs)
+            record_update({**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds})
+            return out
+
+    evaluate = cm.evaluate
+
+    def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1)
+        if caller.f_code.co_name != "test_row":
+            return evaluate(*args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            # one test_row call evaluates every regime's test set: sum its calls (same frame)
+            dt = time.perf_counter() - t0
+            if probe._row_frame is caller:
+                probe.test_row_seconds[-1] += dt
+            else:
+                probe._row_frame = caller
+                probe.test_row_seconds.append(dt)
+
+    class InstrumentedCoordinator(cm.Coordinator):  # type: ignore[misc, name-defined]
+        def log(self, msg: str, level: int = 1) -> None:
+            if "monitor(s), detector" in msg and not probe.t_actors_up:
+                probe.t_actors_up = time.perf_counter()
+            super().log(msg, level)
+
+        def _check_resources(self) -> None:
+            super()._check_resources()
+            probe.t_loop_enter = time.perf_counter()
+
+        def _shutdown(self) -> None:
+            probe.t_shutdown = time.perf_counter()
+            for kind, pids in actor_processes().items():
+                probe.actor_memory[kind] = [proc_memory(p) for p in pids]
+            probe.driver_memory = proc_memory()
+            note_monitor_memory()
+            if probe.on_shutdown is not None:
+                probe.on_shutdown()
+            super()._shutdown()
+
+    saved = {name: getattr(cm, name) for name in ("MetricsWriter", "Updater", "evaluate")}
+    cm.MetricsWriter, cm.Updater, cm.evaluate = RecordingWriter, RecordingUpdater, timed_evaluate  # type: ignore[misc]
+    try:
+        yield InstrumentedCoordinator
+    finally:
+        for name, value in saved.items():
+            setattr(cm, name, value)
+
+
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_config(tmp: Path, name: str, **sections: Any) -> Any:
+    """A validated RaydriftConfig: quiet, no tracking, no plots, no saved weights, runs under ``tmp``."""
+    from raydrift.config import RaydriftConfig
+
+    base: dict[str, Any] = {
+        "name": name,
+        "seed": 0,
+        "device": "cpu",
+        "verbosity": 0,
+        "logging": {"backend": "none", "plots": False, "save_weights": False, "runs_dir": str(tmp)},
+    }
+    return RaydriftConfig.model_validate(deep_update(base, sections))
+
+
+def run_coordinator(
+    cfg: Any, tmp: Path, reset_driver_peak: bool = False, on_shutdown: Callable[[], None] | None = None
+) -> tuple[dict[str, Any], Probe, float]:
+    """Run the real Coordinator on the cluster this process started; returns (summary, probe, wall s).
+
+    ``reset_driver_peak``: reset this process's VmHWM first, so ``probe.driver_memory['peak_mb']`` is
+    the driver's peak during this run."""
+    probe = Probe(on_shutdown=on_shutdown)
+    run_dir = tmp / f"{cfg.name}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True)
+    with instrumented(probe) as cls:
+        coord = cls(cfg, run_dir=run_dir, console=lambda _: None)
+        if reset_driver_peak:
+            reset_peak()
+        probe.t_run = time.perf_counter()
+        summary = coord.run()
+    return summary, probe, time.perf_counter() - probe.t_run
+
+
+def coordinator_throughput(summary: dict[str, Any], probe: Probe) -> dict[str, Any]:
+    """Steady-state samples/s, wall and driver CPU per batch from the interval records."""
+    recs = probe.intervals
+    total = summary["stream"]["batches"]
+    pts, cum = [], 0
+    for t, _cpu, last, n in recs:
+        cum += n
+        pts.append((t, last + 1, cum, _cpu))
+    start = next((p for p in pts if p[1] >= WARMUP_FRACTION * total), pts[0]) if pts else None
+    out: dict[str, Any] = {"batches": total}
+    if start is not None and pts[-1][0] > start[0]:
+        end = pts[-1]
+        dt, nb = end[0] - start[0], end[1] - start[1]
+        out.update(
+            samples_per_second=r((end[2] - start[2]) / dt, 1),
+            wall_ms_per_batch=r(1000 * dt / nb, 3),
+            driver_cpu_ms_per_batch=r(1000 * (end[3] - start[3]) / nb, 3),
+            steady_batches=nb,
+        )
+    mon = summary.get("monitoring", {})
+    nbat = sum(mon.get("monitor_batches", {}).values()) or 1
+    out.update(
+        actor_startup_seconds=r(probe.t_actors_up - (probe.t_loop_enter or probe.t_run), 2),
+        loop_seconds=r(
+            (probe.intervals[-1][0] if probe.intervals else probe.t_shutdown) - probe.t_actors_up, 2
+        ),
+        summary_samples_per_second=mon.get("samples_per_second"),
+        monitor_eval_ms_per_batch=r(1000 * mon.get("eval_seconds_total", 0.0) / nbat, 3),
+        monitor_torch_threads=sorted(set(mon.get("monitor_torch_threads", {}).values())),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# driving monitors directly (no stream reader, no detector)
+
+
+@ray.remote
+class BatchingMonitor:
+    """Benchmark-only prototype: a monitor actor with no concurrency groups and no per-batch Ray
+    metrics, that evaluates ``len(ids)`` batches per call (refs passed as top-level arguments)."""
+
+    def __init__(self, spec: dict[str, Any], metric: str, weights: Weights, num_cpus: float) -> None:
+        from raydrift.actors import set_torch_threads
+        from raydrift.monitor import Monitor
+
+        set_torch_threads(num_cpus)
+        self.monitor = Monitor(build_harness(**spec), metric, weights)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def evaluate_many(self, ids: list[int], *batches: Batch) -> list[Any]:
+        return [self.monitor.evaluate(i, b) for i, b in zip(ids, batches, strict=True)]
+
+    def eval_seconds(self) -> float:
+        return float(self.monitor.eval_seconds)
+
+
+def drive(
+    actors: list[Any], refs: list[Any], k: int, call: Callable[[Any, list[int]], Any]
+) -> dict[str, Any]:
+    """Dispatch ``refs`` in groups of ``k`` to the least-loaded actor, at most 2 tasks per actor in
+    flight (the coordinator's ``max_in_flight: 2M``), fetch every result; steady-state rate."""
+    n = len(refs)
+    groups = [list(range(i, min(i + k, n))) for i in range(0, n, k)]
+    max_in_flight = 2 * len(actors)
+    inflight: dict[Any, tuple[int, int]] = {}
+    load = [0] * len(actors)
+    points: list[tuple[float, float]] = []
+    done, gi = 0, 0
+    t0 = time.perf_counter()
+    while gi < len(groups) or inflight:
+        while gi < len(groups) and len(inflight) < max_in_flight:
+            i = min(range(len(actors)), key=lambda j: (load[j], j))
+            inflight[call(actors[i], groups[gi])] = (i, len(groups[gi]))
+            load[i] += 1
+            gi += 1
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        i, nb = inflight.pop(ready[0])
+        load[i] -= 1
+        ray.get(ready[0])
+        done += nb
+        points.append((time.perf_counter(), done))
+    rate = steady_rate(points, n)
+    return {
+        "batches_per_task": k,
+        "batches_per_second": r(rate, 1),
+        "wall_ms_per_batch": r(1000 / rate, 3) if rate else None,
+        "total_seconds": r(time.perf_counter() - t0, 2),
+    }
+
+
+def start_monitor_actors(
+    spec: dict[str, Any], weights_ref: Any, m: int, num_cpus: float, prefix: str
+) -> list[Any]:
+    from raydrift.actors import MonitorActor
+
+    actors = [
+        MonitorActor.options(num_cpus=num_cpus, name=f"{prefix}-{i}-{uuid.uuid4().hex[:6]}").remote(  # type: ignore[attr-defined]
+            spec, "accuracy", weights_ref, 0, f"{prefix}-{i}", num_cpus
+        )
+        for i in range(m)
+    ]
+    ray.get([a.stats.remote() for a in actors])
+    return actors
+
+
+def kill_all(actors: Sequence[Any]) -> None:
+    for a in actors:
+        ray.kill(a)
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: throughput
+
+
+def section_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"models": {}}
+    sizes = {"mnist": args.mnist_batches, "trivial": args.trivial_batches}
+    for model_name in args.throughput_models:
+        nb = sizes[model_name]
+        out["models"][model_name] = throughput_of(args, tmp, model_name, nb)
+    return out
+
+
+def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int) -> dict[str, Any]:
+    """The throughput figures of one model: plain loop, pipeline at 1..N monitors, monitors alone."""
+    from raydrift.monitor import Monitor
+
+    n_max = args.max_monitors
+    spec = harness_spec(model_name, nb)
+    harness = build_harness(**spec)
+    batches = list(harness.stream())
+    t0 = time.perf_counter()
+    for _ in harness.stream():
+        pass
+    gen_ms = 1000 * (time.perf_counter() - t0) / len(batches)
+    model = harness.build_model().eval()
+    weights = to_numpy(model.state_dict())
+    plain = plain_eval(model, harness, batches, threads=1, reps=args.reps)
+    plain_n = plain_eval(model, harness, batches, threads=n_max, reps=args.reps) if n_max > 1 else None
+    log(
+        f"[throughput] {model_name}: plain loop {plain['samples_per_second']:,.0f} samples/s "
+        f"({plain['ms_per_batch']:.3f} ms/batch, 1 thread); stream generation {gen_ms:.3f} ms/batch"
+    )
+
+    # sizes and deserialisation of one batch, as the monitors receive it
+    mon = Monitor(harness, "accuracy", weights)
+    result = mon.evaluate(0, batches[0])
+    torch_refs = [ray.put(b) for b in batches[:200]]
+    numpy_refs = [ray.put((b.x.numpy(), b.y.numpy(), b.regime)) for b in batches[:200]]
+    get_us = {}
+    for label, refs in (("torch", torch_refs), ("numpy", numpy_refs)):
+        ray.get(refs[:5])
+        t0 = time.perf_counter()
+        for ref in refs:
+            ray.get(ref)
+        get_us[label] = r(1e6 * (time.perf_counter() - t0) / len(refs), 1)
+    del torch_refs, numpy_refs
+    entry: dict[str, Any] = {
+        "batches": len(batches),
+        "batch_size": spec["batch_size"],
+        "plain": plain,
+        "plain_n_threads": plain_n,
+        "stream_generation_ms_per_batch": r(gen_ms, 4),
+        "batch_bytes": len(pickle.dumps(batches[0], protocol=5)),
+        "result_bytes": len(pickle.dumps(result, protocol=5)),
+        "driver_get_us_per_batch": get_us,
+        "pipeline": [],
+        "monitors_only": [],
+    }
+    for m in args.pipeline_monitors:
+        num_cpus = min(1.0, args.num_cpus / m)
+        cfg = make_config(
+            tmp,
+            f"tp-{model_name}-{m}",
+            model={"harness": spec["spec"], "pretrain_epochs": 0},
+            data=spec["options"],
+            stream={"batch_size": spec["batch_size"], "prefetch": 16},
+            monitor={"num_monitors": m, "num_cpus": num_cpus, "max_in_flight": max(4, 2 * m)},
+            drift_detection={"warmup_batches": 10**9},  # the default detector, never alarming
+            train={"num_workers": 0},
+        )
+        summary, probe, wall = run_coordinator(cfg, tmp)
+        row = {
+            "monitors": m,
+            "monitor_num_cpus": num_cpus,
+            **coordinator_throughput(summary, probe),
+            "run_seconds": r(wall, 2),
+        }
+        sps = row.get("samples_per_second") or 0.0
+        row["ratio_vs_plain"] = r(sps / plain["samples_per_second"], 3)
+        row["target"] = 0.9 if m == 1 else 0.8 * m
+        entry["pipeline"].append(row)
+        log(
+            f"[throughput] {model_name} pipeline, {m} monitor(s): {sps:,.0f} samples/s = "
+            f"{row['ratio_vs_plain']:.2f}x plain (target {row['target']:.1f}x); driver CPU "
+            f"{row.get('driver_cpu_ms_per_batch')} ms/batch, monitor eval {row['monitor_eval_ms_per_batch']} "
+            f"ms/batch, actor start-up {row['actor_startup_seconds']} s"
+        )
+
+    # the monitors alone, at 1 and N monitors
+    refs = [ray.put(b) for b in batches]  # as the stream reader puts them
+    wref = ray.put(weights)
+    for m in args.direct_monitors:
+        num_cpus = min(1.0, args.num_cpus / m)
+        actors = start_monitor_actors(spec, wref, m, num_cpus, f"mo-{model_name}")
+        note_monitor_memory()
+        res = drive(actors, refs, 1, lambda a, g: a.evaluate.remote(g[0], refs[g[0]]))
+        stats = ray.get([a.stats.remote() for a in actors])
+        res["monitor_eval_ms_per_batch"] = r(
+            1000 * sum(s["eval_seconds"] for s in stats) / max(1, sum(s["batches"] for s in stats)), 3
+        )
+        kill_all(actors)
+        rows = [{"actor": "MonitorActor", "monitors": m, **res}]
+        pactors = [
+            BatchingMonitor.options(num_cpus=num_cpus).remote(spec, "accuracy", wref, num_cpus)  # type: ignore[attr-defined]
+            for _ in range(m)
+        ]
+        ray.get([a.ping.remote() for a in pactors])
+        for k in args.prototype_k:
+            res = drive(pactors, refs, k, lambda a, g: a.evaluate_many.remote(g, *[refs[j] for j in g]))
+            rows.append({"actor": "BatchingMonitor (prototype)", "monitors": m, **res})
+        kill_all(pactors)
+        for row in rows:
+            bps = row["batches_per_second"] or 0.0
+            row["samples_per_second"] = r(bps * spec["batch_size"], 1)
+            row["ratio_vs_plain"] = r(row["samples_per_second"] / plain["samples_per_second"], 3)
+            entry["monitors_only"].append(row)
+            log(
+                f"[throughput] {model_name} monitors only, {m} x {row['actor']}, "
+                f"{row['batches_per_task']} batch(es)/task: {row['samples_per_second']:,.0f} samples/s = "
+                f"{row['ratio_vs_plain']:.2f}x plain ({row['wall_ms_per_batch']} ms/batch)"
+            )
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: broadcast
+
+
+def timed(fn: Callable[[], Any], reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return median(ts)
+
+
+def section_broadcast(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    n_max = args.max_monitors
+    sizes = sorted({*range(1, n_max + 1), *([] if args.quick else [4 * n_max])})
+    out: dict[str, Any] = {"monitor_counts": sizes, "weights": {}}
+    versions = iter(range(1, 10**9))
+    for model_name in args.broadcast_models:
+        out["weights"][model_name] = broadcast_of(args, model_name, sizes, versions)
+    return out
+
+
+def broadcast_of(
+    args: argparse.Namespace, model_name: str, sizes: list[int], versions: Any
+) -> dict[str, Any]:
+    """Broadcast figures of one model's weights to ``sizes`` monitors."""
+    from raydrift.monitor import Monitor
+
+    spec = harness_spec(model_name, 4)
+    harness = build_harness(**spec)
+    model = harness.build_model().eval()
+    w = to_numpy(model.state_dict())
+    nbytes = sum(v.nbytes for v in w.values())
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    reps = args.reps_broadcast
+
+    def put_get(obj: Any) -> None:
+        ray.get(ray.put(obj))
+
+    base = timed(lambda: put_get(w), reps)
+    base_torch = timed(lambda: put_get(sd), reps)
+    put_only = timed(lambda: ray.put(w), reps)
+    # the monitor-side rebuild, in-process: what set_weights does in every monitor
+    mon = Monitor(harness, "accuracy", w)
+    rebuild = timed(lambda: mon.set_weights(next(versions), w), reps)
+    build_only = timed(harness.build_model, reps)
+    fresh = harness.build_model()
+    load_only = timed(lambda: load_into(fresh, w), reps)
+    entry: dict[str, Any] = {
+        "weights_mb": r(nbytes / MiB, 2),
+        "baseline_put_get_ms": r(1000 * base, 3),
+        "put_get_torch_state_dict_ms": r(1000 * base_torch, 3),
+        "put_ms": r(1000 * put_only, 3),
+        "in_process_set_weights_ms": r(1000 * rebuild, 3),
+        "in_process_build_model_ms": r(1000 * build_only, 3),
+        "in_process_load_into_ms": r(1000 * load_only, 3),
+        "rows": [],
+    }
+    wref0 = ray.put(w)
+    actors = start_monitor_actors(spec, wref0, max(sizes), 0.0, f"bc-{model_name}")
+    rtt = timed(lambda: ray.get([a.stats.remote() for a in actors[:1]]), reps)
+    entry["actor_call_round_trip_ms"] = r(1000 * rtt, 3)
+    for m in sizes:
+        ts = []
+        for _ in range(reps):
+            version = next(versions)
+            t0 = time.perf_counter()
+            ref = ray.put(w)  # once; every monitor reads the same object
+            acks = ray.get([a.set_weights.remote(version, ref) for a in actors[:m]])
+            ts.append(time.perf_counter() - t0)
+            if any(a != version for a in acks):
+                raise RuntimeError(f"monitors did not load version {version}: {acks}")
+        b = median(ts)
+        row = {"monitors": m, "broadcast_ms": r(1000 * b, 3), "ratio_vs_put_get": r(b / base, 2)}
+        entry["rows"].append(row)
+        log(
+            f"[broadcast] {model_name} ({entry['weights_mb']} MB) to {m} monitor(s): {row['broadcast_ms']} ms "
+            f"= {row['ratio_vs_put_get']}x put+get ({entry['baseline_put_get_ms']} ms); in-process rebuild "
+            f"{entry['in_process_set_weights_ms']} ms"
+        )
+    kill_all(actors)
+    del wref0
+    ratios = [row["ratio_vs_put_get"] for row in entry["rows"]]
+    entry["flatness"] = r(ratios[-1] / ratios[0], 2)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: update latency
+
+
+def _noop_loop(config: dict[str, Any]) -> None:
+    return None
+
+
+def bare_fit(num_workers: int, tmp: Path) -> float:
+    """Seconds of ``TorchTrainer(no-op).fit()`` with ``num_workers`` workers: Ray Train's own cost."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker=_noop_loop,
+        scaling_config=ScalingConfig(num_workers=num_workers),
+        run_config=RunConfig(
+            name=f"bare-{num_workers}-{uuid.uuid4().hex[:8]}", storage_path=str(tmp / "bare")
+        ),
+    )
+    t0 = time.perf_counter()
+    trainer.fit()
+    return time.perf_counter() - t0
+
+
+def in_process_update(cfg: Any, spec: dict[str, Any], rec: dict[str, Any], reps: int = 1) -> dict[str, Any]:
+    """The same gradient steps as the recorded update, in this process (1 torch thread)."""
+    from raydrift.config import ContinualLearningConfig
+    from raydrift.learning import make_strategy, seed_everything, train_update
+
+    harness = build_harness(**spec)
+    weights, data = ray.get(rec["weights_ref"]), ray.get(rec["data_ref"])
+    state_ref = rec.get("strategy_state_ref")
+    state = ray.get(state_ref) if isinstance(state_ref, ray.ObjectRef) else state_ref
+    strategy = rec.get("strategy") or cfg.continual_learning.strategy
+    cl = ContinualLearningConfig.model_validate({**cfg.continual_learning.model_dump(), "strategy": strategy})
+    version, seed = int(rec["version"]), cfg.seed
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    times, metrics = [], {}
+    try:
+        for _ in range(reps):
+            model = harness.build_model()
+            load_into(model, weights)
+            strat = make_strategy(strategy, cl)
+            if state:
+                strat.load_state_dict(state)
+            seed_everything(seed + version)
+            t0 = time.perf_counter()
+            metrics = train_update(model, harness, strat, data, cfg.train, seed + version)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(prev)
+    return {
+        "seconds": r(median(times), 3),
+        "steps": int(metrics.get("steps", 0)),
+        "train_loss": r(metrics.get("train_loss"), 4),
+    }
+
+
+def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    worker_counts = [w for w in (0, 1, 2) if w <= args.num_cpus][: args.update_workers]
+    out: dict[str, Any] = {"bare_fit_seconds": {}, "runs": []}
+    for w in worker_counts:
+        reps = 2 if w == 0 else args.reps_fit  # the first local-mode fit pays for imports
+        out["bare_fit_seconds"][str(w)] = [r(bare_fit(w, tmp), 4) for _ in range(reps)]
+        log(f"[update] bare TorchTrainer.fit() with {w} worker(s): {out['bare_fit_seconds'][str(w)]} s")
+
+    rb = args.update_regime_batches
+    spec = harness_spec("mnist", rb)
+    spec["options"] = {"regimes": ["identity", "rotate_90"], "regime_batches": rb}
+    for w in worker_counts:
+        cfg = make_config(
+            tmp,
+            f"upd-w{w}",
+            model={"harness": "mnist", "pretrain_epochs": 0},
+            data=spec["options"],
+            monitor={"num_monitors": args.max_monitors, "num_cpus": 0, "max_in_flight": 4, **PAUSE},
+            # one drift, two batches into the second regime; none after it
+            drift_detection=PERIODIC | {"params": {"period": 10**6, "offset": rb + 2}},
+            train={"num_workers": w, "cpus_per_worker": 1},
+        )
+        summary, probe, wall = run_coordinator(cfg, tmp)
+        if not summary["updates"] or not probe.updates:
+            rejected = summary.get("rejected_updates", [])
+            log(
+                f"[update] {w} worker(s): no update went live ({len(summary['drift_events'])} drift(s), rejected: {rejected})"
+            )
+            out["runs"].append(
+                {"train_workers": w, "error": "no update went live", "rejected_updates": rejected}
+            )
+            continue
+        upd, rec = summary["updates"][0], probe.updates[0]
+        base = in_process_update(cfg, spec, rec, reps=args.reps)
+        fits = out["bare_fit_seconds"][str(w)]
+        bare = median(fits[1:] if w == 0 else fits)  # local mode: the first fit pays for imports
+        overhead = upd["total_seconds"] - base["seconds"]
+        row = {
+            "train_workers": w,
+            "on_drift": upd.get("on_drift"),
+            "waiting_seconds": upd["waiting_seconds"],
+            "training_seconds": upd["training_seconds"],
+            "broadcasting_seconds": upd["broadcasting_seconds"],
+            "total_seconds": upd["total_seconds"],
+            "train_loop_seconds_in_ray_train": r(upd.get("train_loop_seconds"), 3),
+            "steps": upd.get("train_steps"),
+            "collecting_seconds": upd.get("collecting_seconds"),
+            "accuracy_matrix_seconds": [r(x, 3) for x in probe.test_row_seconds],
+            "in_process": base,
+            "fixed_overhead_seconds": r(overhead, 3),
+            # the same, against the loop's own time in this run (immune to the machine's load changing
+            # between the two measurements)
+            "overhead_around_loop_seconds": r(
+                upd["total_seconds"] - (upd.get("train_loop_seconds") or 0.0), 3
+            ),
+            "gating_seconds": upd.get("gating_seconds"),
+            "ratio_vs_in_process": r(upd["total_seconds"] / max(base["seconds"], 1e-9), 2),
+            "bare_fit_seconds": r(bare, 4),
+            "target_overhead_seconds": 5.0 if w == 0 else r(bare + 1.0, 2),
+            "run_seconds": r(wall, 2),
+        }
+        if base["steps"] != row["steps"]:
+            row["warning"] = f"in-process steps {base['steps']} != update steps {row['steps']}"
+        out["runs"].append(row)
+        log(
+            f"[update] {w} worker(s): total {row['total_seconds']} s (waiting {row['waiting_seconds']}, training "
+            f"{row['training_seconds']}, broadcasting {row['broadcasting_seconds']}) vs in-process "
+            f"{base['seconds']} s for {base['steps']} steps: overhead {row['fixed_overhead_seconds']} s "
+            f"(target <= {row['target_overhead_seconds']} s)"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: coordinator cost at many monitors
+
+
+def broadcast_to_live_monitors(reps: int = 3) -> dict[str, Any]:
+    """``ray.put`` + ``set_weights`` on every live monitor of the run (named ``monitor*``), waited for."""
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("monitor")]
+    handles = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in named]
+    w = to_numpy(nn.Linear(4, 2).state_dict())
+    ts = []
+    for i in range(reps):
+        version = 10**6 + i  # newer than any version of the run
+        t0 = time.perf_counter()
+        ref = ray.put(w)
+        ray.get([h.set_weights.remote(version, ref) for h in handles])
+        ts.append(time.perf_counter() - t0)
+    return {"monitors": len(handles), "broadcast_ms": r(1000 * median(ts), 2)}
+
+
+def coordinator_cost(tmp: Path, m: int, batches: int) -> dict[str, Any]:
+    """``benchmarks/scaling.py``'s measurement with this file's instrumentation: the trivial model, ``m``
+    monitors with ``num_cpus: 0`` and ``max_in_flight: 2m``, no drift; driver CPU and wall per batch
+    in the steady state, then a broadcast to the ``m`` monitors before they are shut down."""
+    cfg = make_config(
+        tmp,
+        f"coord-{m}",
+        model={"harness": TRIVIAL_SPEC, "pretrain_epochs": 0},
+        data={"batches": batches},
+        stream={"batch_size": 64, "prefetch": 16},
+        monitor={"num_monitors": m, "num_cpus": 0, "max_in_flight": 2 * m},
+        drift_detection={"granularity": "batch", "warmup_batches": 10**9},
+        train={"num_workers": 0},
+    )
+    bc: dict[str, Any] = {}
+    summary, probe, wall = run_coordinator(
+        cfg, tmp, on_shutdown=lambda: bc.update(broadcast_to_live_monitors())
+    )
+    return {
+        "monitors": m,
+        **coordinator_throughput(summary, probe),
+        "broadcast": bc,
+        "run_seconds": r(wall, 1),
+    }
+
+
+def section_coordinator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    if not _MONITOR_PRIVATE_MB:  # the throughput section did not run: measure one monitor process
+        spec = harness_spec("trivial", 4)
+        w = to_numpy(build_harness(**spec).build_model().state_dict())
+        probe = start_monitor_actors(spec, ray.put(w), 1, 0.0, "probe")
+        note_monitor_memory()
+        kill_all(probe)
+    per_monitor = max(_MONITOR_PRIVATE_MB) if _MONITOR_PRIVATE_MB else 350.0
+    avail = mem_available_mb()
+    fits = int(args.memory_fraction * avail // per_monitor)
+    asked = args.many_monitors
+    m = asked if asked <= fits else max(8, fits // 8 * 8)
+    out: dict[str, Any] = {
+        "asked_monitors": asked,
+        "monitors": m,
+        "monitor_private_mb": r(per_monitor, 1),
+        "mem_available_mb": r(avail, 0),
+    }
+    if m != asked:
+        out["reduced_because"] = (
+            f"{asked} monitors x {per_monitor:.0f} MB private memory each (torch import) > "
+            f"{args.memory_fraction:.0%} of the {avail:,.0f} MB available on this shared machine"
+        )
+        log(f"[coordinator] {out['reduced_because']}: running {m}")
+    one = coordinator_cost(tmp, 1, args.coordinator_batches)
+    many = coordinator_cost(tmp, m, args.coordinator_batches)
+    out["one"], out["many"] = one, many
+    out["ratio_cpu_vs_one_monitor"] = r(many["driver_cpu_ms_per_batch"] / one["driver_cpu_ms_per_batch"], 2)
+    log(
+        f"[coordinator] driver CPU per batch: {many['driver_cpu_ms_per_batch']} ms at {m} monitors vs "
+        f"{one['driver_cpu_ms_per_batch']} ms at 1 ({out['ratio_cpu_vs_one_monitor']}x); wall per batch "
+        f"{many['wall_ms_per_batch']} vs {one['wall_ms_per_batch']} ms; broadcast to {m}: "
+        f"{many['broadcast'].get('broadcast_ms')} ms; actor start-up {many['actor_startup_seconds']} s"
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: memory and update cost over a long stream
+
+
+def memory_run(args: argparse.Namespace, tmp: Path, batches: int, label: str) -> dict[str, Any]:
+    rb = 20
+    regimes = max(1, batches // rb)
+    cfg = make_config(
+        tmp,
+        f"mem-{label}",
+        model={"harness": "synthetic"},
+        data={"num_regimes": regimes, "regime_batches": rb},
+        monitor={"num_monitors": args.max_monitors, "num_cpus": min(1.0, args.num_cpus / args.max_monitors)},
+        drift_detection=PERIODIC | {"params": {"period": rb}},
+        train={"num_workers": 0},
+        **NO_GATE,
+    )
+    summary, probe, wall = run_coordinator(cfg, tmp, reset_driver_peak=True)
+    kinds = {kind: max(m.get("peak_mb", 0.0) for m in mems) for kind, mems in probe.actor_memory.items()}
+    kinds["driver"] = probe.driver_memory.get("peak_mb", 0.0)
+    ups = summary["updates"]
+    third = max(1, len(ups) // 3)
+    trow = probe.test_row_seconds[1:]  # the first row is the initial model, before the stream
+    return {
+        "batches": summary["stream"]["batches"],
+        "regimes": regimes,
+        "updates": len(ups),
+        "rejected_updates": len(summary.get("rejected_updates", [])),
+        "peak_mb": {k: r(v, 1) for k, v in kinds.items()},
+        "processes": {k: len(v) for k, v in probe.actor_memory.items()},
+        "update_total_seconds_first_third": r(median([u["total_seconds"] for u in ups[:third]]), 3)
+        if ups
+        else None,
+        "update_total_seconds_last_third": r(median([u["total_seconds"] for u in ups[-third:]]), 3)
+        if ups
+        else None,
+        "update_training_seconds_all": [u["training_seconds"] for u in ups],
+        "accuracy_matrix_seconds_first_third": r(median(trow[:third]), 4) if trow else None,
+        "accuracy_matrix_seconds_last_third": r(median(trow[-third:]), 4) if trow else None,
+        "run_seconds": r(wall, 1),
+    }
+
+
+def within_noise(a: float, b: float) -> bool:
+    return abs(b - a) <= max(0.05 * max(a, b), 16.0)
+
+
+def section_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    short = memory_run(args, tmp, args.memory_batches, "L")
+    log(f"[memory] L={short['batches']} batches: peaks {short['peak_mb']} MB, {short['updates']} updates")
+    long = memory_run(args, tmp, 10 * args.memory_batches, "10L")
+    log(f"[memory] 10L={long['batches']} batches: peaks {long['peak_mb']} MB, {long['updates']} updates")
+    cmp = {}
+    for kind in long["peak_mb"]:
+        a, b = short["peak_mb"].get(kind) or 0.0, long["peak_mb"][kind] or 0.0
+        cmp[kind] = {
+            "L": a,
+            "10L": b,
+            "ratio": r(b / a, 3) if a else None,
+            "within_noise": within_noise(a, b),
+        }
+    f, last = long["update_total_seconds_first_third"], long["update_total_seconds_last_third"]
+    return {
+        "L": short,
+        "10L": long,
+        "peaks": cmp,
+        "update_cost_ratio_last_vs_first_third": r(last / f, 2) if f and last else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# section: samples evaluated during updates
+
+
+def section_on_drift(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from raydrift.config import MonitorConfig
+
+    if "on_drift" not in MonitorConfig.model_fields:
+        # TODO(issue 8): `monitor.on_drift: continue|pause` has not landed in raydrift/config.py yet;
+        # once it has, this section runs both modes and reports monitoring.samples_during_updates.
+        log("[on_drift] TODO: monitor.on_drift is not in the config yet; skipped")
+        return {"todo": "monitor.on_drift not in raydrift.config.MonitorConfig yet: not measured"}
+    out: dict[str, Any] = {}
+    w = 0 if args.quick else 1  # with 1 worker the update runs outside the driver
+    for mode in ("continue", "pause"):
+        cfg = make_config(
+            tmp,
+            f"ondrift-{mode}",
+            model={"harness": "synthetic"},
+            data={"num_regimes": 3, "regime_batches": 40},
+            monitor={"num_monitors": args.max_monitors, "num_cpus": 0, "on_drift": mode},
+            drift_detection=PERIODIC | {"params": {"period": 40}},
+            train={"num_workers": w, "cpus_per_worker": 1},
+            **NO_GATE,
+        )
+        summary, _probe, wall = run_coordinator(cfg, tmp)
+        mon = summary["monitoring"]
+        out[mode] = {
+            "train_workers": w,
+            "updates": len(summary["updates"]),
+            "update_seconds": [u["total_seconds"] for u in summary["updates"]],
+            "samples_during_updates": mon.get("samples_during_updates"),
+            "stream_samples": summary["stream"]["samples"],
+            "run_seconds": r(wall, 1),
+        }
+        log(
+            f"[on_drift] {mode}: {out[mode]['samples_during_updates']} samples evaluated during "
+            f"{out[mode]['updates']} update(s)"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the table
+
+
+def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
+    """One row per figure: value, baseline, ratio, target, met."""
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        figure: str, value: str, baseline: str, ratio: float | None, target: str, met: bool | None
+    ) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "value": value,
+                "baseline": baseline,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
+        )
+
+    tp = res.get("throughput", {}).get("models", {})
+    for name, e in tp.items():
+        base = e["plain"]["samples_per_second"]
+        for p in e["pipeline"]:
+            m = p["monitors"]
+            ratio = p["ratio_vs_plain"]
+            add(
+                f"monitoring throughput, {name}, {m} monitor(s)",
+                f"{p.get('samples_per_second') or 0:,.0f} samples/s",
+                f"plain loop {base:,.0f} samples/s",
+                ratio,
+                f">= {p['target']:.1f}x",
+                ratio >= p["target"],
+            )
+        for p in e["monitors_only"]:
+            if p["monitors"] == n_max:
+                add(
+                    f"  monitors only, {name}, {n_max} x {p['actor']}, {p['batches_per_task']} batch/task",
+                    f"{p['samples_per_second']:,.0f} samples/s",
+                    "plain loop",
+                    p["ratio_vs_plain"],
+                    "(diagnostic)",
+                    None,
+                )
+    bc = res.get("broadcast", {}).get("weights", {})
+    for name, e in bc.items():
+        for row in e["rows"]:
+            add(
+                f"broadcast, {name} weights {e['weights_mb']} MB, {row['monitors']} monitor(s)",
+                f"{row['broadcast_ms']} ms",
+                f"put+get {e['baseline_put_get_ms']} ms",
+                row["ratio_vs_put_get"],
+                "<= 1.3x, flat",
+                row["ratio_vs_put_get"] <= 1.3,
+            )
+    for u in res.get("update", {}).get("runs", []):
+        if "error" in u:
+            add(
+                f"drift -> weights live, {u['train_workers']} train worker(s)",
+                u["error"],
+                "-",
+                None,
+                "-",
+                False,
+            )
+            continue
+        add(
+            f"drift -> weights live, {u['train_workers']} train worker(s)",
+            f"{u['total_seconds']} s (wait {u['waiting_seconds']} / train {u['training_seconds']} / "
+            f"bcast {u['broadcasting_seconds']})",
+            f"in-process {u['in_process']['seconds']} s",
+            u["ratio_vs_in_process"],
+            f"overhead {u['fixed_overhead_seconds']} s <= {u['target_overhead_seconds']} s",
+            u["fixed_overhead_seconds"] <= u["target_overhead_seconds"],
+        )
+    c = res.get("coordinator")
+    if c:
+        add(
+            f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
+            f"{c['many']['driver_cpu_ms_per_batch']} ms",
+            f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms",
+            c["ratio_cpu_vs_one_monitor"],
+            "(none)",
+            None,
+        )
+    mem = res.get("memory")
+    if mem:
+        for kind, v in mem["peaks"].items():
+            add(
+                f"peak RSS, {kind}",
+                f"{v['10L']} MB at 10L",
+                f"{v['L']} MB at L",
+                v["ratio"],
+                "equal within noise",
+                v["within_noise"],
+            )
+        ratio = mem["update_cost_ratio_last_vs_first_third"]
+        add(
+            "update cost, last vs first third of updates (10L)",
+            f"{mem['10L']['update_total_seconds_last_third']} s",
+            f"{mem['10L']['update_total_seconds_first_third']} s",
+            ratio,
+            "flat (<= 1.2x)",
+            None if ratio is None else ratio <= 1.2,
+        )
+        add(
+            "accuracy-matrix evaluation per update (reporting), last vs first third",
+            f"{mem['10L']['accuracy_matrix_seconds_last_third']} s",
+            f"{mem['10L']['accuracy_matrix_seconds_first_third']} s",
+            None,
+            "(reporting, grows with regimes)",
+            None,
+        )
+    od = res.get("on_drift")
+    if od:
+        if "todo" in od:
+            add("samples evaluated during updates", "TODO", "-", None, "-", None)
+        else:
+            for mode in ("continue", "pause"):
+                add(
+                    f"samples evaluated during updates, on_drift={mode}",
+                    str(od[mode]["samples_during_updates"]),
+                    f"{od[mode]['stream_samples']} stream samples",
+                    None,
+                    "-",
+                    None,
+                )
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    w = max(len(x["figure"]) for x in rows) if rows else 10
+    log(f"\n{'figure':<{w}}  {'value':<44} {'baseline':<32} {'ratio':>7}  {'target':<28} met")
+    for x in rows:
+        ratio = "" if x["ratio"] is None else f"{x['ratio']:.2f}x"
+        met = {True: "yes", False: "NO", None: ""}[x["met"]]
+        log(f"{x['figure']:<{w}}  {x['value']:<44} {x['baseline']:<32} {ratio:>7}  {x['target']:<28} {met}")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    cores = os.cpu_count() or 2
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section (~2 min)")
+    p.add_argument("--max-monitors", type=int, default=cores, help="N: monitors up to N (default: the cores)")
+    p.add_argument(
+        "--num-cpus", type=int, default=cores, help="CPUs of the local Ray cluster (default: the cores)"
+    )
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
+    p.add_argument("--k", type=int, default=8, help="batches per task of the batching prototype")
+    args = p.parse_args(argv)
+    full = not args.quick
+    n = args.max_monitors
+    # quick: one run per section where it can, so the smoke run stays short on a loaded 2-core machine
+    args.throughput_models = ["mnist", "trivial"] if full else ["mnist"]
+    args.pipeline_monitors = list(range(1, n + 1)) if full else [1]
+    args.direct_monitors = sorted({1, n}) if full else [1]
+    args.prototype_k = [1, args.k] if full else [args.k]
+    args.broadcast_models = ["mnist", "wide"] if full else ["mnist"]
+    args.mnist_batches = 600 if full else 100
+    args.trivial_batches = 1500 if full else 300
+    args.reps = 3 if full else 1
+    args.reps_broadcast = 7 if full else 3
+    args.reps_fit = 2 if full else 1
+    args.update_workers = 3 if full else 1  # how many of 0, 1, 2 train workers
+    args.update_regime_batches = 24 if full else 12
+    args.many_monitors = 64 if full else 4
+    args.coordinator_batches = 400 if full else 60
+    args.memory_batches = 100 if full else 20
+    args.memory_fraction = 0.5
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    meta: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv])
+        if argv is None
+        else f"pipeline.py {' '.join(argv)}",
+        "mode": "quick" if args.quick else "full",
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "gpu": torch.cuda.is_available(),
+        },
+        "loadavg_start": loadavg(),
+        "args": {k: v for k, v in vars(args).items() if k != "only"},
+        "sections": args.only,
+    }
+    log(
+        f"pipeline benchmark ({meta['mode']}): {os.cpu_count()} cores, load average {meta['loadavg_start']}, "
+        f"N = {args.max_monitors} monitors"
+    )
+    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        namespace="raydrift",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    results: dict[str, Any] = {}
+    funcs = {
+        "throughput": section_throughput,
+        "broadcast": section_broadcast,
+        "update": section_update,
+        "coordinator": section_coordinator,
+        "memory": section_memory,
+        "on_drift": section_on_drift,
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="raydrift-bench-") as tmpdir:
+            for name in SECTIONS:
+                if name not in args.only:
+                    continue
+                t0 = time.perf_counter()
+                la = loadavg()
+                results[name] = funcs[name](args, Path(tmpdir) / name)
+                results[name]["seconds"] = r(time.perf_counter() - t0, 1)
+                results[name]["loadavg"] = {"start": la, "end": loadavg()}
+    finally:
+        ray.shutdown()
+    rows = figures(results, args.max_monitors)
+    meta["loadavg_end"] = loadavg()
+    meta["seconds"] = r(time.perf_counter() - t_start, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "figures": rows, "results": results}, indent=2) + "\n")
+    print_table(rows)
+    log(
+        f"\n{meta['seconds']} s; load average {meta['loadavg_start']} -> {meta['loadavg_end']}; written to {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
