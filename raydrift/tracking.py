@@ -19,8 +19,9 @@ everything after goes there too. Nothing is lost, and the whole run is in one pl
 
 Replay needs what was sent before the failure. Rather than keep it in memory (a run lasts days: the
 driver's memory must not grow with the stream) or write everything twice, each call is first
-appended as one JSON line to a journal, ``<runs_dir>/.mlflow-journal/<run name>.jsonl`` (~100 bytes
-per metric value, no fsync: it costs microseconds per call), then sent to the store. On a failure
+appended as one JSON line to a journal, ``<runs_dir>/.mlflow-journal/<run name>.jsonl`` (about 25
+bytes per metric value, no fsync; ~0.1 ms per call against ~18 ms for the sqlite ``log_batch``
+itself, measured on a 2-core machine), then sent to the store. On a failure
 the journal is replayed into the fallback run, in batches of 1,000 values, and then deleted. It is
 also deleted when a run finishes ``completed``; an interrupted or failed run keeps it, so that a
 resumed run (:meth:`MLflowTracker.load_state_dict`, then ``start`` with the same run name) can still
@@ -519,13 +520,13 @@ class MLflowTracker(Tracker):
         self.using_fallback = True
         self.ui_hint = _ui_hint(self.fallback_uri)
         _log.warning(
-            "MLflow tracking store %s failed (%s: %s); the run goes on in the local fallback store %s "
-            "with the %d metric values logged before (open with: %s)",
+            "MLflow tracking store %s failed (%s: %s); the run goes on in the local fallback store %s%s "
+            "(open with: %s)",
             self.tracking_uri,
             what,
             _first_line(exc),
             self.fallback_uri,
-            replayed,
+            f", with the {replayed} metric values logged before" if replayed else "",
             self.ui_hint,
         )
         return True
@@ -693,6 +694,7 @@ class WandbTracker(Tracker):
         self.run_path: str | None = None
         self._run: Any = None
         self._failed = False
+        self._disabled_mode = False
 
     @property
     def active(self) -> bool:
@@ -749,7 +751,8 @@ class WandbTracker(Tracker):
             run.define_metric(WANDB_STEP_METRIC)
             run.define_metric("*", step_metric=WANDB_STEP_METRIC)
             self.run_id = run.id
-            if getattr(run, "disabled", False):
+            self._disabled_mode = bool(getattr(run, "disabled", False))
+            if self._disabled_mode:  # wandb_mode: disabled, a dummy run: nothing to look at
                 self.run_path, self.ui_hint = None, None
             else:
                 self.run_path = str(run.settings.sync_dir)
@@ -778,7 +781,7 @@ class WandbTracker(Tracker):
             self._disable("set_tags", exc)
 
     def log_artifacts(self, run_dir: str | os.PathLike[str]) -> None:
-        if not self.active:
+        if not self.active or self._disabled_mode:
             return
         try:
             files_dir = Path(self._run.dir)

@@ -661,3 +661,19 @@ def test_make_tracker_without_the_package_warns(
     assert type(tracker) is Tracker
     msgs = warnings_of(caplog)
     assert len(msgs) == 1 and "raydrift[wandb]" in msgs[0]
+
+
+def test_wandb_disabled_mode_writes_nothing(
+    tmp_path: Path, wandb_offline: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = LoggingConfig.model_validate({"backend": "wandb", "wandb_mode": "disabled"})
+    tracker = make_tracker(cfg, tmp_path / "runs")
+    run_dir = make_run_dir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="raydrift.tracking"):
+        tracker.start("run", PARAMS)
+        tracker.log_metrics({"accuracy": 0.5}, step=0)
+        tracker.log_artifacts(run_dir)
+        tracker.finish("completed")
+    assert warnings_of(caplog) == []
+    assert tracker.ui_hint is None and tracker.info()["run_path"] is None
+    assert not any(wandb_offline.rglob("*")) and not any(tmp_path.rglob("offline-run-*"))
