@@ -105,14 +105,17 @@ class Monitor:
 
     def _label_free(self, model: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, np.ndarray]:
         """The per-sample label-free signal named by ``self.label_free``."""
-        if self.label_free == "features":
-            feats_fn = getattr(self.harness, "features", None)
-            feats = feats_fn(model, x) if callable(feats_fn) else x
-            return {"features": feats.detach().float().reshape(x.shape[0], -1).cpu().numpy()}
-        logp = torch.log_softmax(out.detach().float().reshape(out.shape[0], -1), dim=1)
-        if self.label_free == "confidence":
-            return {"confidence": logp.max(dim=1).values.exp().cpu().numpy()}
-        return {"entropy": (-(logp.exp() * logp).sum(dim=1)).cpu().numpy()}
+        # inference mode here too: a harness's features(model, x) runs the model again, and must not
+        # record an autograd graph for it
+        with torch.inference_mode():
+            if self.label_free == "features":
+                feats_fn = getattr(self.harness, "features", None)
+                feats = feats_fn(model, x) if callable(feats_fn) else x
+                return {"features": feats.detach().float().reshape(x.shape[0], -1).cpu().numpy()}
+            logp = torch.log_softmax(out.detach().float().reshape(out.shape[0], -1), dim=1)
+            if self.label_free == "confidence":
+                return {"confidence": logp.max(dim=1).values.exp().cpu().numpy()}
+            return {"entropy": (-(logp.exp() * logp).sum(dim=1)).cpu().numpy()}
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -305,3 +305,26 @@ def test_monitor_sends_label_free_signals_only_when_asked() -> None:
     assert feats.features is not None and feats.features.shape == (len(batch.y), batch.x[0].numel())
     with pytest.raises(ValueError, match="label_free must be one of"):
         Monitor(harness, "accuracy", weights, label_free="logits")
+
+
+def test_monitor_computes_harness_features_without_autograd() -> None:
+    import torch
+
+    from raydrift.harness import build_harness
+    from raydrift.monitor import Monitor
+    from raydrift.weights import to_numpy
+
+    harness = build_harness("synthetic", {}, seed=0, batch_size=16)
+    seen: list[bool] = []
+
+    def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        hidden = model[1](model[0](x))  # the MLP's hidden layer: an embedding
+        seen.append(torch.is_inference_mode_enabled() and not hidden.requires_grad)
+        return hidden
+
+    harness.features = features  # type: ignore[attr-defined]
+    weights = to_numpy(harness.build_model().state_dict())
+    batch = next(iter(harness.stream()))
+    result = Monitor(harness, "accuracy", weights, label_free="features").evaluate(0, batch)
+    assert result.features is not None and result.features.shape == (16, harness.opts.hidden)
+    assert seen == [True]
