@@ -864,9 +864,28 @@ def in_process_update(cfg: Any, spec: dict[str, Any], rec: dict[str, Any], reps:
     }
 
 
+def import_seconds(modules: str) -> float:
+    """Wall seconds to import ``modules`` in a fresh interpreter (as a new Ray worker process would)."""
+    import subprocess
+
+    code = f"import time; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     worker_counts = [w for w in (0, 1, 2) if w <= args.num_cpus][: args.update_workers]
     out: dict[str, Any] = {"bare_fit_seconds": {}, "runs": []}
+    if any(w > 0 for w in worker_counts):
+        # what a Train worker imports for raydrift's loop beyond a bare fit's (torch, ray.train.torch)
+        bare = "torch, ray.train.torch"
+        ours = f"{bare}, raydrift.learning.loop, raydrift.learning.strategies, harnesses.mnist"
+        out["worker_imports_seconds"] = {
+            "bare_fit": r(import_seconds(bare), 2),
+            "raydrift_mnist": r(import_seconds(ours), 2),
+        }
+        log(f"[update] imports in a fresh worker process: {out['worker_imports_seconds']} s")
     for w in worker_counts:
         reps = 2 if w == 0 else args.reps_fit  # the first local-mode fit pays for imports
         out["bare_fit_seconds"][str(w)] = [r(bare_fit(w, tmp), 4) for _ in range(reps)]
