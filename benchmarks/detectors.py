@@ -2,9 +2,9 @@
 
 Each stream is one of River's generators (SEA, Agrawal, STAGGER, RandomRBFDrift, Hyperplane) switching
 concept once, abruptly (``width=1``) or gradually (``width=--width``), at sample ``--change``, built
-with :class:`river.datasets.synth.ConceptDriftStream`. A *fixed* model (a Hoeffding tree trained on
-``--train`` samples of the first concept, never updated) labels the stream; its per-sample correctness
-(1 right, 0 wrong) is what raydrift monitors. Each detector runs inside
+with :class:`river.datasets.synth.ConceptDriftStream`'s mixing. A *fixed* model (a Hoeffding tree
+trained on ``--train`` samples of the first concept, never updated) labels the stream; its per-sample
+correctness (1 right, 0 wrong) is what raydrift monitors. Each detector runs inside
 :class:`raydrift.detection.DetectionEngine` with the config defaults (``direction: degrade``,
 ``warmup_batches: 5``, ``cooldown_batches: 3``; batches of 64) at ``sample`` granularity and at the
 ``interval`` aggregation (5 batches = 320 samples per value). On an alarm the engine resumes at the
@@ -13,25 +13,42 @@ run on the raw input features (``label_free.use: instead``), on the first ``--la
 (they cost ~0.25 ms per sample).
 
 Per detector, over every stream: mean detection delay (samples from the change's start to the first
-alarm within the tolerance window), false alarms per 10,000 samples (alarms before the change, over the
-stationary samples), missed changes (no alarm within the tolerance window: ``--tolerance`` samples for
-abrupt changes, ``width + --tolerance`` for gradual ones, whose start is ``change - width / 2``), and
-F1 (a true positive is the first alarm in the window; every other alarm is a false positive; a miss is
-a false negative). The ``periodic`` and ``never`` baselines are printed in every table.
+alarm within the tolerance window), false alarms per 10,000 samples (alarms in the stationary stretch
+before the change, over those samples), missed changes (no alarm within the tolerance window), and F1
+(a true positive is the first alarm in the window; every other alarm is a false positive; a miss is a
+false negative). An abrupt change starts at ``--change`` and its window is ``--tolerance`` samples. A
+gradual change mixes in the new concept with probability ``sigmoid(4 (t - change) / width)``: it starts
+where that reaches 1% (``change - 1.15 width``; before it the stream is stationary) and its window runs
+to where it reaches 99% plus ``--tolerance``. The ``periodic`` and ``never`` baselines are printed in
+every table.
+
+The *oracle* (``--no-oracle`` skips it): for every abrupt stream, the CUSUM that knows the fixed model's
+error rate before (p0) and after (p1) the change, with its threshold set so that it raises 0.2 false
+alarms per 10,000 stationary samples, restarting after each. It is the optimal detector of that change
+(Moustakides 1986), so its delay says what any detector can achieve at that false-alarm rate: its mean
+delay and its probability of detecting within ``--horizon`` samples are computed exactly (a Markov
+chain on the CUSUM statistic, started from its in-control steady state), not simulated.
+
+``--stationary N`` adds one N-sample stream without a change per generator and seed (seeds from 100)
+and counts the false alarms of every sample-level detector there: a longer false-alarm measurement.
 
 Usage::
 
     python benchmarks/detectors.py --quick       # 2 generators, 2 seeds, short streams: ~2.5 minutes
     python benchmarks/detectors.py               # 5 generators x abrupt/gradual x 5 seeds
+    python benchmarks/detectors.py --kinds abrupt --levels sample --only adwin --stationary 40000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,12 +59,23 @@ from raydrift.detection import BatchResult, DetectionEngine
 BS = 64
 INTERVAL = 5
 GENERATORS = ("sea", "agrawal", "stagger", "rbf", "hyperplane")
+KINDS = ("abrupt", "gradual")
+LEVELS = ("sample", "interval", "label-free")
+HORIZON = 200  # the target: each abrupt change within about 200 samples ...
+TARGET_FA = 0.2  # ... at no more than 0.2 false alarms per 10,000 samples
+MIX_EDGE = math.log(99.0) / 4.0  # a gradual change's new-concept share is 1% at change - MIX_EDGE * width
 
-# (label, registry name, params, granularities). Defaults everywhere, plus the few interval-tuned
-# settings that show what the interval aggregation needs (documented in docs/drift_detectors.md).
+DEFAULT = "adwin (default: delta=0.05 clock=1)"
+OLD_DEFAULT = "adwin delta=0.002 clock=32 (River's defaults, the old default)"
+BASELINES = ("periodic", "never")
+
+# (label, registry name, params). Defaults everywhere, plus the settings that show a trade-off and the
+# few interval-tuned settings that show what the interval aggregation needs (docs/drift_detectors.md).
 SAMPLE_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("adwin (default)", "adwin", {}),
-    ("adwin clock=1", "adwin", {"clock": 1}),
+    (DEFAULT, "adwin", {}),
+    (OLD_DEFAULT, "adwin", {"delta": 0.002, "clock": 32}),
+    ("adwin delta=0.002 clock=1", "adwin", {"delta": 0.002, "clock": 1}),
+    ("adwin delta=0.2 clock=1", "adwin", {"delta": 0.2}),
     ("page_hinkley", "page_hinkley", {}),
     ("ddm", "ddm", {}),
     ("eddm", "eddm", {}),
@@ -62,8 +90,8 @@ SAMPLE_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("never", "never", {}),
 )
 INTERVAL_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("adwin (default)", "adwin", {}),
-    ("adwin clock=1", "adwin", {"clock": 1}),
+    (DEFAULT, "adwin", {}),
+    (OLD_DEFAULT, "adwin", {"delta": 0.002, "clock": 32}),
     ("page_hinkley", "page_hinkley", {}),
     ("page_hinkley threshold=0.3 min_instances=5", "page_hinkley", {"threshold": 0.3, "min_instances": 5}),
     ("hddm_a", "hddm_a", {}),
@@ -92,10 +120,10 @@ LABEL_FREE_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 @dataclass
 class Stream:
     generator: str
-    kind: str  # abrupt | gradual
+    kind: str  # abrupt | gradual | stationary
     seed: int
-    start: int  # first sample of the change
-    tolerance: int
+    start: int  # first sample of the change; everything before it is stationary
+    tolerance: int  # detection window after ``start``
     results: list[BatchResult]
     error_before: float
     error_after: float
@@ -110,7 +138,11 @@ class Cell:
     false_alarms_before: int = 0
     stationary_samples: int = 0
     seconds: float = 0.0
-    per_stream: list[tuple[str, int | None]] = field(default_factory=list)  # (generator, delay or None)
+    # (generator, seed, delay or None, false alarms before the change, stationary samples)
+    per_stream: list[tuple[str, int, int | None, int, int]] = field(default_factory=list)
+
+    def fa_per_10k(self) -> float:
+        return 1e4 * self.false_alarms_before / max(1, self.stationary_samples)
 
 
 def _generator(name: str, concept: int, seed: int) -> Any:
@@ -134,6 +166,7 @@ def _generator(name: str, concept: int, seed: int) -> Any:
 def make_stream(
     generator: str, kind: str, seed: int, n: int, change: int, width: int, train: int, tol: int
 ) -> Stream:
+    """One stream; ``kind: stationary`` never changes concept (``change`` is ignored)."""
     from river import tree
 
     model = tree.HoeffdingTreeClassifier(grace_period=50)
@@ -141,12 +174,19 @@ def make_stream(
         model.learn_one(x, y)
     # ConceptDriftStream's mixing (new concept with probability sigmoid(4 (t - position) / width)),
     # written out because River's overflows for width = 1 (an abrupt change)
-    w = 1 if kind == "abrupt" else width
     rng = np.random.default_rng(seed)
     old, new = iter(_generator(generator, 0, seed)), iter(_generator(generator, 1, seed + 500))
-    pick_new = rng.random(n) < 1.0 / (1.0 + np.exp(np.clip(-4.0 * (np.arange(n) - change) / w, -50, 50)))
+    t = np.arange(n)
     if kind == "abrupt":
-        pick_new = np.arange(n) >= change
+        pick_new = t >= change
+        start, end = change, change + 1
+    elif kind == "gradual":
+        pick_new = rng.random(n) < 1.0 / (1.0 + np.exp(np.clip(-4.0 * (t - change) / width, -50, 50)))
+        edge = math.ceil(MIX_EDGE * width)  # new-concept share 1% at change - edge, 99% at change + edge
+        start, end = change - edge, change + edge
+    else:
+        pick_new = np.zeros(n, dtype=bool)
+        start, end = n, n
     correct = np.empty(n, dtype=np.float32)
     feats: list[list[float]] = []
     for i in range(n):
@@ -154,8 +194,6 @@ def make_stream(
         correct[i] = float(model.predict_one(x) == y)
         feats.append([float(v) for v in x.values()])
     features = np.asarray(feats, dtype=np.float32)
-    start = change if kind == "abrupt" else change - width // 2
-    # the fixed model's error is measured outside the transition
     results = []
     for b in range(n // BS):
         sl = slice(b * BS, (b + 1) * BS)
@@ -165,15 +203,10 @@ def make_stream(
                 b, int((b + 1) * BS > start), 0, v, {"accuracy": float(v.mean())}, features=features[sl]
             )
         )
+    # the fixed model's error is measured outside the transition
+    after = 1.0 - float(correct[end:].mean()) if end < n else float("nan")
     return Stream(
-        generator,
-        kind,
-        seed,
-        start,
-        tol + (0 if kind == "abrupt" else width),
-        results,
-        1.0 - float(correct[:start].mean()),
-        1.0 - float(correct[start + w :].mean()),
+        generator, kind, seed, start, (end - start) + tol, results, 1.0 - float(correct[:start].mean()), after
     )
 
 
@@ -203,8 +236,12 @@ def run_engine(cfg: DriftDetectionConfig, stream: Stream) -> list[int]:
 def score(cell: Cell, stream: Stream, alarms: list[int]) -> None:
     before = [a for a in alarms if a < stream.start]
     window = [a for a in alarms if stream.start <= a <= stream.start + stream.tolerance]
+    quiet = min(stream.start, len(stream.results) * BS)
     cell.false_alarms_before += len(before)
-    cell.stationary_samples += stream.start
+    cell.stationary_samples += quiet
+    if stream.kind == "stationary":
+        cell.per_stream.append((stream.generator, stream.seed, None, len(before), quiet))
+        return
     if window:
         cell.tp += 1
         cell.delays.append(window[0] - stream.start)
@@ -212,41 +249,222 @@ def score(cell: Cell, stream: Stream, alarms: list[int]) -> None:
     else:
         cell.misses += 1
         cell.fp += len(alarms)
-    cell.per_stream.append((stream.generator, window[0] - stream.start if window else None))
+    delay = window[0] - stream.start if window else None
+    cell.per_stream.append((stream.generator, stream.seed, delay, len(before), quiet))
+
+
+# --- the oracle: CUSUM with the true error rates -------------------------------------------------------
+
+
+def _cusum_chain(top: int, up: int, down: int, p: float) -> Any:
+    """Sub-stochastic transition matrix of the discretized CUSUM on states 0..top (alarm: leaves)."""
+    import scipy.sparse as sp
+
+    i = np.arange(top + 1)
+    stay = i + up <= top
+    rows = np.concatenate([i[stay], i])
+    cols = np.concatenate([i[stay] + up, np.maximum(0, i - down)])
+    vals = np.concatenate([np.full(int(stay.sum()), p), np.full(top + 1, 1.0 - p)])
+    return sp.csr_matrix((vals, (rows, cols)), shape=(top + 1, top + 1))
+
+
+def oracle_cusum(
+    p0: float, p1: float, fa_per_10k: float = TARGET_FA, horizon: int = HORIZON, steps_per_down: int = 50
+) -> dict[str, float] | None:
+    """The optimal detector of a change of the error rate from ``p0`` to ``p1`` at a false-alarm rate.
+
+    Bernoulli CUSUM on the log-likelihood ratio (``+log(p1/p0)`` per error, ``+log((1-p1)/(1-p0))``
+    per correct prediction), restarted after each alarm, threshold the smallest whose in-control
+    alarm rate is at most ``fa_per_10k`` per 10,000 samples. Exact up to rounding the error step to
+    a multiple of ``1 / steps_per_down`` of the correct step: the statistic is a Markov chain on a
+    lattice, the alarm rate is one over the expected cycle length from 0, the change meets the
+    chain in its in-control steady state.
+
+    Returns
+    -------
+    dict or None
+        ``mean_delay`` (samples after the first changed one, as the benchmark counts delays),
+        ``p_within`` (probability of a delay <= ``horizon``), ``threshold`` (in log-likelihood
+        units), ``fa_per_10k`` (its exact in-control rate); None when ``p1 <= p0`` (the error does
+        not grow: not a drift under ``direction: degrade``).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import spsolve
+
+    if not p1 > p0:
+        return None
+    step_up, step_down = math.log(p1 / p0), -math.log((1.0 - p1) / (1.0 - p0))
+    unit = step_down / steps_per_down
+    up = max(1, round(step_up / unit))
+    arl_target = 1e4 / fa_per_10k
+
+    def visits(top: int) -> np.ndarray:  # expected visits of each state in one cycle from state 0
+        a = (sp.identity(top + 1) - _cusum_chain(top, up, steps_per_down, p0)).T.tocsc()
+        e0 = np.zeros(top + 1)
+        e0[0] = 1.0
+        return np.asarray(spsolve(a, e0))
+
+    lo, hi = 0, max(1, up)
+    while visits(hi).sum() < arl_target:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if visits(mid).sum() >= arl_target else (mid, hi)
+    v = visits(hi)
+    steady = v / v.sum()
+    p1_chain = _cusum_chain(hi, up, steps_per_down, p1)
+    run_length = spsolve((sp.identity(hi + 1) - p1_chain).tocsc(), np.ones(hi + 1))
+    alive, step_t = steady.copy(), p1_chain.T.tocsr()
+    for _ in range(horizon + 1):  # delay d <= horizon: alarm within the first horizon + 1 samples
+        alive = step_t @ alive
+    return {
+        "mean_delay": float(steady @ run_length) - 1.0,
+        "p_within": float(1.0 - alive.sum()),
+        "threshold": hi * unit,
+        "fa_per_10k": 1e4 / float(v.sum()),
+    }
+
+
+def _oracle_job(s: Stream) -> dict[str, Any]:
+    # an error rate of 0 before the change (Agrawal) is floored at half an error in the stretch
+    p0 = max(s.error_before, 0.5 / s.start)
+    res = oracle_cusum(p0, s.error_after)
+    return {
+        "generator": s.generator,
+        "seed": s.seed,
+        "p0": s.error_before,
+        "p1": s.error_after,
+        "oracle": res,
+    }
+
+
+# --- running --------------------------------------------------------------------------------------------
+
+
+def _config(name: str, params: dict[str, Any], level: str) -> DriftDetectionConfig:
+    if level == "label-free":
+        return DriftDetectionConfig(
+            label_free={"signal": "features", "detector": name, "params": params, "use": "instead"}
+        )
+    return DriftDetectionConfig(detector=name, params=params, granularity=level, interval=INTERVAL)
 
 
 def _job(args: tuple[str, str, dict[str, Any], str, str, list[Stream]]) -> tuple[str, str, str, Cell]:
     import torch
 
     torch.set_num_threads(1)
-    label, name, params, granularity, kind, streams = args
-    if granularity == "label-free":
-        cfg = DriftDetectionConfig(
-            label_free={"signal": "features", "detector": name, "params": params, "use": "instead"}
-        )
-    else:
-        cfg = DriftDetectionConfig(detector=name, params=params, granularity=granularity, interval=INTERVAL)
+    label, name, params, level, kind, streams = args
+    cfg = _config(name, params, level)
     cell = Cell()
     t0 = time.perf_counter()
     for s in streams:
         score(cell, s, run_engine(cfg, s))
     cell.seconds = time.perf_counter() - t0
-    return label, granularity, kind, cell
+    return label, level, kind, cell
 
 
 def _stream_job(a: tuple) -> Stream:
     return make_stream(*a)
 
 
-def row(label: str, granularity: str, kind: str, c: Cell, n_streams: int) -> str:
+def row(label: str, level: str, kind: str, c: Cell) -> str:
     delay = f"{np.mean(c.delays):.0f}" if c.delays else "-"
     rng_ = f"{min(c.delays)}-{max(c.delays)}" if c.delays else "-"
-    fa = 1e4 * c.false_alarms_before / max(1, c.stationary_samples)
     f1 = 2 * c.tp / max(1, 2 * c.tp + c.fp + c.misses)
+    within = sum(d <= HORIZON for d in c.delays)
     return (
-        f"| {label} | {granularity} | {kind} | {c.tp}/{n_streams} | {delay} | {rng_} | {fa:.2f} | {c.misses} | "
-        f"{f1:.2f} | {c.seconds:.1f} |"
+        f"| {label} | {level} | {kind} | {c.tp}/{len(c.per_stream)} | {within} | {delay} | {rng_} | "
+        f"{c.fa_per_10k():.2f} | {c.misses} | {f1:.2f} | {c.seconds:.1f} |"
     )
+
+
+def _selected(detectors: tuple[tuple[str, str, dict[str, Any]], ...], only: list[str] | None) -> list:
+    if not only:
+        return list(detectors)
+    return [d for d in detectors if any(o in d[0] for o in only) or d[1] in BASELINES]
+
+
+def _fmt(d: int | None) -> str:
+    return "-" if d is None else str(d)
+
+
+def print_target(
+    out: list[tuple[str, str, str, Cell]], oracle: list[dict[str, Any]], generators: list[str]
+) -> dict:
+    """Per-generator rows of the default and the old default (abrupt, sample) and the per-stream oracle."""
+    cells = {
+        lab: c
+        for lab, lev, k, c in out
+        if lev == "sample" and k == "abrupt" and lab in (DEFAULT, OLD_DEFAULT)
+    }
+    if not cells:
+        return {}
+    print(
+        "\nAbrupt changes per generator (sample level; 'within 200': detected at most 200 samples after the change):"
+    )
+    print(
+        "| detector | generator | detected | within 200 | mean delay (samples) | delays | false alarms / 10k | misses |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    summary: dict[str, Any] = {}
+    for lab, c in cells.items():
+        for g in generators:
+            per = [p for p in c.per_stream if p[0] == g]
+            found = [p[2] for p in per if p[2] is not None]
+            fa10k = 1e4 * sum(p[3] for p in per) / max(1, sum(p[4] for p in per))
+            delay = f"{np.mean(found):.0f}" if found else "-"
+            within = sum(d <= HORIZON for d in found)
+            print(
+                f"| {lab} | {g} | {len(found)}/{len(per)} | {within}/{len(per)} | {delay} | "
+                f"{', '.join(_fmt(p[2]) for p in per)} | {fa10k:.2f} | {len(per) - len(found)} |"
+            )
+    if not oracle:
+        return summary
+    print(
+        f"\nEach abrupt stream against the oracle (CUSUM knowing both error rates, {TARGET_FA} false alarms / 10k): "
+        f"its mean delay and probability of a delay <= {HORIZON}; 'reachable' when that is >= 0.5."
+    )
+    labs = list(cells)
+    print(
+        f"| generator | seed | error before -> after | oracle mean delay | oracle P(<= {HORIZON}) | "
+        + " | ".join(labs)
+        + " |"
+    )
+    print("|---|---|---|---|---|" + "---|" * len(labs))
+    reach = {lab: [0, 0] for lab in labs}  # within, reachable
+    for o in oracle:
+        r = o["oracle"]
+        delays = []
+        for lab in labs:
+            d = next(p[2] for p in cells[lab].per_stream if (p[0], p[1]) == (o["generator"], o["seed"]))
+            delays.append(d)
+            if r is not None and r["p_within"] >= 0.5:
+                reach[lab][1] += 1
+                reach[lab][0] += int(d is not None and d <= HORIZON)
+        md = "- (error does not grow)" if r is None else f"{r['mean_delay']:.0f}"
+        pw = "-" if r is None else f"{r['p_within']:.2f}"
+        print(
+            f"| {o['generator']} | {o['seed']} | {o['p0']:.3f} -> {o['p1']:.3f} | {md} | {pw} | "
+            + " | ".join(_fmt(d) for d in delays)
+            + " |"
+        )
+    print()
+    for lab in labs:
+        c = cells[lab]
+        within = sum(d <= HORIZON for d in c.delays)
+        print(
+            f"Target ({lab}): {within}/{len(c.per_stream)} abrupt changes within {HORIZON} samples, "
+            f"{reach[lab][0]}/{reach[lab][1]} of those the oracle reaches within {HORIZON} with probability "
+            f">= 0.5; {c.fa_per_10k():.2f} false alarms per 10k (target: <= {TARGET_FA})"
+        )
+        summary[lab] = {
+            "within": within,
+            "n": len(c.per_stream),
+            "reachable_within": reach[lab][0],
+            "reachable": reach[lab][1],
+            "fa_per_10k": c.fa_per_10k(),
+        }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,80 +472,155 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 generators, 2 seeds, 8,000-sample streams")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=GENERATORS)
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="run only detectors whose label contains one of these (the baselines always run)",
+    )
     ap.add_argument("--n", type=int, default=15000, help="samples per stream")
     ap.add_argument("--change", type=int, default=10000, help="sample where the change is centred")
     ap.add_argument("--width", type=int, default=2000, help="width of a gradual change")
     ap.add_argument("--train", type=int, default=3000, help="training samples of the fixed model")
     ap.add_argument("--tolerance", type=int, default=1000, help="detection window after the change (samples)")
+    ap.add_argument("--stationary", type=int, default=0, metavar="N", help="N-sample streams without change")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-label-free", action="store_true")
+    ap.add_argument("--no-label-free", action="store_true", help="same as leaving label-free out of --levels")
+    ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument(
         "--label-free-seeds", type=int, default=2, help="seeds for the (slow) label-free detectors"
     )
+    ap.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.generators, args.n, args.change = 2, ["sea", "rbf"], 8000, 5000
+    levels = [lv for lv in args.levels if not (lv == "label-free" and args.no_label_free)]
     t0 = time.perf_counter()
     specs = [
         (g, k, s, args.n, args.change, args.width, args.train, args.tolerance)
         for g in args.generators
-        for k in ("abrupt", "gradual")
+        for k in args.kinds
         for s in range(args.seeds)
     ]
+    if args.stationary:
+        specs += [
+            (g, "stationary", 100 + s, args.stationary, 0, 1, args.train, 0)
+            for g in args.generators
+            for s in range(args.seeds)
+        ]
     with mp.get_context("fork").Pool(args.workers) as pool:
-        streams = pool.map(_stream_job, specs)
-        print(f"# {len(streams)} streams in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        all_streams = pool.map(_stream_job, specs)
+        streams = [s for s in all_streams if s.kind != "stationary"]
+        stationary = [s for s in all_streams if s.kind == "stationary"]
+        print(f"# {len(all_streams)} streams in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print("| generator | change | seeds | fixed model's error before -> after |\n|---|---|---|---|")
         for g in args.generators:
-            for k in ("abrupt", "gradual"):
+            for k in args.kinds:
                 ss = [s for s in streams if s.generator == g and s.kind == k]
                 eb = np.mean([s.error_before for s in ss])
                 ea = np.mean([s.error_after for s in ss])
                 print(f"| {g} | {k} | {len(ss)} | {eb:.3f} -> {ea:.3f} |")
         jobs = []
-        for kind in ("abrupt", "gradual"):
+        for kind in args.kinds:
             ss = [s for s in streams if s.kind == kind]
-            jobs += [(lab, n, p, "sample", kind, ss) for lab, n, p in SAMPLE_DETECTORS]
-            jobs += [(lab, n, p, "interval", kind, ss) for lab, n, p in INTERVAL_DETECTORS]
-            if not args.no_label_free:
+            if "sample" in levels:
+                jobs += [
+                    (lab, n, p, "sample", kind, ss) for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)
+                ]
+            if "interval" in levels:
+                jobs += [
+                    (lab, n, p, "interval", kind, ss)
+                    for lab, n, p in _selected(INTERVAL_DETECTORS, args.only)
+                ]
+            if "label-free" in levels:
                 lf = [s for s in ss if s.seed < args.label_free_seeds]
-                jobs += [(lab, n, p, "label-free", kind, lf) for lab, n, p in LABEL_FREE_DETECTORS]
+                jobs += [
+                    (lab, n, p, "label-free", kind, lf)
+                    for lab, n, p in _selected(LABEL_FREE_DETECTORS, args.only)
+                ]
+        if stationary:
+            jobs += [
+                (lab, n, p, "sample", "stationary", stationary)
+                for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)
+            ]
+        oracle_jobs = [s for s in streams if s.kind == "abrupt"] if not args.no_oracle else []
+        async_oracle = pool.map_async(_oracle_job, oracle_jobs, chunksize=1)
         out = pool.map(_job, jobs, chunksize=1)
+        oracle = async_oracle.get()
+    runs = [o for o in out if o[2] != "stationary"]
     print()
     print(
-        "| detector | level | change | detected | mean delay (samples) | delay range | false alarms / 10k | "
-        "misses | F1 | run time (s) |"
+        "| detector | level | change | detected | within 200 | mean delay (samples) | delay range | "
+        "false alarms / 10k | misses | F1 | run time (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    n_per_kind = len(streams) // 2
-    for label, gran, kind, cell in out:
-        print(row(label, gran, kind, cell, len(cell.per_stream)))
-    if not args.no_label_free:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, level, kind, cell in runs:
+        print(row(label, level, kind, cell))
+    if "label-free" in levels:
         print()
-        print("Label-free detectors per generator (abrupt + gradual):")
+        print("Label-free detectors per generator (every change kind):")
         print("| detector | generator | detected | mean delay (samples) |\n|---|---|---|---|")
-        for lab, _, _ in LABEL_FREE_DETECTORS:
+        for lab, _, _ in _selected(LABEL_FREE_DETECTORS, args.only):
             for g in args.generators:
                 per = [
-                    d
-                    for label, gran, _, c in out
-                    if label == lab and gran == "label-free"
-                    for gg, d in c.per_stream
-                    if gg == g
+                    p[2]
+                    for label, lev, _, c in runs
+                    if label == lab and lev == "label-free"
+                    for p in c.per_stream
+                    if p[0] == g
                 ]
                 found = [d for d in per if d is not None]
                 delay = f"{np.mean(found):.0f}" if found else "-"
                 print(f"| {lab} | {g} | {len(found)}/{len(per)} | {delay} |")
-    default = next(c for lab, g, k, c in out if lab == "adwin (default)" and g == "sample" and k == "abrupt")
-    fa = 1e4 * default.false_alarms_before / max(1, default.stationary_samples)
-    mean_delay = float(np.mean(default.delays)) if default.delays else float("inf")
-    within = sum(d <= 200 for d in default.delays)
-    print(
-        f"\nTarget (default setting: adwin at sample granularity, abrupt changes): mean delay {mean_delay:.0f} "
-        f"samples, {within}/{n_per_kind} detected within 200 samples, {fa:.2f} false alarms per 10k "
-        f"(target: ~200 samples, <= 0.2 per 10k)"
+    stat_rows = [(lab, c) for lab, _, k, c in out if k == "stationary"]
+    if stat_rows:
+        print(
+            f"\nFalse alarms on {len(stationary)} stationary streams of {args.stationary:,} samples "
+            f"({len(stationary) * args.stationary:,} samples; sample level):"
+        )
+        print("| detector | false alarms | per 10k | streams with one or more |\n|---|---|---|---|")
+        for lab, c in stat_rows:
+            hit = sum(1 for p in c.per_stream if p[3])
+            print(f"| {lab} | {c.false_alarms_before} | {c.fa_per_10k():.3f} | {hit}/{len(c.per_stream)} |")
+    target = (
+        print_target(runs, oracle, args.generators) if "abrupt" in args.kinds and "sample" in levels else {}
     )
-    print(f"# total {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    wall = time.perf_counter() - t0
+    print(f"# total {wall:.1f}s", file=sys.stderr)
+    if args.json is not None:
+        doc = {
+            "command": "python benchmarks/detectors.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "wall_seconds": round(wall, 1),
+            "streams": [
+                {
+                    "generator": s.generator,
+                    "kind": s.kind,
+                    "seed": s.seed,
+                    "start": s.start,
+                    "error_before": s.error_before,
+                    "error_after": s.error_after,
+                }
+                for s in all_streams
+            ],
+            "results": [
+                {
+                    "detector": lab,
+                    "level": lev,
+                    "kind": k,
+                    **{f: v for f, v in asdict(c).items()},
+                    "fa_per_10k": c.fa_per_10k(),
+                }
+                for lab, lev, k, c in out
+            ],
+            "oracle": oracle,
+            "target": target,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
     return 0
 
 
