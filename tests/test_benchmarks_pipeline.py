@@ -78,11 +78,13 @@ def test_figures_judge_each_target() -> None:
                 "driver": {"L": 800.0, "10L": 1000.0, "ratio": 1.25, "within_noise": False},
             },
             "update_cost_ratio_last_vs_first_third": 1.5,
+            "accuracy_matrix_ratio_10L_vs_L": 10.0,
+            "L": {"regimes": 5, "accuracy_matrix_seconds_median": 0.01},
             "10L": {
+                "regimes": 50,
+                "accuracy_matrix_seconds_median": 0.1,
                 "update_total_seconds_last_third": 1.5,
                 "update_total_seconds_first_third": 1.0,
-                "accuracy_matrix_seconds_last_third": 0.2,
-                "accuracy_matrix_seconds_first_third": 0.1,
             },
         },
     }
