@@ -47,8 +47,8 @@ One process, one local Ray cluster (``ray.init(address="local")``). Sections (``
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py            # full (about 15-20 min on 2 cores)
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick    # smoke run (about 2 min)
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py            # full (about 11 min on 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick    # smoke run (2-3 min)
     .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2
 
 Writes ``benchmarks/results/pipeline.json`` (``--out``) and prints one table of figures and ratios.
@@ -269,7 +269,62 @@ def mem_available_mb() -> float:
     return float("nan")
 
 
-ACTOR_KINDS = {"StreamReader": "stream_reader", "MonitorActor": "monitor", "DetectorActor": "detector"}
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds consumed so far by each of ``pids`` (a process that is gone: 0)."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            out[pid] = 0.0
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15 of stat)
+    return out
+
+
+def process_kind(pid: int) -> str:
+    """What a process of the cluster is: driver, monitor, detector, stream_reader, raylet, gcs, idle
+    worker, or other (dashboard agent, runtime-env agent, log monitor, Train actors)."""
+    if pid == os.getpid():
+        return "driver"
+    title = proc_title(pid)
+    for cls, kind in ACTOR_KINDS.items():
+        if title.startswith(f"ray::{cls}"):
+            return kind
+    if "raylet" in title.split(" ")[0]:
+        return "raylet"
+    if "gcs_server" in title.split(" ")[0]:
+        return "gcs"
+    return "idle worker" if title.startswith("ray::IDLE") else "other"
+
+
+def cluster_pids() -> dict[int, str]:
+    """This driver and every process of the local cluster it started, with their kinds."""
+    return {pid: process_kind(pid) for pid in [os.getpid(), *descendants()]}
+
+
+def cpu_ms_per_batch(
+    kinds: dict[int, str], start: dict[int, float], end: dict[int, float], batches: int
+) -> dict[str, float | None]:
+    """CPU milliseconds per batch between two :func:`cpu_seconds` snapshots, by process kind and in
+    total (``all``)."""
+    out: dict[str, float] = {}
+    for pid, kind in kinds.items():
+        out[kind] = out.get(kind, 0.0) + max(0.0, end.get(pid, 0.0) - start.get(pid, 0.0))
+    out["all"] = sum(out.values())
+    return {k: r(1000 * v / batches, 3) for k, v in sorted(out.items())}
+
+
+ACTOR_KINDS = {
+    "StreamReader": "stream_reader",
+    "MonitorActor": "monitor",
+    "DetectorActor": "detector",
+    "BatchingMonitor": "monitor (prototype)",
+}
 
 
 def actor_processes() -> dict[str, list[int]]:
@@ -316,16 +371,17 @@ def plain_eval(
     torch.set_num_threads(threads)
     model.eval()
     w = max(1, int(WARMUP_FRACTION * len(batches)))
-    rates, per_batch = [], []
+    rates, per_batch, cpu_per_batch = [], [], []
     try:
         with torch.inference_mode():
             for b in batches[:w]:
                 eval_one(model, harness, b)
             for _ in range(reps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for b in batches[w:]:
                     eval_one(model, harness, b)
                 dt = time.perf_counter() - t0
+                cpu_per_batch.append(1000 * (time.process_time() - c0) / (len(batches) - w))
                 rates.append(sum(len(b.y) for b in batches[w:]) / dt)
                 per_batch.append(1000 * dt / (len(batches) - w))
     finally:
@@ -335,6 +391,7 @@ def plain_eval(
         "batches": len(batches) - w,
         "samples_per_second": r(median(rates), 1),
         "ms_per_batch": r(median(per_batch), 4),
+        "cpu_ms_per_batch": r(median(cpu_per_batch), 4),
         "reps": [r(x, 1) for x in rates],
     }
 
@@ -352,7 +409,10 @@ class Probe:
     t_actors_up: float = 0.0  # the coordinator logged that its actors answer
     t_shutdown: float = 0.0
     # (wall time, driver CPU time, last batch id, samples) per interval record, in order
-    intervals: list[tuple[float, float, int, int]] = field(default_factory=list)
+    # (wall time, driver CPU, last batch id, samples, CPU of every process of the cluster) per
+    # interval record, in order
+    intervals: list[tuple[float, float, int, int, dict[int, float]]] = field(default_factory=list)
+    pids: dict[int, str] = field(default_factory=dict)  # the cluster's processes at the first record
     test_row_seconds: list[float] = field(default_factory=list)  # accuracy-matrix evaluation
     updates: list[dict[str, Any]] = field(default_factory=list)  # what each Updater.run got
     actor_memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -381,8 +441,16 @@ def instrumented(probe: Probe) -> Iterator[type]:
     class RecordingWriter(cm.MetricsWriter):  # type: ignore[misc, name-defined]
         def write(self, row: Any) -> None:
             if "last_batch" in row and "n_samples" in row:
+                if not probe.pids:
+                    probe.pids = cluster_pids()
                 probe.intervals.append(
-                    (time.perf_counter(), time.process_time(), int(row["last_batch"]), int(row["n_samples"]))
+                    (
+                        time.perf_counter(),
+                        time.process_time(),
+                        int(row["last_batch"]),
+                        int(row["n_samples"]),
+                        cpu_seconds(list(probe.pids)),
+                    )
                 )
             super().write(row)
 
@@ -487,9 +555,9 @@ def coordinator_throughput(summary: dict[str, Any], probe: Probe) -> dict[str, A
     recs = probe.intervals
     total = summary["stream"]["batches"]
     pts, cum = [], 0
-    for t, _cpu, last, n in recs:
+    for t, cpu, last, n, cluster in recs:
         cum += n
-        pts.append((t, last + 1, cum, _cpu))
+        pts.append((t, last + 1, cum, cpu, cluster))
     start = next((p for p in pts if p[1] >= WARMUP_FRACTION * total), pts[0]) if pts else None
     out: dict[str, Any] = {"batches": total}
     if start is not None and pts[-1][0] > start[0]:
@@ -499,6 +567,10 @@ def coordinator_throughput(summary: dict[str, Any], probe: Probe) -> dict[str, A
             samples_per_second=r((end[2] - start[2]) / dt, 1),
             wall_ms_per_batch=r(1000 * dt / nb, 3),
             driver_cpu_ms_per_batch=r(1000 * (end[3] - start[3]) / nb, 3),
+            # CPU of every process of the cluster (driver, actors, raylet, GCS): what a batch costs
+            # the machine, whatever else runs on it
+            cluster_cpu_ms_per_batch=cpu_ms_per_batch(probe.pids, start[4], end[4], nb)["all"],
+            cpu_ms_per_batch_by_process=cpu_ms_per_batch(probe.pids, start[4], end[4], nb),
             steady_batches=nb,
         )
     mon = summary.get("monitoring", {})
@@ -553,6 +625,8 @@ def drive(
     load = [0] * len(actors)
     points: list[tuple[float, float]] = []
     done, gi = 0, 0
+    pids = cluster_pids()
+    cpu_at: tuple[int, dict[int, float]] | None = None  # (batches done, CPU) when the steady state starts
     t0 = time.perf_counter()
     while gi < len(groups) or inflight:
         while gi < len(groups) and len(inflight) < max_in_flight:
@@ -566,11 +640,18 @@ def drive(
         ray.get(ready[0])
         done += nb
         points.append((time.perf_counter(), done))
+        if cpu_at is None and done >= WARMUP_FRACTION * n:
+            cpu_at = (done, cpu_seconds(list(pids)))
     rate = steady_rate(points, n)
+    cpu: dict[str, float | None] = {}
+    if cpu_at is not None and done > cpu_at[0]:
+        cpu = cpu_ms_per_batch(pids, cpu_at[1], cpu_seconds(list(pids)), done - cpu_at[0])
     return {
         "batches_per_task": k,
         "batches_per_second": r(rate, 1),
         "wall_ms_per_batch": r(1000 / rate, 3) if rate else None,
+        "cluster_cpu_ms_per_batch": cpu.get("all"),
+        "cpu_ms_per_batch_by_process": cpu,
         "total_seconds": r(time.perf_counter() - t0, 2),
     }
 
@@ -632,16 +713,25 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
     # sizes and deserialisation of one batch, as the monitors receive it
     mon = Monitor(harness, "accuracy", weights)
     result = mon.evaluate(0, batches[0])
-    torch_refs = [ray.put(b) for b in batches[:200]]
-    numpy_refs = [ray.put((b.x.numpy(), b.y.numpy(), b.regime)) for b in batches[:200]]
-    get_us = {}
-    for label, refs in (("torch", torch_refs), ("numpy", numpy_refs)):
-        ray.get(refs[:5])
-        t0 = time.perf_counter()
+    # CPU of ray.put (what the stream reader does per batch) and ray.get (what a monitor does to read
+    # its argument) of a batch as raydrift sends it (torch tensors) and as numpy arrays (zero-copy)
+    transfer_us: dict[str, dict[str, float | None]] = {}
+    sample = batches[:200]
+    for label, objs in (
+        ("torch", list(sample)),
+        ("numpy", [(b.x.numpy(), b.y.numpy(), b.regime) for b in sample]),
+    ):
+        c0 = time.process_time()
+        refs = [ray.put(o) for o in objs]
+        c1 = time.process_time()
         for ref in refs:
             ray.get(ref)
-        get_us[label] = r(1e6 * (time.perf_counter() - t0) / len(refs), 1)
-    del torch_refs, numpy_refs
+        c2 = time.process_time()
+        transfer_us[label] = {
+            "put": r(1e6 * (c1 - c0) / len(refs), 1),
+            "get": r(1e6 * (c2 - c1) / len(refs), 1),
+        }
+        del refs
     entry: dict[str, Any] = {
         "batches": len(batches),
         "batch_size": spec["batch_size"],
@@ -650,7 +740,7 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
         "stream_generation_ms_per_batch": r(gen_ms, 4),
         "batch_bytes": len(pickle.dumps(batches[0], protocol=5)),
         "result_bytes": len(pickle.dumps(result, protocol=5)),
-        "driver_get_us_per_batch": get_us,
+        "put_get_cpu_us_per_batch": transfer_us,
         "pipeline": [],
         "monitors_only": [],
     }
@@ -675,6 +765,8 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
         }
         sps = row.get("samples_per_second") or 0.0
         row["ratio_vs_plain"] = r(sps / plain["samples_per_second"], 3)
+        if row.get("cluster_cpu_ms_per_batch"):
+            row["cpu_efficiency_vs_plain"] = r(plain["cpu_ms_per_batch"] / row["cluster_cpu_ms_per_batch"], 3)
         row["target"] = 0.9 if m == 1 else 0.8 * m
         entry["pipeline"].append(row)
         log(
@@ -711,6 +803,10 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
             bps = row["batches_per_second"] or 0.0
             row["samples_per_second"] = r(bps * spec["batch_size"], 1)
             row["ratio_vs_plain"] = r(row["samples_per_second"] / plain["samples_per_second"], 3)
+            if row.get("cluster_cpu_ms_per_batch"):
+                row["cpu_efficiency_vs_plain"] = r(
+                    plain["cpu_ms_per_batch"] / row["cluster_cpu_ms_per_batch"], 3
+                )
             entry["monitors_only"].append(row)
             log(
                 f"[throughput] {model_name} monitors only, {m} x {row['actor']}, "
@@ -1029,14 +1125,16 @@ def section_coordinator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             f"{args.memory_fraction:.0%} of the {avail:,.0f} MB available on this shared machine"
         )
         log(f"[coordinator] {out['reduced_because']}: running {m}")
-    one = coordinator_cost(tmp, 1, args.coordinator_batches)
+    # quick: no 1-monitor run (its figure is in the full run)
+    one = coordinator_cost(tmp, 1, args.coordinator_batches) if not args.quick else None
     many = coordinator_cost(tmp, m, args.coordinator_batches)
     out["one"], out["many"] = one, many
-    out["ratio_cpu_vs_one_monitor"] = r(many["driver_cpu_ms_per_batch"] / one["driver_cpu_ms_per_batch"], 2)
+    base = (one or {}).get("driver_cpu_ms_per_batch")
+    out["ratio_cpu_vs_one_monitor"] = r(many["driver_cpu_ms_per_batch"] / base, 2) if base else None
+    one_s = f"{one['driver_cpu_ms_per_batch']} ms at 1 monitor" if one else "no 1-monitor run (quick)"
     log(
-        f"[coordinator] driver CPU per batch: {many['driver_cpu_ms_per_batch']} ms at {m} monitors vs "
-        f"{one['driver_cpu_ms_per_batch']} ms at 1 ({out['ratio_cpu_vs_one_monitor']}x); wall per batch "
-        f"{many['wall_ms_per_batch']} vs {one['wall_ms_per_batch']} ms; broadcast to {m}: "
+        f"[coordinator] driver CPU per batch: {many['driver_cpu_ms_per_batch']} ms at {m} monitors vs {one_s} "
+        f"({out['ratio_cpu_vs_one_monitor']}x); wall per batch {many['wall_ms_per_batch']} ms; broadcast to {m}: "
         f"{many['broadcast'].get('broadcast_ms')} ms; actor start-up {many['actor_startup_seconds']} s"
     )
     return out
@@ -1096,8 +1194,9 @@ def within_noise(a: float, b: float) -> bool:
 
 def section_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # a first run pays for one-off imports and allocations in the driver: run L twice, keep the second
-    warm = memory_run(args, tmp, args.memory_batches, "warm-up")
-    log(f"[memory] warm-up run (discarded): peaks {warm['peak_mb']} MB")
+    warm = memory_run(args, tmp, args.memory_batches, "warm-up") if not args.quick else None
+    if warm:
+        log(f"[memory] warm-up run (discarded): peaks {warm['peak_mb']} MB")
     short = memory_run(args, tmp, args.memory_batches, "L")
     log(f"[memory] L={short['batches']} batches: peaks {short['peak_mb']} MB, {short['updates']} updates")
     long = memory_run(args, tmp, 10 * args.memory_batches, "10L")
@@ -1137,7 +1236,7 @@ def section_on_drift(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return {"todo": "monitor.on_drift not in raydrift.config.MonitorConfig yet: not measured"}
     out: dict[str, Any] = {}
     w = 0 if args.quick else 1  # with 1 worker the update runs outside the driver
-    for mode in ("continue", "pause"):
+    for mode in ("continue", "pause") if not args.quick else ("continue",):
         cfg = make_config(
             tmp,
             f"ondrift-{mode}",
@@ -1201,16 +1300,24 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
                 f">= {p['target']:.1f}x",
                 ratio >= p["target"],
             )
-        for p in e["monitors_only"]:
-            if p["monitors"] == n_max:
+            if p.get("cpu_efficiency_vs_plain"):
                 add(
-                    f"  monitors only, {name}, {n_max} x {p['actor']}, {p['batches_per_task']} batch/task",
-                    f"{p['samples_per_second']:,.0f} samples/s",
-                    "plain loop",
-                    p["ratio_vs_plain"],
-                    "(diagnostic)",
+                    f"  CPU per batch, all cluster processes, {name}, {m} monitor(s)",
+                    f"{p['cluster_cpu_ms_per_batch']} ms",
+                    f"plain loop {e['plain']['cpu_ms_per_batch']} ms",
+                    p["cpu_efficiency_vs_plain"],
+                    "(diagnostic: 1.0 = no overhead)",
                     None,
                 )
+        for p in e["monitors_only"]:
+            add(
+                f"  monitors only, {name}, {p['monitors']} x {p['actor']}, {p['batches_per_task']} batch/task",
+                f"{p['samples_per_second']:,.0f} samples/s",
+                "plain loop",
+                p["ratio_vs_plain"],
+                "(diagnostic)",
+                None,
+            )
     bc = res.get("broadcast", {}).get("weights", {})
     for name, e in bc.items():
         for row in e["rows"]:
@@ -1247,7 +1354,7 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
         add(
             f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
             f"{c['many']['driver_cpu_ms_per_batch']} ms",
-            f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms",
+            f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms" if c.get("one") else "-",
             c["ratio_cpu_vs_one_monitor"],
             "(none)",
             None,
@@ -1285,7 +1392,7 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
         if "todo" in od:
             add("samples evaluated during updates", "TODO", "-", None, "-", None)
         else:
-            for mode in ("continue", "pause"):
+            for mode in [m for m in ("continue", "pause") if m in od]:
                 add(
                     f"samples evaluated during updates, on_drift={mode}",
                     str(od[mode]["samples_during_updates"]),
