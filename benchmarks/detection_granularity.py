@@ -36,8 +36,8 @@ GRANULARITIES = ("sample", "batch", "interval")
 # (label, registry name, params): River defaults, plus ADWIN testing after every value (clock=1) to
 # show how much of its delay is the clock.
 DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("adwin", "adwin", {}),
-    ("adwin clock=1", "adwin", {"clock": 1}),
+    ("adwin (River defaults)", "adwin", {"delta": 0.002, "clock": 32}),
+    ("adwin clock=1", "adwin", {"delta": 0.002, "clock": 1}),
     ("page_hinkley", "page_hinkley", {}),
     ("kswin", "kswin", {}),
 )

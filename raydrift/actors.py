@@ -7,6 +7,7 @@ per-batch work orders of magnitude slower on a busy machine.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import ray
@@ -17,6 +18,7 @@ from raydrift.harness import build_harness
 from raydrift.learning.loop import UpdateData
 from raydrift.metrics import MonitorMetrics
 from raydrift.monitor import Monitor
+from raydrift.safe_pickle import safe_loads
 from raydrift.stream import BatchMeta, StreamState
 from raydrift.weights import Weights
 
@@ -45,6 +47,7 @@ class StreamReader:
             max_batches=stream_cfg["max_batches"],
             memory_policy=cl_cfg.get("memory_policy", "reservoir"),
             memory_max_bytes=cl_cfg.get("memory_max_bytes"),
+            max_batches_per_second=stream_cfg.get("max_batches_per_second"),
         )
 
     def next_batches(self, k: int) -> list[tuple[BatchMeta, ray.ObjectRef]]:
@@ -53,17 +56,31 @@ class StreamReader:
     def rewind(self, batch_id: int) -> None:
         self.state.rewind(batch_id)
 
-    def commit(self, upto: int) -> None:
-        self.state.commit(upto)
+    def commit(self, upto: int, quarantined: list[int] | None = None) -> None:
+        self.state.commit(upto, quarantined or ())
 
-    def update_data(self, upto: int) -> UpdateData:
-        return self.state.update_data(upto)
+    def update_data(self, upto: int, holdout_batches: int = 0) -> UpdateData:
+        return self.state.update_data(upto, holdout_batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore (see :meth:`StreamState.load_state_dict`); returns the committed position."""
+        self.state.load_state_dict(state)
+        return self.state.committed
 
     def regime_starts(self) -> list[tuple[int, int]]:
         return self.state.regime_starts()
 
     def torch_threads(self) -> int:
         return torch.get_num_threads()
+
+    def catch_up(self, upto: int, quarantined: list[int] | None = None) -> None:
+        self.state.catch_up(upto, quarantined or ())
+
+    def ping(self) -> bool:
+        return True
 
 
 @ray.remote(concurrency_groups={"control": 1, "eval": 1})  # type: ignore[call-overload]
@@ -100,6 +117,10 @@ class MonitorActor:
         return in_use
 
     @ray.method(concurrency_group="control")
+    def ping(self) -> bool:
+        return True
+
+    @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
         return {**self.monitor.stats(), "node_id": ray.get_runtime_context().get_node_id()}
 
@@ -120,8 +141,26 @@ class DetectorActor:
     def resume_after_update(self, next_batch: int, version: int) -> None:
         self.engine.resume_after_update(next_batch, version)
 
+    def hold(self) -> None:
+        self.engine.hold()
+
+    def release(self, version: int) -> None:
+        self.engine.release(version)
+
     def finish(self) -> list[IntervalRecord]:
         return self.engine.finish()
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.engine.state_dict()
+    def state_dict(self) -> bytes:
+        """The engine's state, pickled (River detectors have no other format; read it back with
+        :meth:`load_state_dict`, which uses raydrift's allowlist unpickler)."""
+        return pickle.dumps(self.engine.state_dict())
+
+    def load_state_dict(self, state: bytes) -> int:
+        self.engine.load_state_dict(safe_loads(state))
+        return self.engine.next_batch
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats
+
+    def ping(self) -> bool:
+        return True

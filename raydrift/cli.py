@@ -20,8 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add_config_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("config", help="YAML or TOML config file (see configs/)")
+    def add_config_args(sp: argparse.ArgumentParser, optional: bool = False) -> None:
+        if optional:
+            sp.add_argument("config", nargs="?", help="YAML or TOML config file (see configs/)")
+        else:
+            sp.add_argument("config", help="YAML or TOML config file (see configs/)")
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -32,11 +35,16 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     run = sub.add_parser("run", help="run the drift -> adapt -> broadcast loop")
-    add_config_args(run)
+    add_config_args(run, optional=True)
     run.add_argument(
         "--address", help="address of an existing Ray cluster (default: RAY_ADDRESS, else a new local one)"
     )
     run.add_argument("--run-dir", help="write outputs here instead of <logging.runs_dir>/<name>-<timestamp>")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted or crashed run from its checkpoint (its config.yaml unless CONFIG is given)",
+    )
 
     val = sub.add_parser("validate", help="check a config (and its harness options) without running anything")
     add_config_args(val)
@@ -80,17 +88,36 @@ def _stop_on_sigterm() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
+    run_dir = None
+    if args.resume:
+        if args.run_dir:
+            raise UserError("give either --resume RUN_DIR or --run-dir, not both")
+        run_dir = Path(args.resume).resolve()
+        if not run_dir.is_dir():
+            raise UserError(f"--resume '{args.resume}' is not a directory: give the directory of an earlier run")
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            try:
+                status = json.loads(summary_path.read_text())["run"]["status"]
+            except Exception:  # noqa: BLE001 - a damaged summary does not stop a resume
+                status = None
+            if status == "completed":
+                raise UserError(f"run '{run_dir}' already completed: nothing to resume")
+        if args.config is None:
+            args.config = str(run_dir / "config.yaml")
+    elif args.config is None:
+        raise UserError("raydrift run needs a CONFIG file (e.g. configs/mnist.yaml) or --resume RUN_DIR")
     cfg = _load(args)
     from raydrift.coordinator import Coordinator
 
-    run_dir = None
     if args.run_dir:
         run_dir = Path(args.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
     _stop_on_sigterm()
-    summary = Coordinator(cfg, address=args.address, run_dir=run_dir).run()
+    summary = Coordinator(cfg, address=args.address, run_dir=run_dir, resume=bool(args.resume)).run()
     return 130 if summary["run"]["status"] == "interrupted" else 0
 
 

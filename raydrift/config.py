@@ -42,6 +42,9 @@ class StreamConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches")
     prefetch: int = Field(8, ge=1, description="batches fetched from the stream reader per call")
+    max_batches_per_second: float | None = Field(
+        None, gt=0, description="serve at most this many batches per second (replay a recorded stream at its pace)"
+    )
 
 
 _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
@@ -60,6 +63,11 @@ class MonitorConfig(_Section):
     scheduling: Literal["default", "spread"] = Field(
         "default",
         description="'spread': place monitors on as many nodes as possible (Ray SPREAD); 'default': Ray's policy",
+    )
+    on_drift: Literal["continue", "pause"] = Field(
+        "continue",
+        description="while an update trains: 'continue' monitoring with the old weights (no downtime) or "
+        "'pause' and re-evaluate the batches after the window with the new weights (deterministic)",
     )
 
     @field_validator("resources")
@@ -177,6 +185,27 @@ class TrainConfig(_Section):
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig.max_failures")
 
 
+class ReliabilityConfig(_Section):
+    checkpoints: bool = Field(True, description="write <run_dir>/checkpoint/ for `raydrift run --resume`")
+    checkpoint_every_batches: int = Field(
+        50, ge=0, description="checkpoint every this many accepted batches (0: only after updates)"
+    )
+    max_actor_restarts: int = Field(
+        3, ge=0, description="times a dead monitor, detector or stream reader is replaced before the run fails"
+    )
+
+
+class PromotionConfig(_Section):
+    enabled: bool = Field(True, description="gate new weights on a held-out slice of the window and the memory")
+    holdout_batches: int = Field(1, ge=1, description="newest window batches held out of training for the gate")
+    tolerance: float = Field(
+        0.0, ge=0, description="the new weights may be worse than the current ones on the holdout by this much"
+    )
+    max_memory_drop: float = Field(
+        0.05, ge=0, description="the new weights may lose at most this much of the monitored metric on the memory"
+    )
+
+
 class LoggingConfig(_Section):
     backend: Literal["mlflow", "wandb", "none"] = Field(
         "mlflow", description="experiment tracking (see docs/tracking.md); 'wandb' needs raydrift[wandb]"
@@ -254,6 +283,8 @@ class RaydriftConfig(BaseModel):
     drift_detection: DriftDetectionConfig = Field(default_factory=DriftDetectionConfig)
     continual_learning: ContinualLearningConfig = Field(default_factory=ContinualLearningConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

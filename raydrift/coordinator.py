@@ -1,39 +1,59 @@
-"""The loop: dispatch with backpressure, ordered detection, drift -> update -> broadcast.
+"""The loop: dispatch with backpressure, ordered detection, drift -> update -> gate -> broadcast.
 
 The coordinator runs in the driver process. Batches travel from the StreamReader to a MonitorActor
 and results from the monitor to the DetectorActor by object ref; the driver only waits on refs and
-keeps the books. On a drift at batch ``b`` it lets the in-flight batches finish (their results are
-discarded), trains the update with Ray Train, ``ray.put``s the new weights once, sends the ref to
-every monitor with the new version, then rewinds the stream to ``b + 1``: every batch after the
-drift is evaluated with the new weights. So the drift events depend only on the stream, the config
-and the seed, never on the number of monitors or on scheduling.
+keeps the books. On a drift at batch ``b`` it keeps monitoring with the current weights until the
+post-drift window (``post_drift_batches``) is complete, then trains the update with Ray Train on the
+window + replay memory, checks the new weights on a held-out slice (the promotion gate), ``ray.put``s
+them once and sends the ref to every monitor with the new version.
+
+While the update trains, ``monitor.on_drift`` decides: ``continue`` (default) keeps evaluating the
+stream with the old weights (no downtime; the detector records those results but is not fed until
+the new weights are live), ``pause`` stops, then rewinds the stream to the batch after the window:
+every later batch is evaluated with the new weights, so the drift events depend only on the stream,
+the config and the seed, never on the number of monitors or on scheduling.
+
+Reliability (``docs/reliability.md``): each accepted batch id is written once to ``batches.csv``; the
+detector's and the stream reader's state are snapshotted after each update and every
+``reliability.checkpoint_every_batches`` batches (and written to ``<run_dir>/checkpoint/`` for
+``raydrift run --resume``); a dead monitor is replaced with the current weights and its in-flight
+batches are dispatched again, a dead detector is restored from its snapshot and re-fed the calls
+since, a dead stream reader is restored from its snapshot and caught up; a failed update (after
+``train.max_failures`` retries) or a rejected one leaves the old weights live.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from ray.exceptions import RayActorError, RayTaskError
 
 from raydrift.actors import DetectorActor, MonitorActor, StreamReader
+from raydrift.callbacks import Callback
+from raydrift.checkpoint import load_checkpoint, save_checkpoint, truncate_csv
 from raydrift.config import RaydriftConfig, save_config
 from raydrift.detection.engine import DetectionOutput, DriftEvent, IntervalRecord
 from raydrift.errors import UserError
 from raydrift.harness import Harness, build_harness
-from raydrift.learning.loop import evaluate, pretrain
+from raydrift.learning.loop import UpdateData, evaluate, pretrain
 from raydrift.learning.metrics import cl_summary
 from raydrift.metrics import RunMetrics
-from raydrift.report import MetricsWriter, format_summary, make_plots, write_summary
+from raydrift.report import MetricsWriter, export_csv, format_summary, make_plots, write_summary
+from raydrift.stream import BatchMeta
 from raydrift.tracking import Tracker, make_tracker
-from raydrift.update import Updater, copy_run_outputs, train_storage
-from raydrift.weights import Weights, load_into, load_weights, save_weights, to_numpy
+from raydrift.update import UpdateOutcome, Updater, copy_run_outputs, train_storage
+from raydrift.weights import Weights, load_into, load_weights, save_weights, to_numpy, to_state_dict
 
 Console = Callable[[str], None]
 
@@ -71,7 +91,12 @@ class Coordinator:
         address: str | None = None,
         console: Console = print,
         run_dir: Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        resume: bool = False,
     ) -> None:
+        """``resume=True`` continues the run in ``run_dir`` from its checkpoint (``raydrift run --resume``)."""
+        if resume and run_dir is None:
+            raise UserError("resuming needs the run directory (raydrift run --resume RUN_DIR)")
         self.cfg = cfg
         self.address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
         self.console = console
@@ -84,6 +109,22 @@ class Coordinator:
         }
         self._started_ray = False
         self.summary: dict[str, Any] = {}
+        self.callbacks = list(callbacks)
+        self.resume = resume
+        self.version = 0
+        self.monitors: list[Any] = []
+        self._stream: Any = None
+        self._detector: Any = None
+
+    @property
+    def detector(self) -> Any:
+        """The DetectorActor handle of the running loop (None before it starts)."""
+        return self._detector
+
+    @property
+    def stream(self) -> Any:
+        """The StreamReader handle of the running loop (None before it starts)."""
+        return self._stream
 
     # ------------------------------------------------------------------------------------------
     def log(self, msg: str, level: int = 1) -> None:
@@ -193,6 +234,49 @@ class Coordinator:
             )
 
     # --- the run -------------------------------------------------------------------------------
+    def _new_summary(self, harness: Harness, metric: str, higher_is_better: bool, started: dt.datetime) -> dict[str, Any]:
+        cfg = self.cfg
+        regimes = sorted(harness.test_sets())
+        names = harness.regime_names()
+        return {  # the schema is in raydrift/report.py
+            "run": {
+                "name": cfg.name,
+                "run_dir": str(self.run_dir),
+                "status": "running",
+                "started": started.isoformat(timespec="seconds"),
+                "finished": None,
+                "wall_seconds": None,
+                "ray_address": None,
+                "dashboard_url": None,
+                "harness": cfg.model.harness,
+                "seed": cfg.seed,
+                "error": None,
+                "resumed": [],
+            },
+            "stream": {
+                "batches": 0,
+                "samples": 0,
+                "regimes_seen": [],
+                "regime_names": {r: names.get(r, f"regime-{r}") for r in regimes},
+                "regime_starts": [],
+                "quarantined": [],
+            },
+            "monitoring": {"num_monitors": cfg.monitor.num_monitors, "on_drift": cfg.monitor.on_drift},
+            "detection": {
+                "detector": cfg.drift_detection.detector,
+                "granularity": cfg.drift_detection.granularity,
+                "metric": metric,
+                "higher_is_better": higher_is_better,
+            },
+            "drift_events": [],
+            "updates": [],
+            "rejected_updates": [],
+            "recoveries": [],
+            "accuracy_matrix": {"regimes": regimes, "rows": []},
+            "cl_metrics": {},
+            "profile": {},
+        }
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         started = dt.datetime.now()
@@ -209,53 +293,36 @@ class Coordinator:
                 f"choose one of {sorted(harness.metric_directions)}"
             )
         higher_is_better = harness.metric_directions[metric]
+        checkpoint: dict[str, Any] | None = None
+        if self.resume:
+            checkpoint = load_checkpoint(self.run_dir)  # type: ignore[arg-type]
         if self.run_dir is None:
             self.run_dir = make_run_dir(cfg)
         run_dir = self.run_dir
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is None:
+            save_config(cfg, run_dir / "config.yaml")
         self.log(f"run directory: {run_dir}")
 
-        model = self._initial_model(harness, device)
         test_sets = harness.test_sets()
         regimes = sorted(test_sets)
-        names = harness.regime_names()
-
-        summary: dict[str, Any] = {  # the schema is in raydrift/report.py
-            "run": {
-                "name": cfg.name,
-                "run_dir": str(run_dir),
-                "status": "running",
-                "started": started.isoformat(timespec="seconds"),
-                "finished": None,
-                "wall_seconds": None,
-                "ray_address": None,
-                "dashboard_url": None,
-                "harness": cfg.model.harness,
-                "seed": cfg.seed,
-                "error": None,
-            },
-            "stream": {
-                "batches": 0,
-                "samples": 0,
-                "regimes_seen": [],
-                "regime_names": {r: names.get(r, f"regime-{r}") for r in regimes},
-                "regime_starts": [],
-            },
-            "monitoring": {"num_monitors": cfg.monitor.num_monitors},
-            "detection": {
-                "detector": cfg.drift_detection.detector,
-                "granularity": cfg.drift_detection.granularity,
-                "metric": metric,
-                "higher_is_better": higher_is_better,
-            },
-            "drift_events": [],
-            "updates": [],
-            "accuracy_matrix": {"regimes": regimes, "rows": []},
-            "cl_metrics": {},
-        }
+        if checkpoint is None:
+            model = self._initial_model(harness, device)
+            summary = self._new_summary(harness, metric, higher_is_better, started)
+        else:
+            torch.manual_seed(cfg.seed)
+            model = harness.build_model().to(device)
+            load_into(model, checkpoint["weights"])
+            summary = json.loads(checkpoint["summary"])
+            summary["run"].setdefault("resumed", []).append(
+                {"at": started.isoformat(timespec="seconds"), "batch_id": int(checkpoint["processed"])}
+            )
+            summary["run"].update({"status": "running", "finished": None, "error": None})
+            self.log(f"resuming at batch {checkpoint['processed']} (model v{checkpoint['version']})")
         self.summary = summary
 
         def test_row(label: str, version: int, batch_id: int, m: torch.nn.Module) -> list[float | None]:
+            t0 = time.perf_counter()
             accs: list[float | None] = []
             for r in regimes:
                 x, y = test_sets[r]
@@ -267,17 +334,29 @@ class Coordinator:
             summary["accuracy_matrix"]["rows"].append(
                 {"label": label, "version": version, "batch_id": batch_id, "accuracy": accs}
             )
+            prof = summary.setdefault("profile", {})
+            prof["accuracy_matrix_seconds"] = prof.get("accuracy_matrix_seconds", 0.0) + time.perf_counter() - t0
             return accs
 
-        test_row("initial", 0, -1, model)
+        if checkpoint is None:
+            test_row("initial", 0, -1, model)
         weights: Weights = to_numpy(model.state_dict())
 
         tracker: Tracker = make_tracker(cfg.logging, Path(cfg.logging.runs_dir).resolve())
+        if checkpoint is not None:
+            tracker.load_state_dict(checkpoint.get("tracker") or {})
+            truncate_csv(run_dir / "metrics.csv", int(checkpoint["metrics_rows"]))
+            truncate_csv(run_dir / BATCHES_FILE, int(checkpoint["batches_rows"]))
         tracker.start(run_dir.name, cfg.to_dict())
         summary["tracking"] = tracker.info()
-        metrics_writer = MetricsWriter(run_dir)
+        metrics_writer = MetricsWriter(run_dir, append=checkpoint is not None)
+        batches_writer = MetricsWriter(
+            run_dir, columns=BATCH_COLUMNS, append=checkpoint is not None, filename=BATCHES_FILE
+        )
         interrupted = False
         error: BaseException | None = None
+        loop = _Loop(self, harness, model, weights, metric, higher_is_better, device, test_row)
+        loop.metrics_writer, loop.batches_writer, loop.tracker = metrics_writer, batches_writer, tracker
         try:
             dashboard = self._init_ray()
             summary["run"]["ray_address"] = ray.get_runtime_context().gcs_address
@@ -285,9 +364,7 @@ class Coordinator:
             if dashboard:
                 self.log(f"Ray dashboard: {dashboard}")
             self._check_resources()
-            self._loop(
-                harness, model, weights, metric, higher_is_better, device, metrics_writer, tracker, test_row
-            )
+            loop.run(checkpoint)
         except KeyboardInterrupt:
             interrupted = True
             self.log("interrupted: shutting down and keeping what was written")
@@ -295,7 +372,9 @@ class Coordinator:
             error = exc
             raise
         finally:
+            loop.close()
             metrics_writer.close()
+            batches_writer.close()
             status = "interrupted" if interrupted else ("failed" if error is not None else "completed")
             summary["run"]["status"] = status
             summary["run"]["error"] = None if error is None else f"{type(error).__name__}: {error}"
@@ -305,7 +384,12 @@ class Coordinator:
             cl = {k: v for k, v in summary["cl_metrics"].items() if isinstance(v, int | float)}
             if cl:
                 tracker.log_metrics(cl, step=summary["stream"]["batches"])
+            summary["tracking"] = tracker.info()  # a fallback store mid-run changes it
             write_summary(run_dir, summary)
+            try:
+                export_csv(run_dir, summary)
+            except Exception as exc:  # noqa: BLE001 - exports must never lose a run
+                self.log(f"warning: CSV export failed: {exc}")
             if cfg.logging.plots:
                 try:
                     make_plots(run_dir, summary)
@@ -320,6 +404,8 @@ class Coordinator:
                 self.log(f"warning: copying outputs to ray.storage_path failed: {exc}")
             tracker.finish(status)
             self._shutdown()
+            for cb in self.callbacks:
+                cb.on_run_end(self, summary)
         self.log(format_summary(summary))
         return summary
 
@@ -352,11 +438,7 @@ class Coordinator:
     def _shutdown(self) -> None:
         if not ray.is_initialized():
             return
-        handles = [
-            getattr(self, "_stream", None),
-            getattr(self, "_detector", None),
-            *getattr(self, "_monitors", []),
-        ]
+        handles = [self._stream, self._detector, *self.monitors]
         for h in handles:
             if h is not None:
                 try:
@@ -368,7 +450,7 @@ class Coordinator:
                 ray.shutdown()
             return
         # On a cluster that outlives the run, wait until the actor names are free for the next run.
-        names = ["stream", "detector", *(f"monitor-{i}" for i in range(self.cfg.monitor.num_monitors))]
+        names = ["stream", "detector", *(f"monitor-{i}" for i in range(len(self.monitors)))]
         deadline = time.monotonic() + 10
         while names and time.monotonic() < deadline:
             try:
@@ -377,303 +459,816 @@ class Coordinator:
             except ValueError:
                 names.pop(0)
 
-    # --- main loop -----------------------------------------------------------------------------
-    def _loop(
+
+
+BATCHES_FILE = "batches.csv"
+BATCH_COLUMNS = ["batch_id", "regime", "version", "n", "value", "monitor", "status", "reason"]
+_ACTOR_ERRORS = (RayActorError, RayTaskError, ray.exceptions.ObjectLostError)
+
+
+@dataclass
+class _Collecting:
+    """A drift waiting for its post-drift window."""
+
+    event: DriftEvent
+    t_alarm: float
+    upto: int
+
+
+@dataclass
+class _UpdateJob:
+    """An update training in the background (``on_drift: continue``) or in the foreground."""
+
+    event: DriftEvent
+    t_alarm: float
+    upto: int
+    kind: str
+    strategy: str
+    future: Future[dict[str, Any]]
+    t0: float
+    t1: float
+    samples_during: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Loop:
+    """The books and the steps of one run's loop (the Coordinator's working part)."""
+
+    def __init__(
         self,
+        coord: Coordinator,
         harness: Harness,
         model: torch.nn.Module,
         weights: Weights,
         metric: str,
         higher_is_better: bool,
         device: str,
-        metrics_writer: MetricsWriter,
-        tracker: Tracker,
         test_row: Callable[..., list[float | None]],
     ) -> None:
-        cfg, summary = self.cfg, self.summary
-        ns = cfg.ray.namespace
-        spec = self._actor_spec()
-        mc = cfg.monitor
-        label_free = cfg.drift_detection.label_free.signal
-        version = 0
-        weights_ref = ray.put(weights)
-        strategy_state_ref: ray.ObjectRef | None = None  # carried from update to update
-        self._stream = StreamReader.options(  # type: ignore[attr-defined]
-            name="stream", namespace=ns, num_cpus=0
-        ).remote(spec, cfg.stream.model_dump(), cfg.continual_learning.model_dump())
-        self._monitors = [
-            MonitorActor.options(  # type: ignore[attr-defined]
-                name=f"monitor-{i}",
-                namespace=ns,
-                num_cpus=mc.num_cpus,
-                num_gpus=mc.num_gpus,
-                resources=dict(mc.resources) or None,  # custom resources: pin monitors to node types
-                scheduling_strategy="SPREAD" if mc.scheduling == "spread" else "DEFAULT",
-            ).remote(
-                spec,
-                metric,
-                weights_ref,
-                version,
-                f"monitor-{i}",
-                mc.num_cpus,
-                device if mc.num_gpus > 0 else "cpu",
-                None if label_free == "none" else label_free,
-            )
-            for i in range(mc.num_monitors)
-        ]
-        self._detector = DetectorActor.options(  # type: ignore[attr-defined]
-            name="detector", namespace=ns, num_cpus=0
-        ).remote(cfg.drift_detection.model_dump(), metric, higher_is_better, cfg.seed)
-        updater = Updater(cfg, spec, train_storage(cfg.ray.storage_path, self.run_dir))  # type: ignore[arg-type]
-        run_metrics = RunMetrics(self.run_dir.name, metric)  # type: ignore[union-attr]
-        ray.get([m.stats.remote() for m in self._monitors])  # actors are up
-        self.log(
-            f"{mc.num_monitors} monitor(s), detector '{cfg.drift_detection.detector}' on {metric} "
-            f"({cfg.drift_detection.granularity} granularity), strategy '{cfg.continual_learning.strategy}'"
+        self.c = coord
+        self.cfg = coord.cfg
+        self.summary = coord.summary
+        self.harness = harness
+        self.model = model
+        self.weights = weights
+        self.metric = metric
+        self.higher_is_better = higher_is_better
+        self.device = device
+        self.test_row = test_row
+        self.metrics_writer: MetricsWriter
+        self.batches_writer: MetricsWriter
+        self.tracker: Tracker
+        self.spec = coord._actor_spec()
+        self.weights_ref: Any = None
+        self.strategy_state: dict[str, Any] | None = None
+        self.strategy_state_ref: Any = None
+        self.queue: list[tuple[BatchMeta, Any]] = []  # fetched, not dispatched
+        self.inflight: dict[Any, tuple[BatchMeta, int, Any]] = {}  # task -> (meta, monitor index, batch ref)
+        self.load: list[int] = []
+        self.stream_done = False
+        self.processed = 0  # batch ids < processed were accepted
+        self.samples = 0
+        self.monitor_seconds = 0.0
+        self.t_mon = time.perf_counter()
+        self.last_value = float("nan")
+        self.last_progress = 0.0
+        self.batch_regime: dict[int, int] = {}
+        self.pending_after: list[dict[str, Any]] = []
+        self.awaiting_recovery: list[dict[str, Any]] = []
+        self.collecting: _Collecting | None = None
+        self.job: _UpdateJob | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raydrift-update")
+        self.det_log: list[tuple[Any, ...]] = []  # detector calls since the snapshot, to re-feed
+        self.det_snapshot: bytes | None = None
+        self.stream_snapshot: dict[str, Any] | None = None
+        self.since_snapshot = 0
+        self.restarts = {"monitor": 0, "detector": 0, "stream": 0}
+        self.quarantined: set[int] = set()
+        self.detect_seconds = 0.0
+        self.run_metrics = RunMetrics(coord.run_dir.name, metric)  # type: ignore[union-attr]
+        self.updater = Updater(
+            self.cfg, self.spec, train_storage(self.cfg.ray.storage_path, coord.run_dir)  # type: ignore[arg-type]
         )
 
-        queue: list[tuple[Any, ray.ObjectRef]] = []  # (meta, batch ref) fetched, not dispatched
-        inflight: dict[ray.ObjectRef, tuple[int, int]] = {}  # task -> (batch id, monitor index)
-        load = [0] * mc.num_monitors
-        stream_done = False
-        processed = 0  # batches accepted by the detector: ids < processed
-        samples = 0
-        pending_after: list[dict[str, Any]] = []  # updates waiting for their post-update interval
-        awaiting_recovery: list[dict[str, Any]] = []  # updates whose metric is not back yet
-        tolerance = RECOVERY_TOLERANCE if higher_is_better else -RECOVERY_TOLERANCE
-        t_mon = time.perf_counter()
-        monitor_seconds = 0.0
-        regimes_seen: list[int] = summary["stream"]["regimes_seen"]
-        batch_regime: dict[int, int] = {}
-        last_progress = 0.0
-        last_value = float("nan")
-        # a drift waiting for its post-drift window: (event, alarm time, last batch id of the window)
-        collecting: tuple[DriftEvent, float, int] | None = None
-        post = cfg.continual_learning.post_drift_batches
+    # --- actors ------------------------------------------------------------------------------------
+    def _name(self, base: str) -> str:
+        """``base`` if no live actor holds that name, else ``base-r<k>`` (a dead actor's name may linger)."""
+        ns = self.cfg.ray.namespace
+        for k in range(100):
+            name = base if k == 0 else f"{base}-r{k}"
+            try:
+                ray.get_actor(name, namespace=ns)
+            except ValueError:
+                return name
+        raise RuntimeError(f"no free actor name for {base}")
 
-        def on_interval(rec: IntervalRecord) -> None:
-            nonlocal samples, last_value
-            samples += rec.n_samples
-            last_value = rec.value
-            run_metrics.interval(rec.value)
-            metrics_writer.write(rec.to_dict())
-            tracker.log_metrics({"monitored": rec.value, **rec.metrics}, step=rec.last_batch)
-            for upd in pending_after:
-                if rec.version >= upd["version"]:
-                    upd["accuracy_after"] = rec.value
-            pending_after[:] = [u for u in pending_after if u.get("accuracy_after") is None]
-            for upd in awaiting_recovery:
-                ref = upd["pre_drift_value"]
-                back = rec.value >= ref - tolerance if higher_is_better else rec.value <= ref - tolerance
-                if rec.version >= upd["version"] and back:
-                    upd["recovery_batches"] = rec.last_batch - upd["drift_batch_id"]
-            awaiting_recovery[:] = [u for u in awaiting_recovery if u["recovery_batches"] is None]
+    def _make_monitor(self, i: int) -> Any:
+        mc, cfg = self.cfg.monitor, self.cfg
+        label_free = cfg.drift_detection.label_free.signal
+        name = self._name(f"monitor-{i}")
+        return MonitorActor.options(  # type: ignore[attr-defined]
+            name=name,
+            namespace=cfg.ray.namespace,
+            num_cpus=mc.num_cpus,
+            num_gpus=mc.num_gpus,
+            resources=dict(mc.resources) or None,  # custom resources: pin monitors to node types
+            scheduling_strategy="SPREAD" if mc.scheduling == "spread" else "DEFAULT",
+        ).remote(
+            self.spec,
+            self.metric,
+            self.weights_ref,
+            self.c.version,
+            name,
+            mc.num_cpus,
+            self.device if mc.num_gpus > 0 else "cpu",
+            None if label_free == "none" else label_free,
+        )
 
-        def drain() -> None:
-            """Let in-flight batches finish and forget them (they are served again after a rewind)."""
-            nonlocal load
-            if inflight:
-                ray.wait(list(inflight), num_returns=len(inflight))
-            inflight.clear()
-            queue.clear()
-            load = [0] * mc.num_monitors
-            for b in [b for b in batch_regime if b >= processed]:
-                batch_regime.pop(b)
+    def _make_stream(self) -> Any:
+        cfg = self.cfg
+        return StreamReader.options(  # type: ignore[attr-defined]
+            name=self._name("stream"), namespace=cfg.ray.namespace, num_cpus=0
+        ).remote(self.spec, cfg.stream.model_dump(), cfg.continual_learning.model_dump())
 
-        def progress(force: bool = False) -> None:
-            nonlocal last_progress
-            now = time.perf_counter()
-            if (force or now - last_progress > 2.0) and not math.isnan(last_value):
-                last_progress = now
-                total = f"/{cfg.stream.max_batches}" if cfg.stream.max_batches else ""
-                rate = samples / max(1e-9, monitor_seconds + now - t_mon)
-                run_metrics.throughput(rate)
-                self.log(
-                    f"[batch {processed}{total}] {metric} {last_value:.3f}  model v{version}  "
-                    f"drifts {len(summary['drift_events'])}  updates {len(summary['updates'])}  "
-                    f"{rate:,.0f} samples/s"
-                )
+    def _make_detector(self) -> Any:
+        cfg = self.cfg
+        return DetectorActor.options(  # type: ignore[attr-defined]
+            name=self._name("detector"), namespace=cfg.ray.namespace, num_cpus=0
+        ).remote(cfg.drift_detection.model_dump(), self.metric, self.higher_is_better, cfg.seed)
 
-        def update(event: DriftEvent, t_alarm: float, upto: int) -> None:
-            """Train on the window ending at ``upto``, broadcast, resume the stream at ``upto + 1``."""
-            nonlocal version, weights, weights_ref, monitor_seconds, t_mon, stream_done, processed
-            nonlocal strategy_state_ref
-            monitor_seconds += time.perf_counter() - t_mon
-            t0 = time.perf_counter()
-            drain()
-            data_ref = self._stream.update_data.remote(upto)
-            ray.wait([data_ref])
-            t1 = time.perf_counter()
-            # the drift's score picks the kind of update (drift_detection.regimes)
-            kind = getattr(event, "update_kind", "continual_learning") or "continual_learning"
-            start_ref, strategy = weights_ref, cfg.continual_learning.strategy
-            if kind == "fine_tuning":
-                strategy = "naive"  # plain fine-tuning on the window
-            elif kind == "retrain":
-                torch.manual_seed(cfg.seed + version + 1)  # re-initialise, then memory + window
-                start_ref = ray.put(to_numpy(harness.build_model().state_dict()))
-            outcome = updater.run(
-                start_ref, data_ref, version + 1, strategy=strategy, strategy_state_ref=strategy_state_ref
+    @staticmethod
+    def _alive(handle: Any) -> bool:
+        try:
+            ray.get(handle.ping.remote(), timeout=60)
+            return True
+        except RayActorError:
+            return False
+        except ray.exceptions.GetTimeoutError:
+            return True  # busy, not dead
+
+    def _count_restart(self, role: str, detail: str) -> None:
+        self.restarts[role] += 1
+        limit = self.cfg.reliability.max_actor_restarts
+        self.summary["recoveries"].append(
+            {"actor": role, "detail": detail, "batch_id": self.processed, "time": dt.datetime.now().isoformat()}
+        )
+        if self.restarts[role] > limit:
+            raise RuntimeError(
+                f"the {role} actor died {self.restarts[role]} times (reliability.max_actor_restarts={limit})"
             )
-            if outcome.strategy_state is not None:
-                strategy_state_ref = ray.put(outcome.strategy_state)
-            t2 = time.perf_counter()
-            version += 1
-            weights = outcome.weights
-            weights_ref = ray.put(weights)  # once; every monitor reads the same object
-            acks = ray.get([m.set_weights.remote(version, weights_ref) for m in self._monitors])
-            t3 = time.perf_counter()
+        self.c.log(f"warning: {detail}; recovered (restart {self.restarts[role]}/{limit})")
+
+    def replace_monitor(self, i: int) -> None:
+        """A dead monitor: a new one with the current weights; its in-flight batches go out again."""
+        self._count_restart("monitor", f"monitor {i} died")
+        try:
+            ray.kill(self.c.monitors[i])
+        except Exception:  # noqa: BLE001 - it is dead already
+            pass
+        self.c.monitors[i] = self._make_monitor(i)
+        again = [(meta, bref) for t, (meta, j, bref) in list(self.inflight.items()) if j == i]
+        for t in [t for t, (_, j, _) in self.inflight.items() if j == i]:
+            del self.inflight[t]
+        self.load[i] = 0
+        self.queue[:0] = sorted(again, key=lambda mb: mb[0].batch_id)
+
+    def restore_detector(self) -> None:
+        """A dead detector: a new one from the snapshot, re-fed every call made since."""
+        self._count_restart("detector", "the detector died")
+        try:
+            ray.kill(self.c._detector)
+        except Exception:  # noqa: BLE001
+            pass
+        det = self._make_detector()
+        if self.det_snapshot is not None:
+            ray.get(det.load_state_dict.remote(self.det_snapshot))
+        last = None
+        for call in self.det_log:
+            last = getattr(det, call[0]).remote(*call[1:])
+        if last is not None:
+            ray.get(last)
+        self.c._detector = det
+
+    def restore_stream(self) -> None:
+        """A dead stream reader: a new one from the snapshot, caught up to the accepted position."""
+        self._count_restart("stream", "the stream reader died")
+        try:
+            ray.kill(self.c._stream)
+        except Exception:  # noqa: BLE001
+            pass
+        st = self._make_stream()
+        if self.stream_snapshot is not None:
+            ray.get(st.load_state_dict.remote(self.stream_snapshot))
+        ray.get(st.catch_up.remote(self.processed - 1, sorted(self.quarantined)))
+        self.c._stream = st
+        # batches in flight were owned by the dead reader: serve them again
+        self.inflight.clear()
+        self.queue.clear()
+        self.load = [0] * len(self.c.monitors)
+        self.stream_done = False
+        for b in [b for b in self.batch_regime if b >= self.processed]:
+            self.batch_regime.pop(b)
+
+    def recover(self, exc: BaseException, monitor: int | None = None) -> str:
+        """Which actor died (restored now), or re-raise ``exc`` when none did."""
+        if not self._alive(self.c._detector):
+            self.restore_detector()
+            return "detector"
+        if not self._alive(self.c._stream):
+            self.restore_stream()
+            return "stream"
+        dead = [i for i in ([monitor] if monitor is not None else range(len(self.c.monitors)))
+                if not self._alive(self.c.monitors[i])]
+        for i in dead:
+            self.replace_monitor(i)
+        if dead:
+            return "monitor"
+        if monitor is not None and isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):
+            raise exc
+        # an object owned by a dead process (e.g. a batch of an earlier stream reader)
+        if isinstance(exc, ray.exceptions.ObjectLostError | ray.exceptions.OwnerDiedError):
+            self.restore_stream_refs()
+            return "objects"
+        raise exc
+
+    def restore_stream_refs(self) -> None:
+        self.inflight.clear()
+        self.queue.clear()
+        self.load = [0] * len(self.c.monitors)
+        ray.get(self.c._stream.rewind.remote(self.processed))
+        self.stream_done = False
+
+    def det_call(self, method: str, *args: Any) -> Any:
+        """Call the detector (fire and forget) and log it for a re-feed after a restore."""
+        self.det_log.append((method, *args))
+        return getattr(self.c._detector, method).remote(*args)
+
+    def stream_get(self, method: str, *args: Any) -> Any:
+        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
+            try:
+                return ray.get(getattr(self.c._stream, method).remote(*args))
+            except _ACTOR_ERRORS as exc:
+                self.recover(exc)
+        raise RuntimeError(f"stream reader call {method} failed repeatedly")
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def start(self, checkpoint: dict[str, Any] | None) -> None:
+        c, cfg = self.c, self.cfg
+        if checkpoint is not None:
+            c.version = int(checkpoint["version"])
+            self.weights = to_numpy(checkpoint["weights"])
+            self.strategy_state = checkpoint.get("strategy_state")
+            self.processed = int(checkpoint["processed"])
+            books = checkpoint["books"]
+            self.samples = int(books["samples"])
+            self.monitor_seconds = float(books["monitor_seconds"])
+            self.last_value = float(books["last_value"])
+            self.quarantined = {int(q["batch_id"]) for q in self.summary["stream"].get("quarantined", [])}
+            ups = self.summary["updates"]
+            self.pending_after = [u for u in ups if u.get("accuracy_after") is None]
+            if ups and ups[-1].get("recovery_batches") is None:
+                self.awaiting_recovery = [ups[-1]]
+        self.weights_ref = ray.put(self.weights)
+        if self.strategy_state is not None:
+            self.strategy_state_ref = ray.put(self.strategy_state)
+        c._stream = self._make_stream()
+        c.monitors = [self._make_monitor(i) for i in range(cfg.monitor.num_monitors)]
+        self.load = [0] * len(c.monitors)
+        c._detector = self._make_detector()
+        if checkpoint is not None:
+            ray.get(c._stream.load_state_dict.remote(checkpoint["stream"]))
+            ray.get(c._detector.load_state_dict.remote(checkpoint["detector"]))
+        ray.get([m.stats.remote() for m in c.monitors])  # actors are up
+        self.snapshot(write=False)
+        c.log(
+            f"{len(c.monitors)} monitor(s), detector '{cfg.drift_detection.detector}' on {self.metric} "
+            f"({cfg.drift_detection.granularity} granularity), strategy '{cfg.continual_learning.strategy}', "
+            f"on drift: {cfg.monitor.on_drift}"
+        )
+        for cb in c.callbacks:
+            cb.on_run_start(c)
+
+    # --- snapshots and checkpoints -------------------------------------------------------------------
+    def snapshot(self, write: bool = True) -> None:
+        """Snapshot the detector and the stream reader; with ``write``, also the on-disk checkpoint."""
+        while True:
+            try:
+                det_ref = self.c._detector.state_dict.remote()
+                stream_ref = self.c._stream.state_dict.remote()
+                self.det_snapshot, self.stream_snapshot = ray.get([det_ref, stream_ref])
+                break
+            except _ACTOR_ERRORS as exc:
+                self.recover(exc)
+        self.det_log.clear()
+        self.since_snapshot = 0
+        rc = self.cfg.reliability
+        if write and rc.checkpoints:
+            self.metrics_writer.flush()
+            self.batches_writer.flush()
+            state = {
+                "processed": self.processed,
+                "version": self.c.version,
+                "weights": to_state_dict(self.weights),
+                "strategy_state": self.strategy_state,
+                "stream": self.stream_snapshot,
+                "detector": self.det_snapshot,
+                "summary": json.dumps(self.summary, default=str),
+                "books": {
+                    "samples": self.samples,
+                    "monitor_seconds": self.monitor_seconds + time.perf_counter() - self.t_mon,
+                    "last_value": self.last_value,
+                },
+                "metrics_rows": self.metrics_writer.rows_written,
+                "batches_rows": self.batches_writer.rows_written,
+                "tracker": self.tracker.state_dict(),
+            }
+            path = save_checkpoint(self.c.run_dir, state)  # type: ignore[arg-type]
+            for cb in self.c.callbacks:
+                cb.on_checkpoint(self.c, path)
+
+    def maybe_snapshot(self) -> None:
+        every = self.cfg.reliability.checkpoint_every_batches or 50
+        if self.since_snapshot >= every and self.collecting is None and self.job is None:
+            self.snapshot(write=self.cfg.reliability.checkpoint_every_batches > 0)
+
+    # --- accepting results ---------------------------------------------------------------------------
+    def on_interval(self, rec: IntervalRecord) -> None:
+        self.last_value = rec.value
+        self.run_metrics.interval(rec.value)
+        self.metrics_writer.write(rec.to_dict())
+        self.tracker.log_metrics({"monitored": rec.value, **rec.metrics}, step=rec.last_batch)
+        for upd in self.pending_after:
+            if rec.version >= upd["version"]:
+                upd["accuracy_after"] = rec.value
+        self.pending_after[:] = [u for u in self.pending_after if u.get("accuracy_after") is None]
+        tol = RECOVERY_TOLERANCE
+        for upd in self.awaiting_recovery:
+            ref = upd["pre_drift_value"]
+            back = rec.value >= ref - tol if self.higher_is_better else rec.value <= ref + tol
+            if rec.version >= upd["version"] and back:
+                upd["recovery_batches"] = rec.last_batch - upd["drift_batch_id"]
+        self.awaiting_recovery[:] = [u for u in self.awaiting_recovery if u["recovery_batches"] is None]
+
+    def accept(self, out: DetectionOutput) -> None:
+        starts = self.summary["stream"]["regime_starts"]
+        newly_quarantined: list[int] = []
+        for row in out.batches:
+            b = int(row["batch_id"])
+            self.batches_writer.write(row)
+            self.batch_regime.pop(b, None)
+            r = int(row["regime"])
+            if row["status"] == "quarantined":
+                self.quarantined.add(b)
+                newly_quarantined.append(b)
+                self.summary["stream"]["quarantined"].append({"batch_id": b, "reason": row["reason"]})
+                self.c.log(f"warning: batch {b} quarantined: {row['reason']}")
+            else:
+                self.samples += int(row["n"])
+                if self.job is not None:
+                    self.job.samples_during += int(row["n"])
+                if not starts or starts[-1]["regime"] != r:
+                    starts.append({"regime": r, "batch_id": b})
+                    if r not in self.summary["stream"]["regimes_seen"]:
+                        self.summary["stream"]["regimes_seen"].append(r)
+            for cb in self.c.callbacks:
+                cb.on_batch(self.c, row)
+        if out.next_batch > self.processed:
+            # accepted batches join the window and the replay memory (quarantined ones do not)
+            self.c._stream.commit.remote(out.next_batch - 1, newly_quarantined)
+            self.since_snapshot += out.next_batch - self.processed
+            self.processed = out.next_batch
+        for rec in out.intervals:
+            self.on_interval(rec)
+
+    def progress(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if (force or now - self.last_progress > 2.0) and not math.isnan(self.last_value):
+            self.last_progress = now
+            total = f"/{self.cfg.stream.max_batches}" if self.cfg.stream.max_batches else ""
+            rate = self.samples / max(1e-9, self.monitor_seconds + now - self.t_mon)
+            self.run_metrics.throughput(rate)
+            training = "  (update training)" if self.job is not None else ""
+            self.c.log(
+                f"[batch {self.processed}{total}] {self.metric} {self.last_value:.3f}  model v{self.c.version}  "
+                f"drifts {len(self.summary['drift_events'])}  updates {len(self.summary['updates'])}  "
+                f"{rate:,.0f} samples/s{training}"
+            )
+
+    # --- dispatching ---------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Let in-flight batches finish and forget them (they are served again after a rewind)."""
+        if self.inflight:
+            ray.wait(list(self.inflight), num_returns=len(self.inflight))
+        self.inflight.clear()
+        self.queue.clear()
+        self.load = [0] * len(self.c.monitors)
+        for b in [b for b in self.batch_regime if b >= self.processed]:
+            self.batch_regime.pop(b)
+
+    def rewind(self, batch_id: int) -> None:
+        self.stream_get("rewind", batch_id)
+        self.stream_done = False
+
+    def fill(self) -> None:
+        """Keep the pipeline full; while collecting a post-drift window, not beyond its end."""
+        mc = self.cfg.monitor
+        while not self.stream_done and len(self.inflight) < mc.max_in_flight:
+            if self.job is not None and mc.on_drift == "pause":
+                return
+            if not self.queue:
+                got = self.stream_get("next_batches", self.cfg.stream.prefetch)
+                if not got:
+                    self.stream_done = True
+                    return
+                self.queue.extend(got)
+            if self.collecting is not None and self.queue[0][0].batch_id > self.collecting.upto:
+                return
+            meta, bref = self.queue.pop(0)
+            self.batch_regime[meta.batch_id] = meta.regime
+            i = min(range(len(self.c.monitors)), key=lambda j: (self.load[j], j))
+            task = self.c.monitors[i].evaluate.remote(meta.batch_id, bref)
+            self.inflight[task] = (meta, i, bref)
+            self.load[i] += 1
+
+    def ingest(self, task: Any, i: int, meta: BatchMeta, bref: Any) -> DetectionOutput | None:
+        """The detector's output for a finished task; None when the task's monitor had died (its
+        batches, this one included, are queued again)."""
+        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
+            t0 = time.perf_counter()
+            try:
+                out: DetectionOutput = ray.get(self.c._detector.ingest.remote(task))
+                self.detect_seconds += time.perf_counter() - t0
+                self.det_log.append(("ingest", task))
+                return out
+            except _ACTOR_ERRORS as exc:
+                what = self.recover(exc, monitor=i)
+                if what == "monitor":
+                    self.queue.insert(0, (meta, bref))
+                    self.queue.sort(key=lambda mb: mb[0].batch_id)
+                if what != "detector":
+                    return None
+        raise RuntimeError("the detector failed repeatedly")
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def run(self, checkpoint: dict[str, Any] | None) -> None:
+        self.start(checkpoint)
+        post = self.cfg.continual_learning.post_drift_batches
+        while True:
+            self.fill()
+            if self.job is not None and self.job.future.done():
+                self.finish_update()
+                continue
+            if not self.inflight:
+                if self.job is not None:
+                    self.job.future.result()  # wait; errors are captured in the result
+                    continue
+                if self.collecting is not None:
+                    # the window is complete, or the stream ended first
+                    self.start_update(self.collecting, min(self.collecting.upto, self.processed - 1))
+                    continue
+                if self.stream_done and not self.queue:
+                    break
+                if not self.stream_done and not self.queue:
+                    continue  # fill() fetches more
+                raise RuntimeError(f"nothing in flight but {len(self.queue)} batch(es) queued")
+            timeout = 0.05 if self.job is not None else None
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout, fetch_local=False)
+            if not ready:
+                continue
+            task = ready[0]
+            meta, i, bref = self.inflight.pop(task)
+            self.load[i] -= 1
+            out = self.ingest(task, i, meta, bref)
+            if out is None:
+                continue
+            self.accept(out)
+            self.progress(force=bool(out.events))
+            if out.events:
+                self.on_event(out.events[0], post)
+            elif self.collecting is not None and self.processed > self.collecting.upto:
+                self.start_update(self.collecting, self.collecting.upto)
+            self.maybe_snapshot()
+        if self.job is not None:
+            self.finish_update()
+        self.end()
+
+    def on_event(self, event: DriftEvent, post: int) -> None:
+        rec = event.to_dict()
+        self.summary["drift_events"].append(rec)
+        self.run_metrics.drift(event.detector)
+        self.tracker.log_metrics({"drift": 1.0}, step=event.batch_id)
+        self.c.log(
+            f"drift at batch {event.batch_id} (regime {event.regime}): {self.metric} {event.value:.3f} "
+            f"vs {event.reference:.3f} before, detector {event.detector}"
+        )
+        for cb in self.c.callbacks:
+            cb.on_drift(self.c, rec)
+        if self.collecting is not None:  # a second alarm while collecting: train on what we have
+            self.start_update(self.collecting, event.batch_id, after_alarm=True)
+        elif post == 0:
+            self.start_update(_Collecting(event, time.perf_counter(), event.batch_id), event.batch_id, after_alarm=True)
+        else:
+            # keep monitoring with the current weights until the post-drift window is complete
+            self.collecting = _Collecting(event, time.perf_counter(), event.batch_id + post)
+            self.drain()
+            self.rewind(event.batch_id + 1)
+            self.det_call("resume_after_update", event.batch_id + 1, self.c.version)
+            self.c.log(f"collecting {post} post-drift batch(es) before the update", level=2)
+
+    # --- updates -------------------------------------------------------------------------------------
+    def start_update(self, col: _Collecting, upto: int, after_alarm: bool = False) -> None:
+        """Train on the window ending at ``upto`` (in the background with ``on_drift: continue``).
+
+        ``after_alarm``: called on the alarm itself, so the engine is paused at ``upto``.
+        """
+        cfg, c = self.cfg, self.c
+        self.collecting = None
+        pause = cfg.monitor.on_drift == "pause"
+        t0 = time.perf_counter()
+        if pause:
+            self.monitor_seconds += t0 - self.t_mon
+            self.drain()
+        else:
+            if after_alarm:  # results after the alarm were dropped: serve them again
+                self.drain()
+                self.rewind(upto + 1)
+                self.det_call("resume_after_update", upto + 1, c.version)
+                self.processed = upto + 1
+            self.det_call("hold")
+        data_ref = None
+        for _ in range(cfg.reliability.max_actor_restarts + 2):
+            try:
+                data_ref = c._stream.update_data.remote(upto, cfg.promotion.holdout_batches if cfg.promotion.enabled else 0)
+                ray.get(data_ref)  # raise here if the stream reader died
+                break
+            except _ACTOR_ERRORS as exc:
+                self.recover(exc)
+        t1 = time.perf_counter()
+        event = col.event
+        for cb in c.callbacks:
+            cb.on_update_start(c, event.to_dict())
+        # the drift's score picks the kind of update (drift_detection.regimes)
+        kind = getattr(event, "update_kind", "continual_learning") or "continual_learning"
+        start_ref, strategy = self.weights_ref, cfg.continual_learning.strategy
+        if kind == "fine_tuning":
+            strategy = "naive"  # plain fine-tuning on the window
+        elif kind == "retrain":
+            torch.manual_seed(cfg.seed + c.version + 1)  # re-initialise, then memory + window
+            start_ref = ray.put(to_numpy(self.harness.build_model().state_dict()))
+        future = self.executor.submit(
+            self._train_and_gate, start_ref, data_ref, c.version + 1, strategy, self.strategy_state_ref, self.weights
+        )
+        self.job = _UpdateJob(event, col.t_alarm, upto, kind, strategy, future, t0, t1)
+        if pause:
+            future.result()
+            self.finish_update()
+
+    def _train_and_gate(
+        self,
+        start_ref: Any,
+        data_ref: Any,
+        version: int,
+        strategy: str,
+        strategy_state_ref: Any,
+        current: Weights,
+    ) -> dict[str, Any]:
+        """Runs in the update thread: Ray Train, then the promotion gate. Never raises."""
+        res: dict[str, Any] = {"outcome": None, "error": None, "gate": None}
+        t0 = time.perf_counter()
+        try:
+            res["outcome"] = self.updater.run(
+                start_ref, data_ref, version, strategy=strategy, strategy_state_ref=strategy_state_ref
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed update keeps the old model
+            res["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        t1 = time.perf_counter()
+        res["training_seconds"] = t1 - t0
+        if res["outcome"] is not None and self.cfg.promotion.enabled:
+            try:
+                res["gate"] = self._gate(ray.get(data_ref), current, res["outcome"].weights)
+            except Exception as exc:  # noqa: BLE001 - a gate that cannot decide rejects
+                res["gate"] = {"promote": False, "reason": f"the gate failed: {type(exc).__name__}: {exc}"}
+        res["gating_seconds"] = time.perf_counter() - t1
+        return res
+
+    def _gate(self, data: UpdateData, current: Weights, candidate: Weights) -> dict[str, Any]:
+        """Promote only if the candidate matches the current model on the holdout (within
+        ``tolerance``) and loses at most ``max_memory_drop`` on the memory (monitored metric)."""
+        pc = self.cfg.promotion
+        sign = 1.0 if self.higher_is_better else -1.0
+
+        def score(w: Weights, x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
+            if x is None or y is None or len(y) == 0:
+                return None
+            m = self.harness.build_model()
+            load_into(m, w)
+            return evaluate(m, self.harness, x, y).get(self.metric)
+
+        hold_cur, hold_new = score(current, data.holdout_x, data.holdout_y), score(
+            candidate, data.holdout_x, data.holdout_y
+        )
+        mem_cur, mem_new = score(current, data.memory_x, data.memory_y), score(candidate, data.memory_x, data.memory_y)
+        reasons = []
+        if hold_cur is not None and hold_new is not None and sign * (hold_new - hold_cur) < -pc.tolerance:
+            reasons.append(f"holdout {self.metric} {hold_new:.3f} < current {hold_cur:.3f} - tolerance {pc.tolerance}")
+        if mem_cur is not None and mem_new is not None and sign * (mem_new - mem_cur) < -pc.max_memory_drop:
+            reasons.append(f"memory {self.metric} {mem_new:.3f} dropped more than {pc.max_memory_drop} from {mem_cur:.3f}")
+        return {
+            "promote": not reasons,
+            "reason": "; ".join(reasons),
+            "holdout_current": hold_cur,
+            "holdout_new": hold_new,
+            "memory_current": mem_cur,
+            "memory_new": mem_new,
+            "holdout_samples": 0 if data.holdout_y is None else len(data.holdout_y),
+        }
+
+    def _broadcast(self, version: int) -> None:
+        """Every monitor on ``version`` (a dead one is replaced, already with the new weights)."""
+        c = self.c
+        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
+            refs = [m.set_weights.remote(version, self.weights_ref) for m in c.monitors]
+            try:
+                acks = ray.get(refs)
+            except _ACTOR_ERRORS as exc:
+                self.recover(exc)
+                continue
             if any(a != version for a in acks):
                 raise RuntimeError(f"monitors did not load version {version}: {acks}")
-            ray.get(self._stream.rewind.remote(upto + 1))
-            self._detector.resume_after_update.remote(upto + 1, version)
-            processed = upto + 1
-            stream_done = False
-            prev = summary["accuracy_matrix"]["rows"][-1]["accuracy"]
-            load_into(model, weights)
-            after = test_row(f"update-{version}", version, upto, model)
-            regimes = summary["accuracy_matrix"]["regimes"]
-            upd: dict[str, Any] = {
-                "version": version,
+            return
+        raise RuntimeError(f"broadcasting version {version} failed repeatedly")
+
+    def finish_update(self) -> None:
+        job, cfg, c = self.job, self.cfg, self.c
+        assert job is not None
+        res = job.future.result()
+        self.job = None
+        pause = cfg.monitor.on_drift == "pause"
+        t2 = time.perf_counter()
+        outcome: UpdateOutcome | None = res["outcome"]
+        gate = res["gate"]
+        event, upto = job.event, job.upto
+        if outcome is None or (gate is not None and not gate["promote"]):
+            status = "failed" if outcome is None else "rejected"
+            reason = res["error"] if outcome is None else gate["reason"]
+            rec = {
+                "status": status,
+                "reason": reason,
                 "drift_batch_id": event.batch_id,
                 "window_last_batch_id": upto,
-                "live_batch_id": upto + 1,
-                "strategy": strategy,
-                "update_kind": kind,
-                "score": getattr(event, "score", None),
-                "collecting_seconds": round(t0 - t_alarm, 4),
-                "waiting_seconds": round(t1 - t0, 4),
-                "training_seconds": round(t2 - t1, 4),
-                "broadcasting_seconds": round(t3 - t2, 4),
-                "total_seconds": round(t3 - t0, 4),
-                "window_samples": int(outcome.metrics.get("window_samples", 0)),
-                "memory_samples": int(outcome.metrics.get("memory_samples", 0)),
-                "train_loss": outcome.metrics.get("train_loss"),
-                "train_steps": outcome.metrics.get("steps"),
-                "train_loop_seconds": outcome.metrics.get("seconds"),  # the gradient steps alone
-                "train_torch_threads": outcome.metrics.get("torch_threads"),
-                "window_accuracy_after_training": outcome.metrics.get("window_accuracy"),
-                "memory_accuracy_after_training": outcome.metrics.get("memory_accuracy"),
-                "regime": event.regime,
-                "accuracy_before": event.value,
-                "pre_drift_value": event.reference,
-                # batches from the drift until the monitored metric is back within RECOVERY_TOLERANCE
-                # of its pre-drift level (None: not within this regime)
-                "recovery_batches": None,
-                "accuracy_after": None,
-                "test_accuracy_before": dict(zip(regimes, prev, strict=True)),
-                "test_accuracy_after": dict(zip(regimes, after, strict=True)),
+                "version_kept": c.version,
+                "strategy": job.strategy,
+                "update_kind": job.kind,
+                "training_seconds": round(res["training_seconds"], 4),
+                "gate": gate,
             }
-            summary["updates"].append(upd)
-            awaiting_recovery.clear()  # a new drift ends the wait of earlier updates (recovery: None)
-            awaiting_recovery.append(upd)
-            run_metrics.update(upd)
-            pending_after.append(upd)
-            tracker.log_metrics(
-                {
-                    "update_total_seconds": upd["total_seconds"],
-                    "update_training_seconds": upd["training_seconds"],
-                    "model_version": float(version),
-                },
-                step=upto,
-            )
-            cur = regimes.index(event.regime) if event.regime in regimes else None
-            before_s = f"{prev[cur]:.3f}" if cur is not None and prev[cur] is not None else "n/a"
-            after_s = f"{after[cur]:.3f}" if cur is not None and after[cur] is not None else "n/a"
-            self.log(
-                f"update v{version} on batches {max(0, upto + 1 - cfg.continual_learning.window_batches)}-{upto}"
-                f" + memory: waiting {t1 - t0:.2f}s, training {t2 - t1:.2f}s, broadcasting {t3 - t2:.2f}s; "
-                f"regime {event.regime} test accuracy {before_s} -> {after_s}"
-            )
-            t_mon = time.perf_counter()
+            self.summary["rejected_updates"].append(rec)
+            self.tracker.log_metrics({f"update_{status}": 1.0}, step=upto)
+            c.log(f"warning: update after the drift at batch {event.batch_id} {status} ({reason}); model v{c.version} stays")
+            if pause:
+                self.rewind(upto + 1)
+                self.det_call("resume_after_update", upto + 1, c.version)
+                self.processed = upto + 1
+                self.t_mon = time.perf_counter()
+            else:
+                self.det_call("release", c.version)
+            self.snapshot()
+            for cb in c.callbacks:
+                cb.on_update_end(c, rec)
+            return
+        c.version += 1
+        version = c.version
+        self.weights = outcome.weights
+        if outcome.strategy_state is not None:
+            self.strategy_state = outcome.strategy_state
+            self.strategy_state_ref = ray.put(outcome.strategy_state)
+        self.weights_ref = ray.put(self.weights)  # once; every monitor reads the same object
+        self._broadcast(version)
+        t3 = time.perf_counter()
+        if pause:
+            self.rewind(upto + 1)
+            self.det_call("resume_after_update", upto + 1, version)
+            self.processed = upto + 1
+        else:
+            self.det_call("release", version)
+        prev = self.summary["accuracy_matrix"]["rows"][-1]["accuracy"]
+        load_into(self.model, self.weights)
+        after = self.test_row(f"update-{version}", version, upto, self.model)
+        regimes = self.summary["accuracy_matrix"]["regimes"]
+        m = outcome.metrics
+        upd: dict[str, Any] = {
+            "version": version,
+            "status": "promoted",
+            "drift_batch_id": event.batch_id,
+            "window_last_batch_id": upto,
+            "live_batch_id": upto + 1 if pause else self.processed,
+            "strategy": job.strategy,
+            "update_kind": job.kind,
+            "score": getattr(event, "score", None),
+            "on_drift": cfg.monitor.on_drift,
+            "collecting_seconds": round(job.t0 - job.t_alarm, 4),
+            "waiting_seconds": round(job.t1 - job.t0, 4),
+            "training_seconds": round(res["training_seconds"], 4),
+            "gating_seconds": round(res["gating_seconds"], 4),
+            "broadcasting_seconds": round(t3 - t2, 4),
+            "total_seconds": round(t3 - job.t0, 4),
+            "samples_during_update": job.samples_during,
+            "window_samples": int(m.get("window_samples", 0)),
+            "memory_samples": int(m.get("memory_samples", 0)),
+            "train_loss": m.get("train_loss"),
+            "train_steps": m.get("steps"),
+            "train_loop_seconds": m.get("seconds"),  # the gradient steps alone
+            "train_forward_backward_seconds": m.get("forward_backward_seconds"),
+            "train_optimizer_seconds": m.get("optimizer_seconds"),
+            "train_torch_threads": m.get("torch_threads"),
+            "window_accuracy_after_training": m.get("window_accuracy"),
+            "memory_accuracy_after_training": m.get("memory_accuracy"),
+            "gate": gate,
+            "regime": event.regime,
+            "accuracy_before": event.value,
+            "pre_drift_value": event.reference,
+            # batches from the drift until the monitored metric is back within RECOVERY_TOLERANCE
+            # of its pre-drift level (None: not within this regime)
+            "recovery_batches": None,
+            "accuracy_after": None,
+            "test_accuracy_before": dict(zip(regimes, prev, strict=True)),
+            "test_accuracy_after": dict(zip(regimes, after, strict=True)),
+        }
+        self.summary["updates"].append(upd)
+        self.awaiting_recovery.clear()  # a new drift ends the wait of earlier updates (recovery: None)
+        self.awaiting_recovery.append(upd)
+        self.run_metrics.update(upd)
+        self.pending_after.append(upd)
+        self.tracker.log_metrics(
+            {
+                "update_total_seconds": upd["total_seconds"],
+                "update_training_seconds": upd["training_seconds"],
+                "model_version": float(version),
+            },
+            step=upto,
+        )
+        cur = regimes.index(event.regime) if event.regime in regimes else None
+        before_s = f"{prev[cur]:.3f}" if cur is not None and prev[cur] is not None else "n/a"
+        after_s = f"{after[cur]:.3f}" if cur is not None and after[cur] is not None else "n/a"
+        during = f", {job.samples_during} samples monitored meanwhile" if not pause else ""
+        c.log(
+            f"update v{version} on batches {max(0, upto + 1 - cfg.continual_learning.window_batches)}-{upto}"
+            f" + memory: waiting {job.t1 - job.t0:.2f}s, training {res['training_seconds']:.2f}s, "
+            f"gate {res['gating_seconds']:.2f}s, broadcasting {t3 - t2:.2f}s{during}; "
+            f"regime {event.regime} test accuracy {before_s} -> {after_s}"
+        )
+        if pause:
+            self.t_mon = time.perf_counter()
+        self.snapshot()
+        for cb in c.callbacks:
+            cb.on_update_end(c, upd)
 
-        while True:
-            # keep the pipeline full; while collecting a post-drift window, not beyond its end
-            while not stream_done and len(inflight) < mc.max_in_flight:
-                if not queue:
-                    got = ray.get(self._stream.next_batches.remote(cfg.stream.prefetch))
-                    if not got:
-                        stream_done = True
-                        break
-                    queue.extend(got)
-                if collecting is not None and queue[0][0].batch_id > collecting[2]:
-                    break
-                meta, bref = queue.pop(0)
-                batch_regime[meta.batch_id] = meta.regime
-                i = min(range(mc.num_monitors), key=lambda j: (load[j], j))
-                task = self._monitors[i].evaluate.remote(meta.batch_id, bref)
-                inflight[task] = (meta.batch_id, i)
-                load[i] += 1
-            if not inflight:
-                if collecting is not None and processed - 1 >= collecting[0].batch_id:
-                    update(collecting[0], collecting[1], processed - 1)  # the stream ended first
-                    collecting = None
-                    continue
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
-            task = ready[0]
-            _, i = inflight.pop(task)
-            load[i] -= 1
-            out: DetectionOutput = ray.get(self._detector.ingest.remote(task))
-            if out.next_batch > processed:
-                starts = summary["stream"]["regime_starts"]
-                for b in range(processed, out.next_batch):
-                    r = batch_regime.pop(b, None)
-                    if r is not None and (not starts or starts[-1]["regime"] != r):
-                        starts.append({"regime": r, "batch_id": b})
-                        if r not in regimes_seen:
-                            regimes_seen.append(r)
-                # accepted batches may join the window and the replay memory
-                self._stream.commit.remote(out.next_batch - 1)
-                processed = out.next_batch
-            for rec in out.intervals:
-                on_interval(rec)
-            progress(force=bool(out.events))
-
-            if out.events:
-                event: DriftEvent = out.events[0]
-                summary["drift_events"].append(event.to_dict())
-                run_metrics.drift(event.detector)
-                tracker.log_metrics({"drift": 1.0}, step=event.batch_id)
-                self.log(
-                    f"drift at batch {event.batch_id} (regime {event.regime}): {metric} {event.value:.3f} "
-                    f"vs {event.reference:.3f} before, detector {event.detector}"
-                )
-                if collecting is not None:  # a second alarm while collecting: train on what we have
-                    update(collecting[0], collecting[1], event.batch_id)
-                    collecting = None
-                elif post == 0:
-                    update(event, time.perf_counter(), event.batch_id)
-                else:
-                    # keep monitoring with the current weights until the post-drift window is complete
-                    collecting = (event, time.perf_counter(), event.batch_id + post)
-                    drain()
-                    ray.get(self._stream.rewind.remote(event.batch_id + 1))
-                    self._detector.resume_after_update.remote(event.batch_id + 1, version)
-                    stream_done = False
-                    self.log(f"collecting {post} post-drift batch(es) before the update", level=2)
-            elif collecting is not None and processed > collecting[2]:
-                update(collecting[0], collecting[1], collecting[2])
-                collecting = None
-
-        monitor_seconds += time.perf_counter() - t_mon
-        for rec in ray.get(self._detector.finish.remote()):
-            on_interval(rec)
-        stats = ray.get([m.stats.remote() for m in self._monitors])
-        summary["stream"]["batches"] = processed
-        summary["stream"]["samples"] = samples
+    # --- the end -------------------------------------------------------------------------------------
+    def end(self) -> None:
+        c, cfg, summary = self.c, self.cfg, self.summary
+        self.monitor_seconds += time.perf_counter() - self.t_mon
+        self.t_mon = time.perf_counter()
+        for rec in ray.get(c._detector.finish.remote()):
+            self.on_interval(rec)
+        stats = ray.get([m.stats.remote() for m in c.monitors])
+        summary["stream"]["batches"] = self.processed
+        summary["stream"]["samples"] = self.samples
+        during = sum(u.get("samples_during_update", 0) for u in summary["updates"])
         summary["monitoring"].update(
             {
-                "samples_per_second": round(samples / max(monitor_seconds, 1e-9), 2),
-                "batches_per_second": round(processed / max(monitor_seconds, 1e-9), 3),
-                "monitoring_seconds": round(monitor_seconds, 3),
+                "samples_per_second": round(self.samples / max(self.monitor_seconds, 1e-9), 2),
+                "batches_per_second": round(self.processed / max(self.monitor_seconds, 1e-9), 3),
+                "monitoring_seconds": round(self.monitor_seconds, 3),
+                "samples_during_updates": during,
                 "monitor_versions": {s["name"]: s["version"] for s in stats},
                 "monitor_batches": {s["name"]: s["batches"] for s in stats},
                 "monitor_torch_threads": {s["name"]: s["torch_threads"] for s in stats},
                 "monitor_nodes": {s["name"]: s.get("node_id") for s in stats},
                 "eval_seconds_total": round(sum(s["eval_seconds"] for s in stats), 3),
+                "quarantined_batches": len(summary["stream"]["quarantined"]),
+                "actor_restarts": dict(self.restarts),
             }
         )
-        summary["model_version"] = version
+        prof = summary.setdefault("profile", {})
+        ups = summary["updates"]
+        prof.update(
+            {
+                "inference_seconds": round(sum(s["eval_seconds"] for s in stats), 4),
+                "detection_seconds": round(self.detect_seconds, 4),
+                "update_training_seconds": round(sum(u["training_seconds"] for u in ups), 4),
+                "update_forward_backward_seconds": round(
+                    sum(u.get("train_forward_backward_seconds") or 0.0 for u in ups), 4
+                ),
+                "update_optimizer_seconds": round(sum(u.get("train_optimizer_seconds") or 0.0 for u in ups), 4),
+                "update_gating_seconds": round(sum(u.get("gating_seconds") or 0.0 for u in ups), 4),
+                "broadcast_seconds": round(sum(u["broadcasting_seconds"] for u in ups), 4),
+                "accuracy_matrix_seconds": round(prof.get("accuracy_matrix_seconds", 0.0), 4),
+            }
+        )
+        summary["model_version"] = c.version
         if cfg.logging.save_weights:
-            save_weights(weights, self.run_dir / "weights.pt")  # type: ignore[operator]
+            save_weights(self.weights, c.run_dir / "weights.pt")  # type: ignore[operator]
+        self.snapshot()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

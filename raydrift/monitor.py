@@ -26,6 +26,11 @@ class Monitor:
     ``"confidence"`` (the largest softmax probability of the model's output, which must be class
     logits), ``"entropy"`` (the entropy of that softmax, in nats) or ``"features"`` (the harness's
     ``features(model, x)`` when it defines one, e.g. an embedding; otherwise the flattened input).
+
+    Bad input never raises: a batch whose inputs hold NaN/inf, whose per-sample shape or dtype differs
+    from the batches this monitor evaluated before, whose labels do not match its inputs in number, on
+    which the model raises, or whose metric comes out non-finite is *quarantined*: the result carries
+    the reason in :attr:`BatchResult.quarantined` and no values (see :meth:`check_batch`).
     """
 
     LABEL_FREE_SIGNALS = ("confidence", "entropy", "features")
@@ -55,6 +60,8 @@ class Monitor:
         self.batches_evaluated = 0
         self.samples_evaluated = 0
         self.eval_seconds = 0.0
+        self.quarantined = 0
+        self._input_spec: tuple[tuple[int, ...], torch.dtype] | None = None  # of the first good batch
 
     def _build(self, weights: Weights) -> torch.nn.Module:
         model = self.harness.build_model()
@@ -75,19 +82,69 @@ class Monitor:
                 self._model, self._version = model, version
         return self._version
 
+    def check_batch(self, batch: Any) -> str | None:
+        """Why ``batch`` cannot be evaluated, or None if it looks sound (cheap checks, no model call)."""
+        x, y = getattr(batch, "x", None), getattr(batch, "y", None)
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            return f"expected a Batch with tensors x and y, got {type(batch).__name__}"
+        if x.ndim == 0 or len(x) == 0:
+            return f"empty input (shape {tuple(x.shape)})"
+        if len(y) != len(x):
+            return f"{len(x)} inputs but {len(y)} labels"
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return f"{int((~torch.isfinite(x)).sum())} non-finite input values (NaN/inf)"
+        if self._input_spec is not None:
+            shape, dtype = self._input_spec
+            if tuple(x.shape[1:]) != shape:
+                return f"per-sample input shape {tuple(x.shape[1:])} differs from {shape} of earlier batches"
+            if x.dtype != dtype:
+                return f"input dtype {x.dtype} differs from {dtype} of earlier batches"
+        return None
+
+    def _quarantine(self, batch_id: int, batch: Any, version: int, reason: str, t0: float) -> BatchResult:
+        self.quarantined += 1
+        return BatchResult(
+            batch_id=batch_id,
+            regime=int(getattr(batch, "regime", -1)),
+            version=version,
+            values=np.zeros(0, dtype=np.float32),
+            metrics={},
+            monitor=self.name,
+            eval_seconds=time.perf_counter() - t0,
+            quarantined=reason,
+        )
+
     def evaluate(self, batch_id: int, batch: Batch) -> BatchResult:
-        """Per-sample values of the monitored metric and batch means of every metric."""
+        """Per-sample values of the monitored metric and batch means of every metric (or a quarantined
+        result saying why the batch could not be evaluated)."""
         t0 = time.perf_counter()
         with self._lock:
             model, version = self._model, self._version
-        with torch.inference_mode():
-            x = batch.x.to(self.device, non_blocking=True)
-            y = batch.y.to(self.device, non_blocking=True)
-            out = model(x)
-            metrics = self.harness.metrics(out, y)
-        values = metrics[self.metric].detach().float().cpu().numpy().astype(np.float32)
-        extra = self._label_free(model, x, out) if self.label_free is not None else {}
-        means = {k: float(v.float().mean()) for k, v in metrics.items()}
+        reason = self.check_batch(batch)
+        if reason is not None:
+            return self._quarantine(batch_id, batch, version, reason, t0)
+        try:
+            with torch.inference_mode():
+                x = batch.x.to(self.device, non_blocking=True)
+                y = batch.y.to(self.device, non_blocking=True)
+                out = model(x)
+                metrics = self.harness.metrics(out, y)
+            values = metrics[self.metric].detach().float().cpu().numpy().astype(np.float32)
+        except Exception as exc:  # noqa: BLE001 - bad input must never crash a monitor
+            return self._quarantine(batch_id, batch, version, f"the model raised {type(exc).__name__}: {exc}", t0)
+        if values.shape != (len(batch.y),) or not np.isfinite(values).all():
+            return self._quarantine(
+                batch_id, batch, version, f"non-finite or mis-shaped '{self.metric}' values {values.shape}", t0
+            )
+        try:
+            extra = self._label_free(model, x, out) if self.label_free is not None else {}
+            means = {k: float(v.float().mean()) for k, v in metrics.items()}
+        except Exception as exc:  # noqa: BLE001 - e.g. a harness's features() failing on this batch
+            return self._quarantine(
+                batch_id, batch, version, f"the label-free signal raised {type(exc).__name__}: {exc}", t0
+            )
+        if self._input_spec is None:
+            self._input_spec = (tuple(batch.x.shape[1:]), batch.x.dtype)
         self.batches_evaluated += 1
         self.samples_evaluated += len(values)
         seconds = time.perf_counter() - t0
@@ -100,7 +157,7 @@ class Monitor:
             metrics=means,
             monitor=self.name,
             eval_seconds=seconds,
-            **extra,
+            **extra,  # type: ignore[arg-type]
         )
 
     def _label_free(self, model: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> dict[str, np.ndarray]:
@@ -125,4 +182,5 @@ class Monitor:
             "samples": self.samples_evaluated,
             "torch_threads": torch.get_num_threads(),
             "eval_seconds": self.eval_seconds,
+            "quarantined": self.quarantined,
         }

@@ -360,6 +360,14 @@ class MetricsWriter:
         _atomic_write_text(self.path, buf.getvalue())
         self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
 
+    def flush(self) -> None:
+        """Flush what was written (rows are flushed as written; this also covers the header)."""
+        if self._file is not None:
+            if not self._header_written and self.columns:
+                csv.writer(self._file).writerow(self.columns)
+                self._header_written = True
+            self._file.flush()
+
     def close(self) -> None:
         """Close the file (idempotent). A writer closed before any row leaves the header, if known."""
         if self._file is None:

@@ -11,8 +11,9 @@ update trains on depends only on the stream and the drift batch id, never on sch
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,12 @@ class StreamState:
         max_batches: int | None = None,
         memory_policy: str = "reservoir",
         memory_max_bytes: int | None = None,
+        max_batches_per_second: float | None = None,
     ) -> None:
         self.window_batches = window_batches
+        self.max_batches_per_second = max_batches_per_second
+        self._next_serve_time = 0.0
+        self._skip: set[int] = set()  # quarantined batch ids: never trained on
         self.memory_size = memory_size
         self.seed = seed
         self.max_batches = max_batches
@@ -92,10 +97,17 @@ class StreamState:
 
     def next_batches(self, k: int) -> list[tuple[BatchMeta, Batch]]:
         """Up to ``k`` next batches with their ids; an empty list at the stream's end."""
-        out = []
+        out: list[tuple[BatchMeta, Batch]] = []
         for _ in range(k):
             if self._cursor >= self._produced and not self._produce():
                 break
+            if self.max_batches_per_second:  # pace: at most this many batches per second
+                now = time.monotonic()
+                if self._next_serve_time > now:
+                    if out:
+                        break  # hand out what is ready rather than hold it back
+                    time.sleep(self._next_serve_time - now)
+                self._next_serve_time = max(now, self._next_serve_time) + 1.0 / self.max_batches_per_second
             batch = self._pending[self._cursor]
             out.append((BatchMeta(self._cursor, batch.regime, len(batch.y)), batch))
             self._cursor += 1
@@ -115,32 +127,60 @@ class StreamState:
         return self._exhausted and self._cursor >= self._produced
 
     # --- committing ----------------------------------------------------------------------------
-    def commit(self, upto: int) -> None:
+    def quarantine(self, batch_ids: Iterable[int]) -> None:
+        """Mark batches a monitor could not evaluate: committing them skips the window and the memory."""
+        self._skip.update(int(b) for b in batch_ids if int(b) >= self._committed)
+
+    def commit(self, upto: int, quarantined: Iterable[int] = ()) -> None:
         """Accept batches with id <= ``upto`` (their results were taken by the detector), in order.
 
         A committed batch joins the recent window; a batch pushed out of the window joins the replay
-        memory. So the memory holds history *older* than the window an update trains on.
+        memory. So the memory holds history *older* than the window an update trains on. Quarantined
+        batches (``quarantined`` or :meth:`quarantine`) are committed without joining either.
         """
+        self.quarantine(quarantined)
         while self._committed <= upto and self._committed in self._pending:
             batch = self._pending.pop(self._committed)
+            if self._committed in self._skip:
+                self._skip.discard(self._committed)
+                self._committed += 1
+                continue
             if len(self._window) == self._window.maxlen:
                 old = self._window[0]
                 self._memory.add(old.x, old.y)
             self._window.append(batch)
             self._committed += 1
 
-    def update_data(self, upto: int) -> UpdateData:
-        """Commit up to the drift batch ``upto``; the recent window and the replay memory to train on."""
+    def catch_up(self, upto: int, quarantined: Iterable[int] = ()) -> None:
+        """Produce and commit every batch up to ``upto`` (after a restore from an older state, for
+        batches that were accepted since), then serve from ``upto + 1``."""
+        while self._produced <= upto and self._produce():
+            pass
+        self.commit(upto, quarantined)
+        self._cursor = max(self._cursor, self._committed)
+
+    def update_data(self, upto: int, holdout_batches: int = 0) -> UpdateData:
+        """Commit up to the drift batch ``upto``; the recent window and the replay memory to train on.
+
+        With ``holdout_batches`` the newest batches of the window are returned apart (``holdout_x``,
+        ``holdout_y``) for the promotion gate, as long as at least one batch is left to train on.
+        """
         self.commit(upto)
         window = list(self._window)
+        if not window:
+            raise ValueError("no committed batch to train on: the window is empty")
+        h = min(holdout_batches, len(window) - 1)
+        train, held = (window[:-h], window[-h:]) if h > 0 else (window, [])
         mem_x, mem_y = self._memory.tensors()
         return UpdateData(
-            window_x=torch.cat([b.x for b in window]),
-            window_y=torch.cat([b.y for b in window]),
+            window_x=torch.cat([b.x for b in train]),
+            window_y=torch.cat([b.y for b in train]),
             memory_x=mem_x,
             memory_y=mem_y,
             memory_ids=self._memory.ids(),
             memory_logits=self._memory.logits(),
+            holdout_x=torch.cat([b.x for b in held]) if held else None,
+            holdout_y=torch.cat([b.y for b in held]) if held else None,
         )
 
     # --- reporting / state -----------------------------------------------------------------------
@@ -150,11 +190,47 @@ class StreamState:
     def memory_size_now(self) -> int:
         return len(self._memory)
 
+    @property
+    def committed(self) -> int:
+        """Batch ids below this are committed."""
+        return self._committed
+
     def state_dict(self) -> dict[str, Any]:
+        """The committed state (tensors and plain values: ``torch.save`` / ``weights_only`` safe).
+
+        Batches served but not committed are not part of it: after :meth:`load_state_dict` they are
+        produced again from the stream and served from ``committed`` on.
+        """
         return {
-            "produced": self._produced,
-            "cursor": self._cursor,
             "committed": self._committed,
+            "window": [{"x": b.x, "y": b.y, "regime": int(b.regime)} for b in self._window],
             "memory": self._memory.state_dict(),
-            "regime_starts": list(self._regime_starts),
+            "regime_starts": [[int(r), int(b)] for r, b in self._regime_starts],
+            "skip": sorted(self._skip),
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` on a fresh stream of the same harness, seed and options.
+
+        The stream's first ``committed`` batches are produced again and skipped (a harness stream is
+        a function of its options and seed), so this costs producing them, not evaluating them.
+        """
+        if self._produced:
+            raise RuntimeError("load_state_dict needs a fresh StreamState (no batch produced yet)")
+        committed = int(state["committed"])
+        for _ in range(committed):
+            try:
+                next(self._iter)
+            except StopIteration:
+                raise ValueError(
+                    f"the stream ended after {self._produced} batches while resuming at batch {committed}: "
+                    "it is not the stream the checkpoint was taken from"
+                ) from None
+            self._produced += 1
+        self._cursor = self._committed = committed
+        self._window.clear()
+        for b in state["window"]:
+            self._window.append(Batch(b["x"], b["y"], int(b["regime"])))
+        self._memory.load_state_dict(state["memory"])
+        self._regime_starts = [(int(r), int(b)) for r, b in state["regime_starts"]]
+        self._skip = {int(b) for b in state.get("skip", [])}

@@ -15,6 +15,8 @@ import pickle
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from raydrift.safe_pickle import safe_loads
+
 __all__ = ["ControlChart", "DriftDetector", "InvalidParam", "NativeDetector", "RiverDetector", "check_param"]
 
 
@@ -137,8 +139,9 @@ class RiverDetector(DriftDetector):
     defaults), validate them with :func:`check_param`, store each under the same attribute name and
     call :meth:`_build`. The River object is rebuilt from :meth:`river_params` on :meth:`reset`.
 
-    The state is the pickled River object plus the constructor arguments: it is only ever produced
-    and read by raydrift itself (in memory or in Ray's object store), never loaded from a user path.
+    The state is the pickled River object plus the constructor arguments (River has no other state
+    format); it is read back with :func:`raydrift.safe_pickle.safe_loads`, which only builds River's
+    and numpy's classes, so a checkpoint altered on disk cannot run code.
     """
 
     river_cls: ClassVar[type[Any]]
@@ -177,8 +180,9 @@ class RiverDetector(DriftDetector):
             raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
         for key, value in state["params"].items():
             setattr(self, key, value)
-        # raydrift's own state (see the class docstring): never unpickled from an untrusted source.
-        self._river = pickle.loads(state["river"])
+        # raydrift's own state, read with an allowlist (River's classes, numpy): a checkpoint file
+        # altered on disk cannot make this call run code (raydrift.safe_pickle)
+        self._river = safe_loads(state["river"])
 
 
 class NativeDetector(DriftDetector):

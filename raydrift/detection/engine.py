@@ -131,6 +131,10 @@ class BatchResult:
     features : np.ndarray or None
         Label-free signal, optional: per-sample input or embedding features, float32, shape
         ``(n, d)``.
+    quarantined : str or None
+        Why the batch could not be evaluated (NaN/inf inputs, a wrong shape or dtype, the model
+        raised, ...), or None. A quarantined result has no values; the engine counts it, skips it
+        in stream order and feeds nothing from it to a detector.
     """
 
     batch_id: int
@@ -143,6 +147,7 @@ class BatchResult:
     confidence: np.ndarray | None = None
     entropy: np.ndarray | None = None
     features: np.ndarray | None = None
+    quarantined: str | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
@@ -307,17 +312,23 @@ class DetectionOutput:
         The batch id the engine processes next.
     warnings : list[int]
         Batch ids where a warning zone started during this call.
+    batches : list[dict]
+        One row per batch processed by this call, in stream order (``batches.csv``): ``batch_id``,
+        ``regime``, ``version``, ``n``, ``value`` (mean of the monitored metric), ``monitor``,
+        ``status`` (``ok`` or ``quarantined``) and ``reason``.
     """
 
     events: list[DriftEvent] = field(default_factory=list)
     intervals: list[IntervalRecord] = field(default_factory=list)
     next_batch: int = 0
     warnings: list[int] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: DetectionOutput) -> None:
         self.events.extend(other.events)
         self.intervals.extend(other.intervals)
         self.warnings.extend(other.warnings)
+        self.batches.extend(other.batches)
         self.next_batch = other.next_batch
 
 
@@ -463,6 +474,8 @@ _COUNTERS = (
     "updates",
     "warnings",
     "label_free_alarms",
+    "quarantined",
+    "not_fed",
 )
 
 
@@ -525,6 +538,8 @@ class DetectionEngine:
         self._buffer: dict[int, BatchResult] = {}
         self._paused = False
         self._version = 0
+        self._held = False  # an update trains while monitoring continues: feed no detector
+        self._feed_from = 0  # results of older model versions are recorded but not fed
         self._alarms_from = cfg.warmup_batches  # processed-batch count from which alarms count
         self._recent_samples = MIN_RECENT_SAMPLES
         self._interval: _OpenInterval | None = None
@@ -646,6 +661,37 @@ class DetectionEngine:
             self._warning_since = None
         self._stats["updates"] += 1
 
+    def hold(self) -> None:
+        """An update is training while monitoring continues (``monitor.on_drift: continue``).
+
+        Results are still processed in order, recorded in intervals and rows, but no detector is fed
+        until :meth:`release`: the old model's metric on the new data would only raise the same alarm
+        again.
+        """
+        self._held = True
+
+    def release(self, version: int) -> None:
+        """The update ended: feed detectors again, from results of model ``version`` on.
+
+        ``version`` is the new model's version when its weights went live, or the current one when the
+        update failed or was rejected. Results of older versions still in flight are recorded but not
+        fed. Alarms are suppressed for ``cooldown_batches`` batches; with ``reset_after_update`` the
+        detector and the direction reference are cleared; the label-free reference window is refreshed
+        when the version is new.
+        """
+        new = version > self._feed_from
+        self._held = False
+        self._feed_from = max(self._feed_from, version)
+        self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
+        if self._lf_detector is not None and (self.cfg.reset_after_update or new):
+            self._lf_detector.reset()
+        if self.cfg.reset_after_update:
+            self._detector.reset()
+            self._reference.clear()
+            self._warning_since = None
+        if new:
+            self._stats["updates"] += 1
+
     def finish(self) -> list[IntervalRecord]:
         """Flush at the end of the stream: the partial interval (and any pending one), closed.
 
@@ -761,12 +807,30 @@ class DetectionEngine:
 
     def _process(self, r: BatchResult, out: DetectionOutput) -> None:
         cfg = self.cfg
+        row = {
+            "batch_id": r.batch_id,
+            "regime": r.regime,
+            "version": r.version,
+            "n": r.n,
+            "value": float(np.mean(r.values, dtype=np.float64)) if r.n else float("nan"),
+            "monitor": r.monitor,
+            "status": "ok" if r.quarantined is None else "quarantined",
+            "reason": r.quarantined or "",
+        }
+        out.batches.append(row)
+        if r.quarantined is not None:  # counted and skipped: nothing to feed or aggregate
+            self._stats["quarantined"] += 1
+            self._next = r.batch_id + 1
+            return
         allowed = self._stats["batches"] >= self._alarms_from
         self._recent_samples = max(self._recent_samples, r.n)
         before = self._stats["samples"]
         event: DriftEvent | None = None
-        lf = self._label_free_values(r)
-        if r.n > 0 and (cfg.granularity == "sample" or lf is not None):
+        feed = not self._held and r.version >= self._feed_from
+        if not feed:
+            self._stats["not_fed"] += 1
+        lf = self._label_free_values(r) if feed else None
+        if feed and r.n > 0 and (cfg.granularity == "sample" or lf is not None):
             vals = r.values.astype(np.float64)
             fed = ((1.0 - vals) if self.higher_is_better else vals).tolist()
             per_sample = cfg.granularity == "sample"
@@ -777,7 +841,7 @@ class DetectionEngine:
                 if lf is not None and self._feed_label_free(lf[i], allowed, r.batch_id, out):
                     event = self._event(r, before + i + 1, label_free=True)
                     break
-        if event is None and r.n > 0 and cfg.granularity == "batch":
+        if feed and event is None and r.n > 0 and cfg.granularity == "batch":
             mean = float(np.mean(r.values, dtype=np.float64))
             x = 1.0 - mean if self.higher_is_better else mean
             if self._feed(x, float(r.n), allowed, r.batch_id, out):
@@ -791,7 +855,7 @@ class DetectionEngine:
         self._next = r.batch_id + 1
 
         complete = self._interval.n_batches >= cfg.interval
-        if event is None and complete and cfg.granularity == "interval" and self._interval.batch_means:
+        if feed and event is None and complete and cfg.granularity == "interval" and self._interval.batch_means:
             agg = self._interval.value(cfg.aggregation)
             x = 1.0 - agg if self.higher_is_better else agg
             if self._feed(x, float(self._interval.n_samples), allowed, r.batch_id, out):
@@ -820,6 +884,8 @@ class DetectionEngine:
             "next": self._next,
             "buffer": list(self._buffer.values()),
             "paused": self._paused,
+            "held": self._held,
+            "feed_from": self._feed_from,
             "version": self._version,
             "alarms_from": self._alarms_from,
             "recent_samples": self._recent_samples,
@@ -845,6 +911,8 @@ class DetectionEngine:
         self._next = state["next"]
         self._buffer = {r.batch_id: r for r in state["buffer"]}
         self._paused = state["paused"]
+        self._held = bool(state.get("held", False))
+        self._feed_from = int(state.get("feed_from", 0))
         self._version = state["version"]
         self._alarms_from = state["alarms_from"]
         self._recent_samples = state["recent_samples"]

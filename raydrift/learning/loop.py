@@ -74,6 +74,8 @@ class UpdateData:
         (e.g. DER++'s recorded logits) follow a sample across updates.
     memory_logits : Tensor, optional
         Recorded logits of the memory samples (:meth:`ReplayMemory.logits`; NaN rows: none recorded).
+    holdout_x, holdout_y : Tensor, optional
+        The newest window batches, held out of training for the promotion gate (not trained on).
     """
 
     window_x: Tensor
@@ -82,6 +84,8 @@ class UpdateData:
     memory_y: Tensor
     memory_ids: Tensor | None = None
     memory_logits: Tensor | None = None
+    holdout_x: Tensor | None = None
+    holdout_y: Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:

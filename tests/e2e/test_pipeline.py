@@ -50,7 +50,11 @@ def events(summary: dict[str, Any]) -> list[tuple[int, int, str]]:
 def trained_run(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One run with a real Ray Train worker and MLflow logging."""
     tmp = tmp_path_factory.mktemp("trained")
-    return run(tmp, "monitor.num_monitors=1", "train.num_workers=1", "logging.backend=mlflow")
+    # on_drift pause: the stream is faster than a Ray Train start-up, so with `continue` the stream
+    # would end before the new weights go live (tests/e2e/test_reliability.py covers `continue`)
+    return run(
+        tmp, "monitor.num_monitors=1", "train.num_workers=1", "logging.backend=mlflow", "monitor.on_drift=pause"
+    )
 
 
 def test_drift_is_detected_after_a_regime_change(trained_run: dict[str, Any]) -> None:
@@ -76,7 +80,10 @@ def test_update_raises_the_new_regime_accuracy(trained_run: dict[str, Any]) -> N
             upd["training_seconds"] > 0 and upd["broadcasting_seconds"] >= 0 and upd["waiting_seconds"] >= 0
         )
         assert upd["total_seconds"] >= upd["training_seconds"]
-        assert upd["window_samples"] == 6 * 32
+        # the newest window batch is held out of training for the promotion gate
+        assert upd["status"] == "promoted" and upd["gate"]["promote"]
+        assert upd["window_samples"] == 5 * 32 and upd["gate"]["holdout_samples"] == 32
+        assert upd["gate"]["holdout_new"] >= upd["gate"]["holdout_current"]
 
 
 def test_every_monitor_ends_on_the_new_version(trained_run: dict[str, Any]) -> None:
@@ -107,6 +114,11 @@ def test_summary_and_outputs_are_complete(trained_run: dict[str, Any]) -> None:
         recs = list(csv.DictReader(f))
     covered = [b for r in recs for b in range(int(r["first_batch"]), int(r["last_batch"]) + 1)]
     assert sorted(covered) == list(range(48))
+    # batches.csv: every batch id exactly once, in order
+    with open(run_dir / "batches.csv") as f:
+        batch_rows = list(csv.DictReader(f))
+    assert [int(r["batch_id"]) for r in batch_rows] == list(range(48))
+    assert {r["status"] for r in batch_rows} == {"ok"}
     assert sum(int(r["n_samples"]) for r in recs) == 48 * 32
     assert (run_dir / "plots" / "monitored_metric.png").stat().st_size > 1000
 
@@ -133,7 +145,9 @@ def test_trainer_worker_uses_its_cpus(trained_run: dict[str, Any]) -> None:
 def in_process_runs(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """The same config with 1 and 3 monitors, and the 1-monitor run again (TorchTrainer in local mode)."""
     tmp = tmp_path_factory.mktemp("inproc")
-    common = ("train.num_workers=0", "logging.backend=none", "logging.plots=false")
+    # on_drift pause: the batches after each update's window are evaluated with the new weights only,
+    # so the run does not depend on timing
+    common = ("train.num_workers=0", "logging.backend=none", "logging.plots=false", "monitor.on_drift=pause")
     return {
         "one": run(tmp, "monitor.num_monitors=1", "monitor.num_cpus=2", *common),
         "three": run(tmp, "monitor.num_monitors=3", "monitor.num_cpus=0.5", *common),
