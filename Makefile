@@ -9,7 +9,7 @@ CONFIG ?= configs/mnist.yaml
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean bench
+.PHONY: install run test lint typecheck check clean bench bench-pipeline
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy raydrift
 
 check: lint typecheck test
+
+# issue 8's pipeline benchmark (~10 min on 2 cores; PIPELINE_ARGS=--quick for a smoke run)
+bench-pipeline: $(STAMP)
+	nice -n 10 $(BIN)/python benchmarks/pipeline.py $(PIPELINE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
