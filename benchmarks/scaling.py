@@ -81,17 +81,23 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
                 timing["cpu0"], timing["wall0"] = time.process_time(), time.perf_counter()
             super().log(msg, level)
 
-        def _loop(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-            timing["cpu0"], timing["wall0"] = time.process_time(), time.perf_counter()
-            super()._loop(*args, **kwargs)
-            timing["loop_cpu"] = time.process_time() - timing["cpu0"]
-            timing["loop_wall"] = time.perf_counter() - timing["wall0"]
-            # the broadcast fan-out, as the coordinator does it after an update
-            w = to_numpy(nn.Linear(4, 2).state_dict())
-            t0 = time.perf_counter()
-            ref = ray.put(w)
-            ray.get([m.set_weights.remote(10**6, ref) for m in self._monitors])
-            timing["broadcast"] = time.perf_counter() - t0
+    import raydrift.coordinator as coordinator_module
+
+    loop_run = coordinator_module._Loop.run
+
+    def timed_run(loop: Any, checkpoint: Any) -> None:
+        timing["cpu0"], timing["wall0"] = time.process_time(), time.perf_counter()
+        loop_run(loop, checkpoint)
+        timing["loop_cpu"] = time.process_time() - timing["cpu0"]
+        timing["loop_wall"] = time.perf_counter() - timing["wall0"]
+        # the broadcast fan-out, as the coordinator does it after an update
+        w = to_numpy(nn.Linear(4, 2).state_dict())
+        t0 = time.perf_counter()
+        ref = ray.put(w)
+        ray.get([m.set_weights.remote(10**6, ref) for m in loop.c.monitors])
+        timing["broadcast"] = time.perf_counter() - t0
+
+    coordinator_module._Loop.run = timed_run  # type: ignore[method-assign]
 
     cfg = build_config(
         None,
@@ -118,7 +124,10 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
     run_dir = tmp / f"m{num_monitors}"
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = TimedCoordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+    try:
+        summary = TimedCoordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+    finally:
+        coordinator_module._Loop.run = loop_run  # type: ignore[method-assign]
     total = time.perf_counter() - t0
     assert summary["stream"]["batches"] == batches, summary["stream"]
     n = summary["stream"]["batches"]

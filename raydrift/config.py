@@ -201,8 +201,12 @@ class PromotionConfig(_Section):
     tolerance: float = Field(
         0.0, ge=0, description="the new weights may be worse than the current ones on the holdout by this much"
     )
-    max_memory_drop: float = Field(
-        0.05, ge=0, description="the new weights may lose at most this much of the monitored metric on the memory"
+    max_memory_drop: float | None = Field(
+        None,
+        ge=0,
+        description="the new weights may lose at most this much of the monitored metric on the replay memory "
+        "(null: not checked; set it when old regimes must keep working, leave it off for concept drift "
+        "where old labels are obsolete)",
     )
 
 

@@ -740,6 +740,7 @@ class _Loop:
             ray.get(c._detector.load_state_dict.remote(checkpoint["detector"]))
         ray.get([m.stats.remote() for m in c.monitors])  # actors are up
         self.snapshot(write=False)
+        self.t_mon = time.perf_counter()  # monitoring time starts now, not with the actors' start-up
         c.log(
             f"{len(c.monitors)} monitor(s), detector '{cfg.drift_detection.detector}' on {self.metric} "
             f"({cfg.drift_detection.granularity} granularity), strategy '{cfg.continual_learning.strategy}', "
@@ -1071,8 +1072,9 @@ class _Loop:
         reasons = []
         if hold_cur is not None and hold_new is not None and sign * (hold_new - hold_cur) < -pc.tolerance:
             reasons.append(f"holdout {self.metric} {hold_new:.3f} < current {hold_cur:.3f} - tolerance {pc.tolerance}")
-        if mem_cur is not None and mem_new is not None and sign * (mem_new - mem_cur) < -pc.max_memory_drop:
-            reasons.append(f"memory {self.metric} {mem_new:.3f} dropped more than {pc.max_memory_drop} from {mem_cur:.3f}")
+        drop = pc.max_memory_drop
+        if drop is not None and mem_cur is not None and mem_new is not None and sign * (mem_new - mem_cur) < -drop:
+            reasons.append(f"memory {self.metric} {mem_new:.3f} dropped more than {drop} from {mem_cur:.3f}")
         return {
             "promote": not reasons,
             "reason": "; ".join(reasons),
@@ -1266,6 +1268,14 @@ class _Loop:
             }
         )
         summary["model_version"] = c.version
+        late = [u for u in ups if u.get("on_drift") == "continue" and u["live_batch_id"] >= self.processed - 1]
+        if late:
+            c.log(
+                f"note: the stream ended while update v{late[-1]['version']} was training, "
+                f"{late[-1]['samples_during_update']} samples were monitored with the old weights meanwhile; "
+                "for a recorded stream replayed faster than an update, use monitor.on_drift: pause "
+                "(or pace it with stream.max_batches_per_second)"
+            )
         if cfg.logging.save_weights:
             save_weights(self.weights, c.run_dir / "weights.pt")  # type: ignore[operator]
         self.snapshot()

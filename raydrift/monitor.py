@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from typing import Any
@@ -64,7 +65,10 @@ class Monitor:
         self._input_spec: tuple[tuple[int, ...], torch.dtype] | None = None  # of the first good batch
 
     def _build(self, weights: Weights) -> torch.nn.Module:
-        model = self.harness.build_model()
+        """A new model object holding ``weights``: a copy of the current model's structure (no fresh
+        random initialisation, which costs more than the copy), or the harness's model the first time."""
+        current = getattr(self, "_model", None)
+        model = copy.deepcopy(current) if current is not None else self.harness.build_model()
         load_into(model, weights)
         return model.to(self.device).eval()
 

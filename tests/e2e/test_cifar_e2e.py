@@ -21,6 +21,7 @@ OVERRIDES = [
     "verbosity=0",
     "device=cpu",
     "model.harness=cifar",
+    "monitor.on_drift=pause",  # a replayed stream, faster than an update
     "model.pretrain_epochs=3",
     "model.pretrain_lr=0.003",
     "data.source=synthetic",

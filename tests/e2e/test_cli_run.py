@@ -20,7 +20,7 @@ verbosity: 1
 model: {harness: synthetic}
 data: {regime_batches: REGIME_BATCHES, num_regimes: 3}
 stream: {batch_size: 32}
-monitor: {num_monitors: 1, num_cpus: 0.5}
+monitor: {num_monitors: 1, num_cpus: 0.5, on_drift: pause}
 drift_detection: {warmup_batches: 3, cooldown_batches: 2}
 continual_learning: {memory_size: 200, window_batches: 6}
 train: {num_workers: 0, epochs: 10, batch_size: 32, lr: 0.01}

@@ -40,6 +40,7 @@ def config(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
         [
             "verbosity=0",
             "model.harness=synthetic",
+            "monitor.on_drift=pause",  # a replayed stream, faster than an update
             "data.regime_batches=12",
             "data.num_regimes=2",
             "stream.batch_size=32",

@@ -36,6 +36,7 @@ OVERRIDES = [
     "name=jobsubmit",
     "verbosity=1",
     "model.harness=synthetic",
+    "monitor.on_drift=pause",  # a replayed stream, faster than an update
     "data={num_regimes: 2, regime_batches: 12}",
     "stream.batch_size=32",
     "monitor.num_monitors=1",

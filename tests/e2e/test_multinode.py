@@ -27,9 +27,12 @@ BASE = [
     "seed=0",
     "verbosity=0",
     "model.harness=synthetic",
+    "monitor.on_drift=pause",  # a replayed stream, faster than an update
     "data.num_regimes=3",
     "data.regime_batches=24",
     "stream.batch_size=32",
+    # ~7 s of stream: Ray exports metrics every few seconds, a shorter run may end between two exports
+    "stream.max_batches_per_second=10",
     "monitor.num_monitors=2",
     "monitor.num_cpus=0.5",
     "monitor.resources={monitor_node: 1}",

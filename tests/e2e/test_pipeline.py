@@ -51,7 +51,7 @@ def trained_run(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """One run with a real Ray Train worker and MLflow logging."""
     tmp = tmp_path_factory.mktemp("trained")
     # on_drift pause: the stream is faster than a Ray Train start-up, so with `continue` the stream
-    # would end before the new weights go live (tests/e2e/test_reliability.py covers `continue`)
+    # would end before the new weights go live (tests/e2e/test_fault_injection.py covers `continue`)
     return run(
         tmp, "monitor.num_monitors=1", "train.num_workers=1", "logging.backend=mlflow", "monitor.on_drift=pause"
     )

@@ -12,6 +12,7 @@ from raydrift.coordinator import Coordinator
 BASE = [
     "verbosity=0",
     "model.harness=synthetic",
+    "monitor.on_drift=pause",  # a replayed stream, faster than an update
     "data.regime_batches=14",
     "data.num_regimes=3",
     "stream.batch_size=32",
@@ -20,6 +21,9 @@ BASE = [
     "drift_detection.cooldown_batches=2",
     "continual_learning.memory_size=200",
     "continual_learning.window_batches=6",
+    # ADWIN alarms ~10 samples into a regime: 5 more batches give the window 5 of the new regime plus
+    # the one held out for the promotion gate
+    "continual_learning.post_drift_batches=5",
     "train.num_workers=0",
     "train.epochs=8",
     "train.batch_size=32",

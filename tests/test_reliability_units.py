@@ -1,5 +1,5 @@
 """Reliability building blocks without Ray: quarantine, stream resume, engine hold/release, the
-allowlist unpickler, checkpoint files (the fault-injection tests are in tests/e2e/test_reliability.py)."""
+allowlist unpickler, checkpoint files (the fault-injection tests are in tests/e2e/test_fault_injection.py)."""
 
 from __future__ import annotations
 
