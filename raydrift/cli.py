@@ -88,7 +88,6 @@ def _stop_on_sigterm() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     run_dir = None
@@ -98,11 +97,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume).resolve()
         if not run_dir.is_dir():
             raise UserError(f"--resume '{args.resume}' is not a directory: give the directory of an earlier run")
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
+        if (run_dir / "summary.json").is_file():
+            from raydrift.report import load_summary
+
             try:
-                status = json.loads(summary_path.read_text())["run"]["status"]
-            except Exception:  # noqa: BLE001 - a damaged summary does not stop a resume
+                status = load_summary(run_dir)["run"]["status"]
+            except (UserError, KeyError, TypeError):  # a damaged summary does not stop a resume
                 status = None
             if status == "completed":
                 raise UserError(f"run '{run_dir}' already completed: nothing to resume")

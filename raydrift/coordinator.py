@@ -25,7 +25,6 @@ since, a dead stream reader is restored from its snapshot and caught up; a faile
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import time
@@ -49,7 +48,15 @@ from raydrift.harness import Harness, build_harness
 from raydrift.learning.loop import UpdateData, evaluate, pretrain
 from raydrift.learning.metrics import cl_summary
 from raydrift.metrics import RunMetrics
-from raydrift.report import MetricsWriter, export_csv, format_summary, make_plots, write_summary
+from raydrift.report import (
+    MetricsWriter,
+    export_csv,
+    format_summary,
+    make_plots,
+    summary_from_json,
+    summary_to_json,
+    write_summary,
+)
 from raydrift.stream import BatchMeta
 from raydrift.tracking import Tracker, make_tracker
 from raydrift.update import UpdateOutcome, Updater, copy_run_outputs, train_storage
@@ -234,10 +241,10 @@ class Coordinator:
             )
 
     # --- the run -------------------------------------------------------------------------------
-    def _new_summary(self, harness: Harness, metric: str, higher_is_better: bool, started: dt.datetime) -> dict[str, Any]:
+    def _new_summary(
+        self, regimes: list[int], names: dict[int, str], metric: str, higher_is_better: bool, started: dt.datetime
+    ) -> dict[str, Any]:
         cfg = self.cfg
-        regimes = sorted(harness.test_sets())
-        names = harness.regime_names()
         return {  # the schema is in raydrift/report.py
             "run": {
                 "name": cfg.name,
@@ -308,12 +315,12 @@ class Coordinator:
         regimes = sorted(test_sets)
         if checkpoint is None:
             model = self._initial_model(harness, device)
-            summary = self._new_summary(harness, metric, higher_is_better, started)
+            summary = self._new_summary(regimes, harness.regime_names(), metric, higher_is_better, started)
         else:
             torch.manual_seed(cfg.seed)
             model = harness.build_model().to(device)
             load_into(model, checkpoint["weights"])
-            summary = json.loads(checkpoint["summary"])
+            summary = summary_from_json(checkpoint["summary"])
             summary["run"].setdefault("resumed", []).append(
                 {"at": started.isoformat(timespec="seconds"), "batch_id": int(checkpoint["processed"])}
             )
@@ -618,13 +625,34 @@ class _Loop:
             )
         self.c.log(f"warning: {detail}; recovered (restart {self.restarts[role]}/{limit})")
 
+    @staticmethod
+    def _kill(handle: Any) -> None:
+        try:
+            ray.kill(handle)
+        except Exception:  # noqa: BLE001 - it is dead already
+            pass
+
+    def _forget_in_flight(self) -> None:
+        """Drop the books of dispatched and queued batches (they will be served again)."""
+        self.inflight.clear()
+        self.queue.clear()
+        self.load = [0] * len(self.c.monitors)
+        for b in [b for b in self.batch_regime if b >= self.processed]:
+            self.batch_regime.pop(b)
+
+    def _with_recovery(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()``, recovering a dead actor and retrying when it fails for that reason."""
+        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
+            try:
+                return call()
+            except _ACTOR_ERRORS as exc:
+                self.recover(exc)
+        raise RuntimeError(f"{what} failed repeatedly")
+
     def replace_monitor(self, i: int) -> None:
         """A dead monitor: a new one with the current weights; its in-flight batches go out again."""
         self._count_restart("monitor", f"monitor {i} died")
-        try:
-            ray.kill(self.c.monitors[i])
-        except Exception:  # noqa: BLE001 - it is dead already
-            pass
+        self._kill(self.c.monitors[i])
         self.c.monitors[i] = self._make_monitor(i)
         again = [(meta, bref) for t, (meta, j, bref) in list(self.inflight.items()) if j == i]
         for t in [t for t, (_, j, _) in self.inflight.items() if j == i]:
@@ -635,10 +663,7 @@ class _Loop:
     def restore_detector(self) -> None:
         """A dead detector: a new one from the snapshot, re-fed every call made since."""
         self._count_restart("detector", "the detector died")
-        try:
-            ray.kill(self.c._detector)
-        except Exception:  # noqa: BLE001
-            pass
+        self._kill(self.c._detector)
         det = self._make_detector()
         if self.det_snapshot is not None:
             ray.get(det.load_state_dict.remote(self.det_snapshot))
@@ -652,22 +677,15 @@ class _Loop:
     def restore_stream(self) -> None:
         """A dead stream reader: a new one from the snapshot, caught up to the accepted position."""
         self._count_restart("stream", "the stream reader died")
-        try:
-            ray.kill(self.c._stream)
-        except Exception:  # noqa: BLE001
-            pass
+        self._kill(self.c._stream)
         st = self._make_stream()
         if self.stream_snapshot is not None:
             ray.get(st.load_state_dict.remote(self.stream_snapshot))
         ray.get(st.catch_up.remote(self.processed - 1, sorted(self.quarantined)))
         self.c._stream = st
         # batches in flight were owned by the dead reader: serve them again
-        self.inflight.clear()
-        self.queue.clear()
-        self.load = [0] * len(self.c.monitors)
+        self._forget_in_flight()
         self.stream_done = False
-        for b in [b for b in self.batch_regime if b >= self.processed]:
-            self.batch_regime.pop(b)
 
     def recover(self, exc: BaseException, monitor: int | None = None) -> str:
         """Which actor died (restored now), or re-raise ``exc`` when none did."""
@@ -692,9 +710,7 @@ class _Loop:
         raise exc
 
     def restore_stream_refs(self) -> None:
-        self.inflight.clear()
-        self.queue.clear()
-        self.load = [0] * len(self.c.monitors)
+        self._forget_in_flight()
         ray.get(self.c._stream.rewind.remote(self.processed))
         self.stream_done = False
 
@@ -704,12 +720,9 @@ class _Loop:
         return getattr(self.c._detector, method).remote(*args)
 
     def stream_get(self, method: str, *args: Any) -> Any:
-        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
-            try:
-                return ray.get(getattr(self.c._stream, method).remote(*args))
-            except _ACTOR_ERRORS as exc:
-                self.recover(exc)
-        raise RuntimeError(f"stream reader call {method} failed repeatedly")
+        return self._with_recovery(
+            f"stream reader call {method}", lambda: ray.get(getattr(self.c._stream, method).remote(*args))
+        )
 
     # --- set-up ------------------------------------------------------------------------------------
     def start(self, checkpoint: dict[str, Any] | None) -> None:
@@ -752,14 +765,9 @@ class _Loop:
     # --- snapshots and checkpoints -------------------------------------------------------------------
     def snapshot(self, write: bool = True) -> None:
         """Snapshot the detector and the stream reader; with ``write``, also the on-disk checkpoint."""
-        while True:
-            try:
-                det_ref = self.c._detector.state_dict.remote()
-                stream_ref = self.c._stream.state_dict.remote()
-                self.det_snapshot, self.stream_snapshot = ray.get([det_ref, stream_ref])
-                break
-            except _ACTOR_ERRORS as exc:
-                self.recover(exc)
+        self.det_snapshot, self.stream_snapshot = self._with_recovery(
+            "snapshot", lambda: ray.get([self.c._detector.state_dict.remote(), self.c._stream.state_dict.remote()])
+        )
         self.det_log.clear()
         self.since_snapshot = 0
         rc = self.cfg.reliability
@@ -773,7 +781,7 @@ class _Loop:
                 "strategy_state": self.strategy_state,
                 "stream": self.stream_snapshot,
                 "detector": self.det_snapshot,
-                "summary": json.dumps(self.summary, default=str),
+                "summary": summary_to_json(self.summary),
                 "books": {
                     "samples": self.samples,
                     "monitor_seconds": self.monitor_seconds + time.perf_counter() - self.t_mon,
@@ -860,11 +868,7 @@ class _Loop:
         """Let in-flight batches finish and forget them (they are served again after a rewind)."""
         if self.inflight:
             ray.wait(list(self.inflight), num_returns=len(self.inflight))
-        self.inflight.clear()
-        self.queue.clear()
-        self.load = [0] * len(self.c.monitors)
-        for b in [b for b in self.batch_regime if b >= self.processed]:
-            self.batch_regime.pop(b)
+        self._forget_in_flight()
 
     def rewind(self, batch_id: int) -> None:
         self.stream_get("rewind", batch_id)
@@ -996,14 +1000,14 @@ class _Loop:
                 self.det_call("resume_after_update", upto + 1, c.version)
                 self.processed = upto + 1
             self.det_call("hold")
-        data_ref = None
-        for _ in range(cfg.reliability.max_actor_restarts + 2):
-            try:
-                data_ref = c._stream.update_data.remote(upto, cfg.promotion.holdout_batches if cfg.promotion.enabled else 0)
-                ray.get(data_ref)  # raise here if the stream reader died
-                break
-            except _ACTOR_ERRORS as exc:
-                self.recover(exc)
+        holdout = cfg.promotion.holdout_batches if cfg.promotion.enabled else 0
+
+        def fetch() -> Any:
+            ref = c._stream.update_data.remote(upto, holdout)
+            ray.get(ref)  # raise here if the stream reader died
+            return ref
+
+        data_ref = self._with_recovery("update data", fetch)
         t1 = time.perf_counter()
         event = col.event
         for cb in c.callbacks:
@@ -1058,17 +1062,19 @@ class _Loop:
         pc = self.cfg.promotion
         sign = 1.0 if self.higher_is_better else -1.0
 
-        def score(w: Weights, x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
-            if x is None or y is None or len(y) == 0:
-                return None
+        models = []
+        for w in (current, candidate):
             m = self.harness.build_model()
             load_into(m, w)
+            models.append(m)
+
+        def score(m: torch.nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> float | None:
+            if x is None or y is None or len(y) == 0:
+                return None
             return evaluate(m, self.harness, x, y).get(self.metric)
 
-        hold_cur, hold_new = score(current, data.holdout_x, data.holdout_y), score(
-            candidate, data.holdout_x, data.holdout_y
-        )
-        mem_cur, mem_new = score(current, data.memory_x, data.memory_y), score(candidate, data.memory_x, data.memory_y)
+        hold_cur, hold_new = (score(m, data.holdout_x, data.holdout_y) for m in models)
+        mem_cur, mem_new = (score(m, data.memory_x, data.memory_y) for m in models)
         reasons = []
         if hold_cur is not None and hold_new is not None and sign * (hold_new - hold_cur) < -pc.tolerance:
             reasons.append(f"holdout {self.metric} {hold_new:.3f} < current {hold_cur:.3f} - tolerance {pc.tolerance}")
@@ -1088,17 +1094,12 @@ class _Loop:
     def _broadcast(self, version: int) -> None:
         """Every monitor on ``version`` (a dead one is replaced, already with the new weights)."""
         c = self.c
-        for _ in range(self.cfg.reliability.max_actor_restarts + 2):
-            refs = [m.set_weights.remote(version, self.weights_ref) for m in c.monitors]
-            try:
-                acks = ray.get(refs)
-            except _ACTOR_ERRORS as exc:
-                self.recover(exc)
-                continue
-            if any(a != version for a in acks):
-                raise RuntimeError(f"monitors did not load version {version}: {acks}")
-            return
-        raise RuntimeError(f"broadcasting version {version} failed repeatedly")
+        acks = self._with_recovery(
+            f"broadcasting version {version}",
+            lambda: ray.get([m.set_weights.remote(version, self.weights_ref) for m in c.monitors]),
+        )
+        if any(a != version for a in acks):
+            raise RuntimeError(f"monitors did not load version {version}: {acks}")
 
     def finish_update(self) -> None:
         job, cfg, c = self.job, self.cfg, self.c

@@ -225,6 +225,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def summary_to_json(summary: Mapping[str, Any]) -> str:
+    """The summary as JSON text (NaN and numpy values made JSON-safe), as ``summary.json`` holds it."""
+    return json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n"
+
+
+def summary_from_json(text: str) -> Any:
+    """Parse :func:`summary_to_json` text, restoring integer dict keys (regime ids)."""
+    return json.loads(text, object_hook=_int_keys)
+
+
 def write_summary(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -> Path:
     """Write ``summary`` to ``<run_dir>/summary.json`` atomically; returns the path.
 
@@ -233,8 +243,7 @@ def write_summary(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -
     """
     path = Path(run_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n"
-    _atomic_write_text(path, text)
+    _atomic_write_text(path, summary_to_json(summary))
     return path
 
 
@@ -257,7 +266,7 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"'{d}' has no {SUMMARY_FILE}: not a raydrift run directory, or the run never started"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_hook=_int_keys)
+        data = summary_from_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(
             f"'{path}' cannot be read ({type(exc).__name__}: {exc}); the run may have crashed"

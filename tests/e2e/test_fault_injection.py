@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,17 @@ def run(tmp_path: Path, *overrides: str, callbacks: tuple[Callback, ...] = ()) -
     run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
     run_dir.mkdir()
     return Coordinator(cfg, run_dir=run_dir, console=lambda _: None, callbacks=callbacks).run()
+
+
+@contextmanager
+def harness_module(code_dir: Path, name: str, source: str) -> Iterator[None]:
+    """Write a harness module where the cluster's workers import from, and make the driver see it."""
+    (code_dir / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(code_dir))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(code_dir))
 
 
 def batch_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -175,10 +188,8 @@ class KillTrainWorker(Callback):
 
 def test_a_killed_train_worker_keeps_the_old_model_and_the_run_goes_on(ray_cluster: Path, tmp_path: Path) -> None:
     marker = tmp_path / "training"
-    (ray_cluster / "marking_harness.py").write_text(MARKING_HARNESS.format(marker=str(marker)))
     kill = KillTrainWorker(marker)
-    sys.path.insert(0, str(ray_cluster))
-    try:
+    with harness_module(ray_cluster, "marking_harness", MARKING_HARNESS.format(marker=str(marker))):
         s = run(
             tmp_path,
             "data.num_regimes=2",
@@ -191,8 +202,6 @@ def test_a_killed_train_worker_keeps_the_old_model_and_the_run_goes_on(ray_clust
             "train.epochs=300",
             callbacks=(kill,),
         )
-    finally:
-        sys.path.remove(str(ray_cluster))
     assert kill.killed_pid is not None
     failed = [r for r in s["rejected_updates"] if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["version_kept"] == 0 and failed[0]["reason"]
@@ -216,9 +225,7 @@ class AscendingLoss(GaussianDriftHarness):
 def test_a_worse_model_is_rejected_by_the_gate(ray_cluster: Path, tmp_path: Path) -> None:
     # a good initial model (trained with the correct loss), then updates that maximise the loss
     good = good_checkpoint(tmp_path)
-    (ray_cluster / "ascending_harness.py").write_text(ASCENDING_HARNESS)
-    sys.path.insert(0, str(ray_cluster))
-    try:
+    with harness_module(ray_cluster, "ascending_harness", ASCENDING_HARNESS):
         s = run(
             tmp_path,
             "data.num_regimes=2",
@@ -227,8 +234,6 @@ def test_a_worse_model_is_rejected_by_the_gate(ray_cluster: Path, tmp_path: Path
             "monitor.on_drift=pause",
             "promotion.max_memory_drop=0.05",
         )
-    finally:
-        sys.path.remove(str(ray_cluster))
     assert s["run"]["status"] == "completed"
     assert s["rejected_updates"] and all(r["status"] == "rejected" for r in s["rejected_updates"])
     assert s["model_version"] == 0 and s["updates"] == []
@@ -261,12 +266,8 @@ class BrokenBatches(GaussianDriftHarness):
 
 
 def test_bad_batches_are_quarantined_and_the_run_goes_on(ray_cluster: Path, tmp_path: Path) -> None:
-    (ray_cluster / "broken_harness.py").write_text(BAD_HARNESS)
-    sys.path.insert(0, str(ray_cluster))
-    try:
+    with harness_module(ray_cluster, "broken_harness", BAD_HARNESS):
         s = run(tmp_path, "model.harness=broken_harness:BrokenBatches", "monitor.on_drift=pause")
-    finally:
-        sys.path.remove(str(ray_cluster))
     assert_complete(s)
     q = s["stream"]["quarantined"]
     assert [x["batch_id"] for x in q] == [5, 20, 30]
