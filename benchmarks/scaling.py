@@ -2,7 +2,7 @@
 
 Runs the real :class:`raydrift.coordinator.Coordinator` on a stream with no drift and a trivial model
 (a 4 -> 2 linear layer), with ``M`` lightweight monitors (``monitor.num_cpus: 0``) and
-``monitor.max_in_flight: 2 * M``. For each ``M`` it reports, over the monitoring loop only (actor
+``monitor.max_in_flight: 2 * M``, one batch per task. For each ``M`` it reports, over the monitoring loop only (actor
 start-up excluded):
 
 - driver CPU seconds per batch (``time.process_time`` of the driver process, Ray's threads included):
@@ -112,6 +112,7 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
             f"monitor.num_monitors={num_monitors}",
             "monitor.num_cpus=0",
             f"monitor.max_in_flight={2 * num_monitors}",
+            "monitor.batches_per_task=1",  # one batch per task: the driver's worst case
             "drift_detection.granularity=batch",
             "drift_detection.warmup_batches=1000000",  # no drift: the loop only
             "train.num_workers=0",

@@ -19,7 +19,7 @@ from raydrift.learning.loop import UpdateData
 from raydrift.metrics import MonitorMetrics
 from raydrift.monitor import Monitor
 from raydrift.safe_pickle import safe_loads
-from raydrift.stream import BatchMeta, StreamState
+from raydrift.stream import BatchMeta, StreamState, pack_batch, unpack_batch
 from raydrift.weights import Weights
 
 
@@ -50,8 +50,14 @@ class StreamReader:
             max_batches_per_second=stream_cfg.get("max_batches_per_second"),
         )
 
-    def next_batches(self, k: int) -> list[tuple[BatchMeta, ray.ObjectRef]]:
-        return [(meta, ray.put(batch)) for meta, batch in self.state.next_batches(k)]
+    def next_chunk(self, k: int) -> tuple[list[BatchMeta], ray.ObjectRef | None]:
+        """Up to ``k`` next batches: their metadata, and one object holding them all (one ``ray.put``
+        per chunk, numpy inside: the object store's per-object cost is paid once per chunk).
+        ``([], None)`` at the stream's end."""
+        got = self.state.next_batches(k)
+        if not got:
+            return [], None
+        return [meta for meta, _ in got], ray.put([pack_batch(batch) for _, batch in got])
 
     def rewind(self, batch_id: int) -> None:
         self.state.rewind(batch_id)
@@ -106,9 +112,18 @@ class MonitorActor:
 
     @ray.method(concurrency_group="eval")
     def evaluate(self, batch_id: int, batch: Any) -> BatchResult:
-        result = self.monitor.evaluate(batch_id, batch)
+        result = self.monitor.evaluate(batch_id, unpack_batch(batch))
         self.metrics.batch(len(result.values), result.eval_seconds, result.version)
         return result
+
+    @ray.method(concurrency_group="eval")
+    def evaluate_many(self, items: list[tuple[int, int, int]], *chunks: list[Any]) -> list[BatchResult]:
+        """Evaluate several batches in one task: ``items`` are ``(batch id, chunk, index)``, the batch
+        being ``chunks[chunk][index]`` (chunks from :meth:`StreamReader.next_chunk`, resolved by Ray).
+        One task per group rather than per batch: Ray's per-task cost is paid once per group."""
+        results = [self.monitor.evaluate(bid, unpack_batch(chunks[c][j])) for bid, c, j in items]
+        self.metrics.batches(results)
+        return results
 
     @ray.method(concurrency_group="control")
     def set_weights(self, version: int, weights: Weights) -> int:
@@ -137,6 +152,10 @@ class DetectorActor:
 
     def ingest(self, result: BatchResult) -> DetectionOutput:
         return self.engine.ingest(result)
+
+    def ingest_many(self, results: list[BatchResult]) -> DetectionOutput:
+        """The results of one :meth:`MonitorActor.evaluate_many` task (passed by ref, resolved by Ray)."""
+        return self.engine.ingest_many(results)
 
     def resume_after_update(self, next_batch: int, version: int) -> None:
         self.engine.resume_after_update(next_batch, version)

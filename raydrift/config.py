@@ -41,7 +41,9 @@ class ModelConfig(_Section):
 class StreamConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches")
-    prefetch: int = Field(8, ge=1, description="batches fetched from the stream reader per call")
+    prefetch: int = Field(
+        16, ge=1, description="batches fetched from the stream reader per call (one object-store chunk)"
+    )
     max_batches_per_second: float | None = Field(
         None, gt=0, description="serve at most this many batches per second (replay a recorded stream at its pace)"
     )
@@ -55,7 +57,17 @@ class MonitorConfig(_Section):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     metric: str = Field("accuracy", description="the harness metric that is monitored")
-    max_in_flight: int = Field(4, ge=1, description="batches dispatched and not yet evaluated, in all")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="monitor tasks dispatched and not yet evaluated, in all (default: 2 per monitor)",
+    )
+    batches_per_task: int = Field(
+        8,
+        ge=1,
+        description="consecutive batches one monitor task evaluates (fewer go to an idle monitor): Ray's "
+        "per-task cost is paid once per group",
+    )
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources each monitor needs, e.g. {monitor_node: 1} (nodes declare them)",

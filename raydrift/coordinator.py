@@ -468,6 +468,9 @@ class Coordinator:
 
 
 
+_Item = tuple[BatchMeta, Any, int]
+"""A batch in the coordinator's books: its metadata, the ref of its chunk and its index there."""
+
 BATCHES_FILE = "batches.csv"
 BATCH_COLUMNS = ["batch_id", "regime", "version", "n", "value", "monitor", "status", "reason"]
 _ACTOR_ERRORS = (RayActorError, RayTaskError, ray.exceptions.ObjectLostError)
@@ -529,9 +532,14 @@ class _Loop:
         self.weights_ref: Any = None
         self.strategy_state: dict[str, Any] | None = None
         self.strategy_state_ref: Any = None
-        self.queue: list[tuple[BatchMeta, Any]] = []  # fetched, not dispatched
-        self.inflight: dict[Any, tuple[BatchMeta, int, Any]] = {}  # task -> (meta, monitor index, batch ref)
+        # (meta, chunk ref, index in the chunk) of batches fetched and not dispatched, in stream order
+        self.queue: list[_Item] = []
+        self.fetch: Any = None  # the pending StreamReader.next_chunk call, if any
+        self.inflight: dict[Any, tuple[list[_Item], int]] = {}  # task -> (its batches, monitor index)
         self.load: list[int] = []
+        self.tasks_sent = 0
+        self.last_task: dict[int, int] = {}  # monitor index -> number of the last task sent to it
+        self.max_in_flight = 1  # set when the monitors start
         self.stream_done = False
         self.processed = 0  # batch ids < processed were accepted
         self.samples = 0
@@ -633,9 +641,10 @@ class _Loop:
             pass
 
     def _forget_in_flight(self) -> None:
-        """Drop the books of dispatched and queued batches (they will be served again)."""
+        """Drop the books of dispatched, queued and requested batches (they will be served again)."""
         self.inflight.clear()
         self.queue.clear()
+        self.fetch = None
         self.load = [0] * len(self.c.monitors)
         for b in [b for b in self.batch_regime if b >= self.processed]:
             self.batch_regime.pop(b)
@@ -654,11 +663,11 @@ class _Loop:
         self._count_restart("monitor", f"monitor {i} died")
         self._kill(self.c.monitors[i])
         self.c.monitors[i] = self._make_monitor(i)
-        again = [(meta, bref) for t, (meta, j, bref) in list(self.inflight.items()) if j == i]
-        for t in [t for t, (_, j, _) in self.inflight.items() if j == i]:
+        again = [item for items, j in self.inflight.values() if j == i for item in items]
+        for t in [t for t, (_, j) in self.inflight.items() if j == i]:
             del self.inflight[t]
         self.load[i] = 0
-        self.queue[:0] = sorted(again, key=lambda mb: mb[0].batch_id)
+        self.requeue(again)
 
     def restore_detector(self) -> None:
         """A dead detector: a new one from the snapshot, re-fed every call made since."""
@@ -747,6 +756,7 @@ class _Loop:
         c._stream = self._make_stream()
         c.monitors = [self._make_monitor(i) for i in range(cfg.monitor.num_monitors)]
         self.load = [0] * len(c.monitors)
+        self.max_in_flight = cfg.monitor.max_in_flight or 2 * len(c.monitors)
         c._detector = self._make_detector()
         if checkpoint is not None:
             ray.get(c._stream.load_state_dict.remote(checkpoint["stream"]))
@@ -871,45 +881,98 @@ class _Loop:
         self._forget_in_flight()
 
     def rewind(self, batch_id: int) -> None:
+        """Serve the stream again from ``batch_id``; batches queued or requested before are dropped."""
+        self.queue.clear()
+        self.fetch = None
         self.stream_get("rewind", batch_id)
         self.stream_done = False
 
+    def requeue(self, items: list[_Item]) -> None:
+        """Batches to dispatch again (their monitor died), in stream order ahead of the rest."""
+        self.queue[:0] = items
+        self.queue.sort(key=lambda item: item[0].batch_id)
+
+    @property
+    def chunk_size(self) -> int:
+        return max(self.cfg.stream.prefetch, self.cfg.monitor.batches_per_task)
+
+    def request_chunk(self) -> None:
+        """Keep one ``next_chunk`` call pending while the queue runs low (the driver does not wait for
+        the stream reader, which may be pacing the stream, unless it has nothing else to do)."""
+        if self.fetch is None and not self.stream_done and len(self.queue) < self.chunk_size:
+            self.fetch = self.c._stream.next_chunk.remote(self.chunk_size)
+
+    def take_chunk(self) -> None:
+        """Wait for the pending ``next_chunk`` call and queue its batches (or note the stream's end)."""
+        ref, self.fetch = self.fetch, None
+        if ref is None:
+            return
+        try:
+            metas, chunk = ray.get(ref)
+        except _ACTOR_ERRORS as exc:
+            self.recover(exc)  # the stream reader is restored and the queue is empty: fetch again
+            return
+        if not metas:
+            self.stream_done = True
+            return
+        self.queue.extend((meta, chunk, j) for j, meta in enumerate(metas))
+
     def fill(self) -> None:
-        """Keep the pipeline full; while collecting a post-drift window, not beyond its end."""
+        """Keep the pipeline full; while collecting a post-drift window, not beyond its end.
+
+        A monitor task evaluates up to ``monitor.batches_per_task`` consecutive batches. A shorter
+        group goes out only to an idle monitor (or when no more batches can join it), so a busy
+        pipeline runs full groups and a slow (paced) stream is not held back."""
         mc = self.cfg.monitor
-        while not self.stream_done and len(self.inflight) < mc.max_in_flight:
+        k = mc.batches_per_task
+        self.request_chunk()
+        while self.queue and len(self.inflight) < self.max_in_flight:
             if self.job is not None and mc.on_drift == "pause":
                 return
-            if not self.queue:
-                got = self.stream_get("next_batches", self.cfg.stream.prefetch)
-                if not got:
-                    self.stream_done = True
-                    return
-                self.queue.extend(got)
-            if self.collecting is not None and self.queue[0][0].batch_id > self.collecting.upto:
+            upto = self.collecting.upto if self.collecting is not None else None
+            n = 0
+            while n < min(k, len(self.queue)) and (upto is None or self.queue[n][0].batch_id <= upto):
+                n += 1
+            if n == 0:
                 return
-            meta, bref = self.queue.pop(0)
-            self.batch_regime[meta.batch_id] = meta.regime
-            i = min(range(len(self.c.monitors)), key=lambda j: (self.load[j], j))
-            task = self.c.monitors[i].evaluate.remote(meta.batch_id, bref)
-            self.inflight[task] = (meta, i, bref)
-            self.load[i] += 1
+            # the least loaded monitor; among equals the one that waited longest (a slow stream's
+            # single batches go round the monitors rather than all to the first)
+            i = min(range(len(self.c.monitors)), key=lambda j: (self.load[j], self.last_task.get(j, -1), j))
+            more_coming = self.fetch is not None and n == len(self.queue)
+            if n < k and self.load[i] > 0 and more_coming:
+                return  # every monitor is busy: let the group fill up
+            group, self.queue[:n] = self.queue[:n], []
+            self.dispatch(group, i)
+            self.request_chunk()
 
-    def ingest(self, task: Any, i: int, meta: BatchMeta, bref: Any) -> DetectionOutput | None:
+    def dispatch(self, group: list[_Item], i: int) -> None:
+        refs: list[Any] = []
+        spec = []
+        for meta, ref, j in group:
+            self.batch_regime[meta.batch_id] = meta.regime
+            if not refs or refs[-1] is not ref:
+                refs.append(ref)
+            spec.append((meta.batch_id, len(refs) - 1, j))
+        task = self.c.monitors[i].evaluate_many.remote(spec, *refs)
+        self.inflight[task] = (group, i)
+        self.load[i] += 1
+        self.tasks_sent += 1
+        self.last_task[i] = self.tasks_sent
+
+    def ingest(self, task: Any, i: int, items: list[_Item]) -> DetectionOutput | None:
         """The detector's output for a finished task; None when the task's monitor had died (its
-        batches, this one included, are queued again)."""
+        batches, these included, are queued again)."""
         for _ in range(self.cfg.reliability.max_actor_restarts + 2):
             t0 = time.perf_counter()
             try:
-                out: DetectionOutput = ray.get(self.c._detector.ingest.remote(task))
+                out: DetectionOutput = ray.get(self.c._detector.ingest_many.remote(task))
                 self.detect_seconds += time.perf_counter() - t0
-                self.det_log.append(("ingest", task))
+                self.det_log.append(("ingest_many", task))
                 return out
             except _ACTOR_ERRORS as exc:
                 what = self.recover(exc, monitor=i)
                 if what == "monitor":
-                    self.queue.insert(0, (meta, bref))
-                    self.queue.sort(key=lambda mb: mb[0].batch_id)
+                    self.requeue(items)
                 if what != "detector":
                     return None
         raise RuntimeError("the detector failed repeatedly")
@@ -924,26 +987,38 @@ class _Loop:
                 self.finish_update()
                 continue
             if not self.inflight:
-                if self.job is not None:
+                paused = self.job is not None and self.cfg.monitor.on_drift == "pause"
+                if self.job is not None and (paused or (self.stream_done and not self.queue)):
                     self.job.future.result()  # wait; errors are captured in the result
                     continue
-                if self.collecting is not None:
+                ended = self.stream_done and not self.queue
+                if self.job is None and self.collecting is not None and (
+                    self.processed > self.collecting.upto or ended
+                ):
                     # the window is complete, or the stream ended first
                     self.start_update(self.collecting, min(self.collecting.upto, self.processed - 1))
                     continue
                 if self.stream_done and not self.queue:
                     break
-                if not self.stream_done and not self.queue:
-                    continue  # fill() fetches more
-                raise RuntimeError(f"nothing in flight but {len(self.queue)} batch(es) queued")
+                if self.queue:
+                    raise RuntimeError(f"nothing in flight but {len(self.queue)} batch(es) queued")
+                self.request_chunk()
+                if self.job is None:
+                    self.take_chunk()  # nothing else to do: wait for the stream
+                    continue
+                # an update trains (on_drift: continue): wait for the stream or the update, below
             timeout = 0.05 if self.job is not None else None
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout, fetch_local=False)
+            waiting = [*self.inflight, *([self.fetch] if self.fetch is not None else [])]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout, fetch_local=False)
             if not ready:
                 continue
             task = ready[0]
-            meta, i, bref = self.inflight.pop(task)
+            if self.fetch is not None and task == self.fetch:
+                self.take_chunk()
+                continue
+            items, i = self.inflight.pop(task)
             self.load[i] -= 1
-            out = self.ingest(task, i, meta, bref)
+            out = self.ingest(task, i, items)
             if out is None:
                 continue
             self.accept(out)

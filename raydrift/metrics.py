@@ -28,7 +28,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -176,6 +176,21 @@ class MonitorMetrics(_Recorder):
         self._get("eval_seconds").observe(float(seconds), tags=tags)
         if version is not None:
             self._set("model_version", float(version), tags)
+
+    def batches(self, results: Sequence[Any]) -> None:
+        """Several batches (``BatchResult``s with ``values``, ``eval_seconds``, ``version``) evaluated
+        by one task: counters are incremented once, each batch's time is observed."""
+        if not self.enabled or not results:
+            return
+        tags = {"monitor": self.monitor}
+        self._get("batches_evaluated").inc(float(len(results)), tags=tags)
+        n = sum(len(r.values) for r in results)
+        if n > 0:
+            self._get("samples_evaluated").inc(float(n), tags=tags)
+        hist = self._get("eval_seconds")
+        for r in results:
+            hist.observe(float(r.eval_seconds), tags=tags)
+        self._set("model_version", float(results[-1].version), tags)
 
     def version(self, version: int) -> None:
         """The model version the monitor now evaluates with."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,8 @@ class Monitor:
         self.name = name
         self.device = torch.device(device)
         self._lock = threading.Lock()
+        self._spare: torch.nn.Module | None = None  # the previous model, reused by the next zero-copy swap
+        self._busy: collections.Counter[int] = collections.Counter()  # id(model) -> evaluations using it
         self._model = self._build(weights)
         self._version = version
         self.batches_evaluated = 0
@@ -66,11 +70,41 @@ class Monitor:
 
     def _build(self, weights: Weights) -> torch.nn.Module:
         """A new model object holding ``weights``: a copy of the current model's structure (no fresh
-        random initialisation, which costs more than the copy), or the harness's model the first time."""
+        random initialisation, which costs more than the copy), or the harness's model the first time.
+
+        On the CPU, read-only numpy weights (what a monitor actor gets from Ray's object store) become
+        the model's tensors without a copy (see :meth:`_assign`)."""
         current = getattr(self, "_model", None)
+        if current is not None and self.device.type == "cpu" and self._zero_copy(weights):
+            with self._lock:  # the previous model, unless an evaluation still uses it
+                spare, self._spare = self._spare, None
+                if spare is not None and self._busy[id(spare)]:
+                    spare = None
+            return self._assign(spare if spare is not None else copy.deepcopy(current), weights)
         model = copy.deepcopy(current) if current is not None else self.harness.build_model()
         load_into(model, weights)
         return model.to(self.device).eval()
+
+    @staticmethod
+    def _zero_copy(weights: Weights) -> bool:
+        """True when every array is read-only (shared object-store memory nobody writes to); arrays a
+        caller may still change are copied instead."""
+        return all(isinstance(v, np.ndarray) and not v.flags.writeable for v in weights.values())
+
+    @staticmethod
+    def _assign(model: torch.nn.Module, weights: Weights) -> torch.nn.Module:
+        """``model`` (no evaluation uses it) with ``weights``' arrays as its tensors, not copied.
+
+        ``load_state_dict(assign=True)`` puts the arrays in as parameters and buffers. The broadcast
+        costs one ``ray.put`` in the driver and, per monitor, no copy of the weights: monitors on one
+        node share the object store's single copy. The model only reads them (an evaluation in
+        inference mode writes no parameter or buffer). The model object is the one replaced by the
+        swap before (double buffering), so a swap builds nothing either."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            state = {k: torch.from_numpy(v) for k, v in weights.items()}
+        model.load_state_dict(state, assign=True)
+        return model.eval()
 
     @property
     def version(self) -> int:
@@ -83,7 +117,9 @@ class Monitor:
         model = self._build(weights)  # built outside the lock: evaluation goes on meanwhile
         with self._lock:
             if version > self._version:
-                self._model, self._version = model, version
+                old, self._model, self._version = self._model, model, version
+                if self._zero_copy(weights) and self.device.type == "cpu":
+                    self._spare = old
         return self._version
 
     def check_batch(self, batch: Any) -> str | None:
@@ -124,6 +160,18 @@ class Monitor:
         t0 = time.perf_counter()
         with self._lock:
             model, version = self._model, self._version
+            self._busy[id(model)] += 1  # a swap must not reuse this model object meanwhile
+        try:
+            return self._evaluate(batch_id, batch, model, version, t0)
+        finally:
+            with self._lock:
+                self._busy[id(model)] -= 1
+                if not self._busy[id(model)]:
+                    del self._busy[id(model)]
+
+    def _evaluate(
+        self, batch_id: int, batch: Batch, model: torch.nn.Module, version: int, t0: float
+    ) -> BatchResult:
         reason = self.check_batch(batch)
         if reason is not None:
             return self._quarantine(batch_id, batch, version, reason, t0)

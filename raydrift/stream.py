@@ -17,11 +17,41 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from raydrift.harness import Batch
 from raydrift.learning.loop import UpdateData
 from raydrift.learning.memory import ReplayMemory
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A :class:`Batch` as it travels through the object store: numpy arrays, which Ray writes with one
+    copy and reads without one (torch tensors are pickled in-band: about twice the CPU each way)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    regime: int
+
+
+def pack_batch(batch: Any) -> Any:
+    """``batch`` as a :class:`PackedBatch` when it is a plain :class:`Batch` of CPU tensors numpy can
+    hold; anything else (a harness's Batch subclass, bfloat16, malformed input) travels as it is."""
+    if type(batch) is not Batch or not isinstance(batch.x, torch.Tensor) or not isinstance(batch.y, torch.Tensor):
+        return batch
+    try:
+        return PackedBatch(batch.x.detach().numpy(), batch.y.detach().numpy(), batch.regime)
+    except (TypeError, RuntimeError):  # e.g. bfloat16 or CUDA tensors
+        return batch
+
+
+def unpack_batch(item: Any) -> Any:
+    """The :class:`Batch` behind :func:`pack_batch`'s output. The arrays are copied: read-only object
+    store memory is shared by every reader, and a model may write to its input in place."""
+    if isinstance(item, PackedBatch):
+        return Batch(torch.from_numpy(np.array(item.x)), torch.from_numpy(np.array(item.y)), item.regime)
+    return item
 
 
 @dataclass(frozen=True)

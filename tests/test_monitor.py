@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+import pytest
 import torch
 
 from raydrift.harness import build_harness
@@ -73,3 +75,75 @@ def test_swap_is_atomic_under_concurrent_evaluation() -> None:
     for version, out in seen:
         if version > 0:
             assert torch.allclose(out, expected[version])
+
+
+def read_only(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies of ``weights`` marked read-only, as a monitor actor gets them from Ray's object store."""
+    out = {k: v.copy() for k, v in weights.items()}
+    for v in out.values():
+        v.flags.writeable = False
+    return out
+
+
+def test_read_only_weights_are_assigned_without_a_copy_and_writable_ones_are_copied() -> None:
+    monitor, weights = make()
+    shared = read_only({k: v * 0.5 for k, v in weights.items()})
+    monitor.set_weights(1, shared)
+    state = monitor._model.state_dict()
+    assert all(state[k].data_ptr() == torch.from_numpy(v).data_ptr() for k, v in shared.items() if v.size)
+    own = {k: v * 0.25 for k, v in weights.items()}  # writable: the caller may still change them
+    monitor.set_weights(2, own)
+    state = monitor._model.state_dict()
+    assert all(state[k].data_ptr() != v.ctypes.data for k, v in own.items() if v.size)
+    assert all(np.array_equal(state[k].numpy(), v) for k, v in own.items())
+
+
+def test_zero_copy_swaps_reuse_the_previous_model_only_when_no_evaluation_holds_it() -> None:
+    monitor, weights = make()
+    batch = next(iter(monitor.harness.stream()))
+    monitor.set_weights(1, read_only(weights))
+    first = monitor._model
+    monitor.set_weights(2, read_only(weights))
+    second = monitor._model
+    monitor.set_weights(3, read_only(weights))
+    assert monitor._model is first and second is not first  # double buffering: v1's object holds v3
+    # an evaluation holding the spare (v2's model) makes the next swap build a new object instead
+    monitor._busy[id(second)] += 1
+    monitor.set_weights(4, read_only(weights))
+    assert monitor._model is not second and monitor._model is not first
+    monitor._busy.clear()
+    assert monitor.evaluate(0, batch).version == 4
+
+
+def test_zero_copy_swap_is_atomic_under_concurrent_evaluation() -> None:
+    monitor, weights = make()
+    batch = next(iter(monitor.harness.stream()))
+    versions = {v: read_only({k: np.full_like(a, v * 0.01) for k, a in weights.items()}) for v in range(1, 40)}
+    expected = {}
+    for v, w in versions.items():
+        model = monitor.harness.build_model()
+        model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in w.items()})
+        with torch.no_grad():
+            expected[v] = float(monitor.harness.metrics(model(batch.x), batch.y)["loss"].float().mean())
+    seen: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def evaluate_loop() -> None:
+        while not stop.is_set():
+            r = monitor.evaluate(0, batch)
+            seen.append((r.version, r.metrics["loss"]))
+
+    t = threading.Thread(target=evaluate_loop)
+    t.start()
+    for v, w in versions.items():
+        n = len(seen)
+        monitor.set_weights(v, w)
+        deadline = time.monotonic() + 5
+        while len(seen) < n + 2 and time.monotonic() < deadline:  # evaluations around every swap
+            time.sleep(0.0005)
+    stop.set()
+    t.join()
+    checked = [(v, loss) for v, loss in seen if v > 0]
+    assert len({v for v, _ in checked}) >= 30  # the loop overlapped the swaps
+    for version, loss in checked:  # each evaluation saw exactly one version's weights
+        assert loss == pytest.approx(expected[version], rel=1e-5)

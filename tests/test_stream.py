@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,30 @@ def test_regime_starts() -> None:
     s = StreamState(batches(12, regime_len=5))
     s.next_batches(12)
     assert s.regime_starts() == [(0, 0), (1, 5), (2, 10)]
+
+
+def test_batches_travel_as_numpy_and_come_back_as_writable_copies() -> None:
+    from dataclasses import dataclass
+
+    from raydrift.stream import PackedBatch, pack_batch, unpack_batch
+
+    b = Batch(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), regime=2)
+    packed = pack_batch(b)
+    assert isinstance(packed, PackedBatch) and isinstance(packed.x, np.ndarray)
+    packed.x.flags.writeable = False  # as read from the object store
+    back = unpack_batch(packed)
+    assert type(back) is Batch and back.regime == 2
+    assert torch.equal(back.x, b.x) and torch.equal(back.y, b.y) and back.y.dtype == torch.int64
+    back.x.add_(1.0)  # a model writing to its input changes neither the shared arrays nor the source
+    assert torch.equal(torch.from_numpy(packed.x.copy()), b.x)
+
+    @dataclass
+    class Tagged(Batch):
+        source: str = "camera-1"
+
+    tagged = Tagged(b.x, b.y, 0)
+    assert pack_batch(tagged) is tagged and unpack_batch(tagged) is tagged  # subclasses keep their fields
+    half = Batch(b.x.to(torch.bfloat16), b.y, 0)
+    assert pack_batch(half) is half  # numpy has no bfloat16
+    broken = Batch([1.0, 2.0], b.y, 0)  # type: ignore[arg-type]
+    assert pack_batch(broken) is broken  # malformed input reaches the monitor, which quarantines it
