@@ -11,17 +11,18 @@ One process, one local Ray cluster (``ray.init(address="local")``). Sections (``
     numpy, batch means), one torch thread. Models: the MNIST harness's CNN and a trivial 4 -> 2 linear
     layer (``benchmarks/scaling.py``). Targets: >= 0.9x at 1 monitor, >= 0.8 x N at N monitors.
     To say where the time goes it also drives the monitors directly (no stream reader, no detector):
-    ``MonitorActor.evaluate`` one batch per task, and a benchmark-only prototype actor
-    (:class:`BatchingMonitor`: no concurrency groups, no per-batch metrics) at 1 and ``--k`` batches
-    per task; plus the object sizes and deserialisation cost of a batch.
+    ``MonitorActor.evaluate`` one batch per task and per object (torch tensors), and
+    ``MonitorActor.evaluate_many`` at 1 and ``--k`` batches per task from numpy chunks of 16 batches
+    (what the coordinator does, ``monitor.batches_per_task``); plus the object sizes and
+    deserialisation cost of a batch.
 ``broadcast``
     ``ray.put`` of the weights once + ``MonitorActor.set_weights`` on every monitor, waited for, against
     one ``ray.put`` + ``ray.get`` of the same weights (numpy, :func:`raydrift.weights.to_numpy`) in the
     driver. Target <= 1.3x, flat in the number of monitors (1..N, and 4N in the full run). Weights: the
-    MNIST CNN (0.9 MB) and a wide MLP (67 MB, :class:`WideHarness`). The monitor-side rebuild
-    (``Monitor.set_weights``: build a fresh model, load the weights) is timed in-process, and split
-    into its two parts: ``build_model`` (random initialisation) and ``load_into`` (a copy), beside a
-    zero-copy assignment of the object store's read-only arrays as parameters.
+    MNIST CNN (0.9 MB) and a wide MLP (67 MB, :class:`WideHarness`). The monitor-side swap
+    (``Monitor.set_weights`` with read-only arrays as they come from the object store: assigned as the
+    model's tensors without a copy) is timed in-process, beside ``build_model`` (random
+    initialisation) and ``load_into`` (a copy), the costs a swap no longer pays.
 ``update``
     Drift -> new weights live on every monitor, from ``summary.json`` (``waiting`` / ``training`` /
     ``broadcasting`` seconds) of a real Coordinator run on MNIST with ``train.num_workers`` 0 (Ray Train
@@ -89,7 +90,8 @@ for _p in (str(ROOT), str(HERE)):
 from scaling import TrivialHarness  # noqa: E402
 
 from raydrift.harness import Batch, Harness, build_harness  # noqa: E402
-from raydrift.weights import Weights, load_into, to_numpy  # noqa: E402
+from raydrift.stream import pack_batch  # noqa: E402
+from raydrift.weights import load_into, to_numpy  # noqa: E402
 
 MiB = 2**20
 SECTIONS = ("throughput", "broadcast", "update", "coordinator", "memory", "on_drift")
@@ -313,7 +315,6 @@ ACTOR_KINDS = {
     "StreamReader": "stream_reader",
     "MonitorActor": "monitor",
     "DetectorActor": "detector",
-    "BatchingMonitor": "monitor (prototype)",
 }
 
 
@@ -581,28 +582,6 @@ def coordinator_throughput(summary: dict[str, Any], probe: Probe) -> dict[str, A
 # driving monitors directly (no stream reader, no detector)
 
 
-@ray.remote
-class BatchingMonitor:
-    """Benchmark-only prototype: a monitor actor with no concurrency groups and no per-batch Ray
-    metrics, that evaluates ``len(ids)`` batches per call (refs passed as top-level arguments)."""
-
-    def __init__(self, spec: dict[str, Any], metric: str, weights: Weights, num_cpus: float) -> None:
-        from raydrift.actors import set_torch_threads
-        from raydrift.monitor import Monitor
-
-        set_torch_threads(num_cpus)
-        self.monitor = Monitor(build_harness(**spec), metric, weights)
-
-    def ping(self) -> int:
-        return os.getpid()
-
-    def evaluate_many(self, ids: list[int], *batches: Batch) -> list[Any]:
-        return [self.monitor.evaluate(i, b) for i, b in zip(ids, batches, strict=True)]
-
-    def eval_seconds(self) -> float:
-        return float(self.monitor.eval_seconds)
-
-
 def drive(
     actors: list[Any], refs: list[Any], k: int, call: Callable[[Any, list[int]], Any]
 ) -> dict[str, Any]:
@@ -766,8 +745,22 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
             f"ms/batch, actor start-up {row['actor_startup_seconds']} s"
         )
 
-    # the monitors alone, at 1 and N monitors
-    refs = [ray.put(b) for b in batches]  # as the stream reader puts them
+    # the monitors alone, at 1 and N monitors: one batch per task and per object (torch tensors, as
+    # raydrift sent them before chunks), and groups of k batches from numpy chunks (as it sends them now)
+    refs = [ray.put(b) for b in batches]
+    chunk = 16
+    chunks = [ray.put([pack_batch(b) for b in batches[i : i + chunk]]) for i in range(0, len(batches), chunk)]
+
+    def chunk_args(group: list[int]) -> list[Any]:
+        used: list[Any] = []
+        items = []
+        for j in group:
+            ref = chunks[j // chunk]
+            if not used or used[-1] is not ref:
+                used.append(ref)
+            items.append((j, len(used) - 1, j % chunk))
+        return [items, *used]
+
     wref = ray.put(weights)
     for m in args.direct_monitors:
         num_cpus = min(1.0, args.num_cpus / m)
@@ -778,17 +771,11 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
         res["monitor_eval_ms_per_batch"] = r(
             1000 * sum(s["eval_seconds"] for s in stats) / max(1, sum(s["batches"] for s in stats)), 3
         )
-        kill_all(actors)
-        rows = [{"actor": "MonitorActor", "monitors": m, **res}]
-        pactors = [
-            BatchingMonitor.options(num_cpus=num_cpus).remote(spec, "accuracy", wref, num_cpus)  # type: ignore[attr-defined]
-            for _ in range(m)
-        ]
-        ray.get([a.ping.remote() for a in pactors])
+        rows = [{"actor": "MonitorActor.evaluate (torch batch per object)", "monitors": m, **res}]
         for k in args.prototype_k:
-            res = drive(pactors, refs, k, lambda a, g: a.evaluate_many.remote(g, *[refs[j] for j in g]))
-            rows.append({"actor": "BatchingMonitor (prototype)", "monitors": m, **res})
-        kill_all(pactors)
+            res = drive(actors, refs, k, lambda a, g: a.evaluate_many.remote(*chunk_args(g)))
+            rows.append({"actor": "MonitorActor.evaluate_many (numpy chunks)", "monitors": m, **res})
+        kill_all(actors)
         for row in rows:
             bps = row["batches_per_second"] or 0.0
             row["samples_per_second"] = r(bps * spec["batch_size"], 1)
@@ -852,15 +839,15 @@ def broadcast_of(
     base = timed(lambda: put_get(w), reps)
     base_torch = timed(lambda: put_get(sd), reps)
     put_only = timed(lambda: ray.put(w), reps)
-    # the monitor-side rebuild, in-process: what set_weights does in every monitor
+    # the monitor-side swap, in-process: what set_weights does in every monitor with the read-only
+    # arrays it gets from the object store (zero-copy), and with writable ones (a copy)
+    w_store = ray.get(ray.put(w))
     mon = Monitor(harness, "accuracy", w)
-    rebuild = timed(lambda: mon.set_weights(next(versions), w), reps)
+    rebuild = timed(lambda: mon.set_weights(next(versions), w_store), reps)
+    rebuild_copy = timed(lambda: mon.set_weights(next(versions), w), reps)
     build_only = timed(harness.build_model, reps)
     fresh = harness.build_model()
     load_only = timed(lambda: load_into(fresh, w), reps)
-    # zero-copy: the read-only arrays a monitor gets from the object store, assigned as parameters
-    # (no build, no copy; the arrays' layout replaces the model's, e.g. channels-last)
-    w_store = ray.get(ray.put(w))
 
     def assign() -> None:
         with warnings.catch_warnings():
@@ -874,6 +861,7 @@ def broadcast_of(
         "put_get_torch_state_dict_ms": r(1000 * base_torch, 3),
         "put_ms": r(1000 * put_only, 3),
         "in_process_set_weights_ms": r(1000 * rebuild, 3),
+        "in_process_set_weights_writable_arrays_ms": r(1000 * rebuild_copy, 3),
         "in_process_build_model_ms": r(1000 * build_only, 3),
         "in_process_load_into_ms": r(1000 * load_only, 3),
         "in_process_zero_copy_assign_ms": r(1000 * assign_only, 3),
@@ -993,9 +981,10 @@ def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     worker_counts = [w for w in (0, 1, 2) if w <= args.num_cpus][: args.update_workers]
     out: dict[str, Any] = {"bare_fit_seconds": {}, "runs": []}
     if any(w > 0 for w in worker_counts):
-        # what a Train worker imports for raydrift's loop beyond a bare fit's (torch, ray.train.torch)
+        # what a Train worker imports for raydrift's loop beyond a bare fit's (torch, ray.train.torch);
+        # torch._dynamo: torch.optim's Optimizer.__init__ imports it on the first optimizer built
         bare = "torch, ray.train.torch"
-        ours = f"{bare}, raydrift.learning.loop, raydrift.learning.strategies, harnesses.mnist"
+        ours = f"{bare}, raydrift.learning.loop, raydrift.learning.strategies, harnesses.mnist, torch._dynamo"
         out["worker_imports_seconds"] = {
             "bare_fit": r(import_seconds(bare), 2),
             "raydrift_mnist": r(import_seconds(ours), 2),
@@ -1092,7 +1081,7 @@ def broadcast_to_live_monitors(reps: int = 3) -> dict[str, Any]:
 
 def coordinator_cost(tmp: Path, m: int, batches: int) -> dict[str, Any]:
     """``benchmarks/scaling.py``'s measurement with this file's instrumentation: the trivial model, ``m``
-    monitors with ``num_cpus: 0`` and ``max_in_flight: 2m``, no drift; driver CPU and wall per batch
+    monitors with ``num_cpus: 0``, ``max_in_flight: 2m`` and one batch per task, no drift; driver CPU and wall per batch
     in the steady state, then a broadcast to the ``m`` monitors before they are shut down."""
     cfg = make_config(
         tmp,
@@ -1100,7 +1089,8 @@ def coordinator_cost(tmp: Path, m: int, batches: int) -> dict[str, Any]:
         model={"harness": TRIVIAL_SPEC, "pretrain_epochs": 0},
         data={"batches": batches},
         stream={"batch_size": 64, "prefetch": 16},
-        monitor={"num_monitors": m, "num_cpus": 0, "max_in_flight": 2 * m},
+        # one batch per task (the worst case for the driver, and every monitor gets work)
+        monitor={"num_monitors": m, "num_cpus": 0, "max_in_flight": 2 * m, "batches_per_task": 1},
         drift_detection={"granularity": "batch", "warmup_batches": 10**9},
         train={"num_workers": 0},
     )
@@ -1432,7 +1422,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
-    p.add_argument("--k", type=int, default=8, help="batches per task of the batching prototype")
+    p.add_argument("--k", type=int, default=8, help="batches per task of the evaluate_many rows")
     p.add_argument(
         "--merge",
         action="store_true",

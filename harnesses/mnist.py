@@ -32,8 +32,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from raydrift.errors import UserError
 from raydrift.harness import Batch, Harness
@@ -81,6 +79,11 @@ class RegimeTransform:
             return x
         if self.kind == "invert":
             return 1.0 - x
+        # Imported here: torchvision takes ~1.5 s to import, and a Ray Train worker that only builds
+        # the model and trains on data it is given never transforms a batch.
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         return TF.affine(
             x,
             angle=self.angle,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import ray
 import torch
 
 from raydrift.config import RaydriftConfig
-from raydrift.weights import Weights, load_weights, to_numpy
+from raydrift.weights import Weights
 
 
 @dataclass
@@ -54,7 +55,7 @@ def copy_run_outputs(run_dir: Path, storage_path: str | None) -> str | None:
 
     Returns the destination, or None when there is nothing to do (no ``storage_path``, or it is the
     run directory). Uses ``pyarrow.fs`` like Ray Train, so ``s3://`` and ``gs://`` need the same
-    credentials Ray Train uses. Files already there (the Train checkpoints) are kept.
+    credentials Ray Train uses. Files already there (Ray Train's run files) are kept.
     """
     if storage_path is None:
         return None
@@ -73,12 +74,35 @@ def copy_run_outputs(run_dir: Path, storage_path: str | None) -> str | None:
     return dest
 
 
+#: Ray Train's controller polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` seconds (2 by
+#: default) and only sees that the training function has returned at the next poll: up to that long
+#: added to every update, for nothing. A poll is one small actor call per worker.
+TRAIN_POLL_INTERVAL_S = 0.2
+_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextmanager
+def train_poll_interval(seconds: float) -> Iterator[None]:
+    """Sets ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` while a ``fit()`` starts its controller (Ray Train
+    reads it from the driver's environment then), unless the user has set it: theirs wins."""
+    if _POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[_POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(_POLL_ENV, None)
+
+
 class Updater:
     """Runs the training loop (:func:`raydrift.learning.loop.train_func`) in a ``TorchTrainer``.
 
     Each update is its own Ray Train run with a unique name under ``storage_path``: reusing a name
-    would make Train V2 resume that run. The new weights come back through the result's checkpoint
-    (a ``state_dict`` loaded with ``weights_only=True``).
+    would make Train V2 resume that run. The new weights come back as the training function's return
+    value on rank 0 (``Result.return_value``: numpy weights, the metrics and the strategy state, read
+    with ``weights_only=True``), not through a checkpoint: nothing of an update is written to storage
+    but Ray Train's own run files.
     """
 
     def __init__(
@@ -102,7 +126,7 @@ class Updater:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        from raydrift.learning.loop import train_func
+        from raydrift.learning.loop import load_strategy_state, train_func
 
         tc = self.cfg.train
         resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
@@ -124,7 +148,8 @@ class Updater:
             "strategy_state": strategy_state_ref,  # e.g. EWC's Fisher, DER++'s recorded logits
         }
         trainer = TorchTrainer(
-            train_loop_per_worker=train_func,
+            # Ray's annotation says the loop returns None; Train V2 passes rank 0's value back
+            train_loop_per_worker=train_func,  # type: ignore[arg-type]
             train_loop_config=config,
             # NCCL needs CUDA; logical GPUs on a CPU machine (tests, scheduling dry runs) use gloo
             torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() and tc.use_gpu else "gloo"),
@@ -138,20 +163,16 @@ class Updater:
             ),
         )
         t0 = time.perf_counter()
-        result = trainer.fit()
+        with train_poll_interval(TRAIN_POLL_INTERVAL_S):
+            result = trainer.fit()  # raises when training failed (after max_failures retries)
         seconds = time.perf_counter() - t0
-        if result.checkpoint is None:
-            raise RuntimeError(f"update {version}: the training loop reported no checkpoint")
-        strategy_state = None
-        with result.checkpoint.as_directory() as d:
-            state = load_weights(Path(d) / "model.pt")
-            if (Path(d) / "strategy.pt").is_file():
-                strategy_state = load_weights(Path(d) / "strategy.pt")
-        if tc.num_workers == 0:  # local mode leaves the checkpoint in a temp dir for us to remove
-            shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+        out = result.return_value  # type: ignore[attr-defined]  # Train V2's Result; the stubs are V1's
+        if not isinstance(out, dict) or "weights" not in out:
+            raise RuntimeError(f"update {version}: the training loop returned no weights")
+        state = out.get("strategy_state")
         return UpdateOutcome(
-            weights=to_numpy(state),
-            metrics=dict(result.metrics or {}),
+            weights=out["weights"],
+            metrics=dict(out.get("metrics") or {}),
             training_seconds=seconds,
-            strategy_state=strategy_state,
+            strategy_state=load_strategy_state(state) if state is not None else None,
         )

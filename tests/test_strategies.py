@@ -311,13 +311,12 @@ def test_memory_state_round_trip(policy: str) -> None:
 
 
 def test_train_func_passes_strategy_state(tmp_path: Any) -> None:
-    # train_func (Ray Train local mode) loads `strategy_state` and writes the new state as strategy.pt.
-    import shutil
-
+    # train_func (Ray Train local mode) loads `strategy_state` and returns the new state as torch.save
+    # bytes, read back with weights_only=True.
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raydrift.learning.loop import train_func
+    from raydrift.learning.loop import load_strategy_state, train_func
     from raydrift.weights import to_numpy
 
     harness = SmallHarness(seed=0)
@@ -346,11 +345,8 @@ def test_train_func_passes_strategy_state(tmp_path: Any) -> None:
         run_config=RunConfig(name="test-strategy-state", storage_path=str(tmp_path)),
     )
     result = trainer.fit()
-    assert result.checkpoint is not None
-    try:
-        state = torch.load(f"{result.checkpoint.path}/strategy.pt", weights_only=True)
-    finally:
-        shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+    out = result.return_value
+    state = load_strategy_state(out["strategy_state"])
     assert state["updates"] == previous.updates + 1  # continued from the state passed in
-    assert result.metrics is not None and 0.0 <= result.metrics["window_accuracy"] <= 1.0
-    assert 0.0 <= result.metrics["memory_accuracy"] <= 1.0
+    assert 0.0 <= out["metrics"]["window_accuracy"] <= 1.0
+    assert 0.0 <= out["metrics"]["memory_accuracy"] <= 1.0

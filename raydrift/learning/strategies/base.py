@@ -79,7 +79,7 @@ class UpdateStrategy:
     rank from the full, unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should
     outlive one update goes through :meth:`state_dict` / :meth:`load_state_dict`: the Ray Train
     ``train_func`` loads the previous update's state (config key ``strategy_state``) before
-    :meth:`setup` and saves the new one as ``strategy.pt`` in the update's checkpoint.
+    :meth:`setup` and returns the new one (rank 0) with the updated weights.
 
     Strategies receive the plain (unwrapped) module: ``torch.func.functional_call(model, params, x)``
     works on it, and gradients are all-reduced by the loop, not by a DDP wrapper.

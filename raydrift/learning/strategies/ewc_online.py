@@ -57,8 +57,8 @@ class OnlineEWCUpdate(UpdateStrategy):
     Where the state lives
     ---------------------
     The Fisher and the anchor are computed in :meth:`teardown` (the end of an update, identically on
-    every rank) and leave through :meth:`state_dict`, which the Ray Train ``train_func`` saves as
-    ``strategy.pt`` in the update's checkpoint; the next update receives it as ``strategy_state``
+    every rank) and leave through :meth:`state_dict`, which the Ray Train ``train_func`` returns
+    (rank 0) with the new weights; the next update receives it as ``strategy_state``
     and :meth:`load_state_dict` restores it before :meth:`setup`. Without a previous state (the first
     update, or a caller that does not pass it on) :meth:`setup` estimates ``F`` on the replay memory
     with the incoming weights as anchor: the Fisher of every regime seen so far, without decay.
