@@ -12,7 +12,7 @@ One process, one local Ray cluster (``ray.init(address="local")``). Sections (``
     layer (``benchmarks/scaling.py``). Targets: >= 0.9x at 1 monitor, >= 0.8 x N at N monitors.
     To say where the time goes it also drives the monitors directly (no stream reader, no detector):
     ``MonitorActor.evaluate`` one batch per task and per object (torch tensors), and
-    ``MonitorActor.evaluate_many`` at 1 and ``--k`` batches per task from numpy chunks of 16 batches
+    ``MonitorActor.evaluate_many`` at 1 and ``--k`` batches per task from numpy chunks of 32 batches
     (what the coordinator does, ``monitor.batches_per_task``); plus the object sizes and
     deserialisation cost of a batch.
 ``broadcast``
@@ -720,7 +720,8 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
             f"tp-{model_name}-{m}",
             model={"harness": spec["spec"], "pretrain_epochs": 0},
             data=spec["options"],
-            stream={"batch_size": spec["batch_size"], "prefetch": 16},
+            # raydrift's defaults for stream.prefetch and monitor.batches_per_task
+            stream={"batch_size": spec["batch_size"]},
             monitor={"num_monitors": m, "num_cpus": num_cpus, "max_in_flight": max(4, 2 * m)},
             drift_detection={"warmup_batches": 10**9},  # the default detector, never alarming
             train={"num_workers": 0},
@@ -748,7 +749,7 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
     # the monitors alone, at 1 and N monitors: one batch per task and per object (torch tensors, as
     # raydrift sent them before chunks), and groups of k batches from numpy chunks (as it sends them now)
     refs = [ray.put(b) for b in batches]
-    chunk = 16
+    chunk = 32
     chunks = [ray.put([pack_batch(b) for b in batches[i : i + chunk]]) for i in range(0, len(batches), chunk)]
 
     def chunk_args(group: list[int]) -> list[Any]:
@@ -1422,7 +1423,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
-    p.add_argument("--k", type=int, default=8, help="batches per task of the evaluate_many rows")
+    p.add_argument("--k", type=int, default=16, help="batches per task of the evaluate_many rows")
     p.add_argument(
         "--merge",
         action="store_true",

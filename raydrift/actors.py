@@ -30,6 +30,11 @@ def set_torch_threads(num_cpus: float) -> int:
     return n
 
 
+CHUNK_MAX_BYTES = 64 * 2**20
+"""A chunk of the stream holds at most this much (at least one batch): 32 MNIST batches are 6 MB, one
+batch of 64 ImageNet-size images is 38 MB."""
+
+
 @ray.remote
 class StreamReader:
     """Owns the stream: serves batches by object ref, keeps the window and the replay memory."""
@@ -54,7 +59,7 @@ class StreamReader:
         """Up to ``k`` next batches: their metadata, and one object holding them all (one ``ray.put``
         per chunk, numpy inside: the object store's per-object cost is paid once per chunk).
         ``([], None)`` at the stream's end."""
-        got = self.state.next_batches(k)
+        got = self.state.next_batches(k, max_bytes=CHUNK_MAX_BYTES)
         if not got:
             return [], None
         return [meta for meta, _ in got], ray.put([pack_batch(batch) for _, batch in got])

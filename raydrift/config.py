@@ -42,7 +42,7 @@ class StreamConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches")
     prefetch: int = Field(
-        16, ge=1, description="batches fetched from the stream reader per call (one object-store chunk)"
+        32, ge=1, description="batches fetched from the stream reader per call (one object-store chunk of at most 64 MB)"
     )
     max_batches_per_second: float | None = Field(
         None, gt=0, description="serve at most this many batches per second (replay a recorded stream at its pace)"
@@ -63,7 +63,7 @@ class MonitorConfig(_Section):
         description="monitor tasks dispatched and not yet evaluated, in all (default: 2 per monitor)",
     )
     batches_per_task: int = Field(
-        8,
+        16,
         ge=1,
         description="consecutive batches one monitor task evaluates (fewer go to an idle monitor): Ray's "
         "per-task cost is paid once per group",
@@ -201,6 +201,12 @@ class ReliabilityConfig(_Section):
     checkpoints: bool = Field(True, description="write <run_dir>/checkpoint/ for `raydrift run --resume`")
     checkpoint_every_batches: int = Field(
         50, ge=0, description="checkpoint every this many accepted batches (0: only after updates)"
+    )
+    checkpoint_min_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="and at most once per this many seconds (a fast stream would otherwise spend a "
+        "noticeable share of its CPU on checkpoints; 0: every checkpoint_every_batches batches)",
     )
     max_actor_restarts: int = Field(
         3, ge=0, description="times a dead monitor, detector or stream reader is replaced before the run fails"

@@ -557,6 +557,7 @@ class _Loop:
         self.det_snapshot: bytes | None = None
         self.stream_snapshot: dict[str, Any] | None = None
         self.since_snapshot = 0
+        self.t_snapshot = time.monotonic()
         self.restarts = {"monitor": 0, "detector": 0, "stream": 0}
         self.quarantined: set[int] = set()
         self.detect_seconds = 0.0
@@ -780,6 +781,7 @@ class _Loop:
         )
         self.det_log.clear()
         self.since_snapshot = 0
+        self.t_snapshot = time.monotonic()
         rc = self.cfg.reliability
         if write and rc.checkpoints:
             self.metrics_writer.flush()
@@ -806,8 +808,10 @@ class _Loop:
                 cb.on_checkpoint(self.c, path)
 
     def maybe_snapshot(self) -> None:
-        every = self.cfg.reliability.checkpoint_every_batches or 50
-        if self.since_snapshot >= every and self.collecting is None and self.job is None:
+        rc = self.cfg.reliability
+        every = rc.checkpoint_every_batches or 50
+        due = time.monotonic() - self.t_snapshot >= rc.checkpoint_min_seconds
+        if self.since_snapshot >= every and due and self.collecting is None and self.job is None:
             self.snapshot(write=self.cfg.reliability.checkpoint_every_batches > 0)
 
     # --- accepting results ---------------------------------------------------------------------------
@@ -993,9 +997,11 @@ class _Loop:
                     continue
                 ended = self.stream_done and not self.queue
                 if self.job is None and self.collecting is not None and (
-                    self.processed > self.collecting.upto or ended
+                    self.processed > self.collecting.upto
+                    or ended
+                    or (self.queue and self.queue[0][0].batch_id > self.collecting.upto)
                 ):
-                    # the window is complete, or the stream ended first
+                    # the window is complete (nothing of it left to serve), or the stream ended first
                     self.start_update(self.collecting, min(self.collecting.upto, self.processed - 1))
                     continue
                 if self.stream_done and not self.queue:

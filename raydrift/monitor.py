@@ -131,7 +131,9 @@ class Monitor:
             return f"empty input (shape {tuple(x.shape)})"
         if len(y) != len(x):
             return f"{len(x)} inputs but {len(y)} labels"
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        # a NaN or inf anywhere makes the sum non-finite: one cheap pass, the full check only then
+        # (a sum can also overflow to inf with finite values)
+        if x.is_floating_point() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             return f"{int((~torch.isfinite(x)).sum())} non-finite input values (NaN/inf)"
         if self._input_spec is not None:
             shape, dtype = self._input_spec

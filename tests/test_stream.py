@@ -112,3 +112,11 @@ def test_batches_travel_as_numpy_and_come_back_as_writable_copies() -> None:
     assert pack_batch(half) is half  # numpy has no bfloat16
     broken = Batch([1.0, 2.0], b.y, 0)  # type: ignore[arg-type]
     assert pack_batch(broken) is broken  # malformed input reaches the monitor, which quarantines it
+
+
+def test_next_batches_stops_at_max_bytes_but_serves_at_least_one() -> None:
+    s = StreamState(batches(10, size=4), window_batches=3, memory_size=10)
+    one = 4 * 2 * 4 + 4 * 8  # x: 4 x 2 float32, y: 4 int64
+    assert [m.batch_id for m, _ in s.next_batches(10, max_bytes=2 * one)] == [0, 1]
+    assert [m.batch_id for m, _ in s.next_batches(10, max_bytes=1)] == [2]  # one batch even if larger
+    assert len(s.next_batches(10)) == 7

@@ -45,6 +45,7 @@ BASE = [
     "logging.backend=none",
     "logging.plots=false",
     "reliability.checkpoint_every_batches=8",
+    "reliability.checkpoint_min_seconds=0",
 ]
 
 
@@ -299,3 +300,25 @@ def test_monitoring_continues_while_an_update_trains(ray_cluster: Path, tmp_path
     # versions never go back: once a batch was evaluated with the new weights, later ones are too
     first_new = min(int(r["batch_id"]) for r in after if int(r["version"]) == u["version"])
     assert all(int(r["version"]) >= u["version"] for r in after if int(r["batch_id"]) > first_new + 8)
+
+
+class CountCheckpoints(Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_checkpoint(self, coordinator: Coordinator, path: Path) -> None:
+        self.count += 1
+
+
+def test_periodic_checkpoints_respect_the_minimum_interval(ray_cluster: Path, tmp_path: Path) -> None:
+    often, rare = CountCheckpoints(), CountCheckpoints()
+    s_often = run(tmp_path, "monitor.on_drift=pause", callbacks=(often,))
+    s_rare = run(tmp_path, "monitor.on_drift=pause", "reliability.checkpoint_min_seconds=3600", callbacks=(rare,))
+    assert_complete(s_often)
+    assert_complete(s_rare)
+    # the same run (on_drift: pause), so the same updates: with an hour's minimum only the
+    # checkpoints after updates and at the end are written
+    ended = len(s_rare["updates"]) + len(s_rare["rejected_updates"])
+    assert ended == len(s_often["updates"]) + len(s_often["rejected_updates"])
+    assert rare.count == ended + 1
+    assert often.count > rare.count  # every 8 batches in between

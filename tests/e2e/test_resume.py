@@ -25,7 +25,7 @@ monitor: {num_monitors: 1, num_cpus: 1}
 drift_detection: {warmup_batches: 3, cooldown_batches: 2, interval: 4}
 continual_learning: {memory_size: 200, window_batches: 6}
 train: {num_workers: 0, epochs: 10, batch_size: 32, lr: 0.01}
-reliability: {checkpoint_every_batches: 5}
+reliability: {checkpoint_every_batches: 5, checkpoint_min_seconds: 0}
 ray: {include_dashboard: false, num_cpus: 2}
 """
 BATCHES = 60
