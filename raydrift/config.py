@@ -66,7 +66,8 @@ class MonitorConfig(_Section):
         16,
         ge=1,
         description="consecutive batches one monitor task evaluates (fewer go to an idle monitor): Ray's "
-        "per-task cost is paid once per group",
+        "per-task cost (~1 ms) is paid once per group; for models that take far longer per batch use 1-2, "
+        "since in-flight work is drained at a drift",
     )
     resources: dict[str, float] = Field(
         default_factory=dict,
