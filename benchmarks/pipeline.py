@@ -1158,7 +1158,13 @@ def memory_run(args: argparse.Namespace, tmp: Path, batches: int, label: str) ->
         f"mem-{label}",
         model={"harness": "synthetic"},
         data={"num_regimes": regimes, "regime_batches": rb},
-        monitor={"num_monitors": args.max_monitors, "num_cpus": min(1.0, args.num_cpus / args.max_monitors)},
+        # pause: a replayed stream outruns its updates, and with continue the detector would be held
+        # through most regime changes; every change gets its update this way
+        monitor={
+            "num_monitors": args.max_monitors,
+            "num_cpus": min(1.0, args.num_cpus / args.max_monitors),
+            **PAUSE,
+        },
         drift_detection=PERIODIC | {"params": {"period": rb}},
         train={"num_workers": 0},
         **NO_GATE,
