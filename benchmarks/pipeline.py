@@ -89,6 +89,7 @@ for _p in (str(ROOT), str(HERE)):
 
 from scaling import TrivialHarness  # noqa: E402
 
+from raydrift.actors import evaluate_many_args  # noqa: E402
 from raydrift.harness import Batch, Harness, build_harness  # noqa: E402
 from raydrift.stream import pack_batch  # noqa: E402
 from raydrift.weights import load_into, to_numpy  # noqa: E402
@@ -753,14 +754,7 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
     chunks = [ray.put([pack_batch(b) for b in batches[i : i + chunk]]) for i in range(0, len(batches), chunk)]
 
     def chunk_args(group: list[int]) -> list[Any]:
-        used: list[Any] = []
-        items = []
-        for j in group:
-            ref = chunks[j // chunk]
-            if not used or used[-1] is not ref:
-                used.append(ref)
-            items.append((j, len(used) - 1, j % chunk))
-        return [items, *used]
+        return evaluate_many_args([(j, chunks[j // chunk], j % chunk) for j in group])
 
     wref = ray.put(weights)
     for m in args.direct_monitors:

@@ -30,6 +30,18 @@ def set_torch_threads(num_cpus: float) -> int:
     return n
 
 
+def evaluate_many_args(group: list[tuple[int, Any, int]]) -> list[Any]:
+    """The arguments of :meth:`MonitorActor.evaluate_many` for ``(batch id, chunk ref, index)`` triples
+    in stream order: the items, then each chunk ref once (consecutive batches share chunks)."""
+    refs: list[Any] = []
+    items = []
+    for batch_id, ref, j in group:
+        if not refs or refs[-1] is not ref:
+            refs.append(ref)
+        items.append((batch_id, len(refs) - 1, j))
+    return [items, *refs]
+
+
 CHUNK_MAX_BYTES = 64 * 2**20
 """A chunk of the stream holds at most this much (at least one batch): 32 MNIST batches are 6 MB, one
 batch of 64 ImageNet-size images is 38 MB."""
@@ -154,9 +166,6 @@ class DetectorActor:
 
         set_torch_threads(0)
         self.engine = DetectionEngine(DriftDetectionConfig(**cfg), metric, higher_is_better, seed=seed)
-
-    def ingest(self, result: BatchResult) -> DetectionOutput:
-        return self.engine.ingest(result)
 
     def ingest_many(self, results: list[BatchResult]) -> DetectionOutput:
         """The results of one :meth:`MonitorActor.evaluate_many` task (passed by ref, resolved by Ray)."""

@@ -38,7 +38,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from raydrift.actors import DetectorActor, MonitorActor, StreamReader
+from raydrift.actors import DetectorActor, MonitorActor, StreamReader, evaluate_many_args
 from raydrift.callbacks import Callback
 from raydrift.checkpoint import load_checkpoint, save_checkpoint, truncate_csv
 from raydrift.config import RaydriftConfig, save_config
@@ -950,14 +950,10 @@ class _Loop:
             self.request_chunk()
 
     def dispatch(self, group: list[_Item], i: int) -> None:
-        refs: list[Any] = []
-        spec = []
-        for meta, ref, j in group:
+        for meta, _, _ in group:
             self.batch_regime[meta.batch_id] = meta.regime
-            if not refs or refs[-1] is not ref:
-                refs.append(ref)
-            spec.append((meta.batch_id, len(refs) - 1, j))
-        task = self.c.monitors[i].evaluate_many.remote(spec, *refs)
+        args = evaluate_many_args([(meta.batch_id, ref, j) for meta, ref, j in group])
+        task = self.c.monitors[i].evaluate_many.remote(*args)
         self.inflight[task] = (group, i)
         self.load[i] += 1
         self.tasks_sent += 1

@@ -75,7 +75,7 @@ class Monitor:
         On the CPU, read-only numpy weights (what a monitor actor gets from Ray's object store) become
         the model's tensors without a copy (see :meth:`_assign`)."""
         current = getattr(self, "_model", None)
-        if current is not None and self.device.type == "cpu" and self._zero_copy(weights):
+        if current is not None and self._assignable(weights):
             with self._lock:  # the previous model, unless an evaluation still uses it
                 spare, self._spare = self._spare, None
                 if spare is not None and self._busy[id(spare)]:
@@ -85,11 +85,12 @@ class Monitor:
         load_into(model, weights)
         return model.to(self.device).eval()
 
-    @staticmethod
-    def _zero_copy(weights: Weights) -> bool:
-        """True when every array is read-only (shared object-store memory nobody writes to); arrays a
-        caller may still change are copied instead."""
-        return all(isinstance(v, np.ndarray) and not v.flags.writeable for v in weights.values())
+    def _assignable(self, weights: Weights) -> bool:
+        """True on the CPU when every array is read-only (shared object-store memory nobody writes
+        to): such weights become the model's tensors. Arrays a caller may still change are copied."""
+        return self.device.type == "cpu" and all(
+            isinstance(v, np.ndarray) and not v.flags.writeable for v in weights.values()
+        )
 
     @staticmethod
     def _assign(model: torch.nn.Module, weights: Weights) -> torch.nn.Module:
@@ -118,7 +119,7 @@ class Monitor:
         with self._lock:
             if version > self._version:
                 old, self._model, self._version = self._model, model, version
-                if self._zero_copy(weights) and self.device.type == "cpu":
+                if self._assignable(weights):
                     self._spare = old
         return self._version
 

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from raydrift.config import build_config
-from raydrift.coordinator import Coordinator
+from pipeline_runs import run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -52,11 +50,7 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def summary(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("cifar")
-    cfg = build_config(None, [*OVERRIDES, f"logging.runs_dir={tmp / 'runs'}"])
-    run_dir = tmp / "run"
-    run_dir.mkdir()
-    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+    return run_pipeline(tmp_path_factory.mktemp("cifar"), OVERRIDES)
 
 
 def test_the_contrast_regime_is_detected(summary: dict[str, Any]) -> None:

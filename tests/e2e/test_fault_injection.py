@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import ray
+from pipeline_runs import run_pipeline
 
 from raydrift.callbacks import Callback
-from raydrift.config import build_config
 from raydrift.coordinator import Coordinator
 
 BATCHES = 48
@@ -50,10 +50,7 @@ BASE = [
 
 
 def run(tmp_path: Path, *overrides: str, callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
-    cfg = build_config(None, [*BASE, f"logging.runs_dir={tmp_path / 'runs'}", *overrides])
-    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
-    run_dir.mkdir()
-    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None, callbacks=callbacks).run()
+    return run_pipeline(tmp_path, [*BASE, *overrides], callbacks)
 
 
 @contextmanager

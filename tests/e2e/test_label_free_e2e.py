@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from raydrift.config import MonitorConfig, build_config
-from raydrift.coordinator import Coordinator
+from pipeline_runs import run_pipeline
 
 REGIME_BATCHES = 24
 BATCH_SIZE = 32
@@ -45,21 +43,16 @@ CONFIG = [
     "train.lr=0.01",
     "logging.backend=none",
     "logging.plots=false",
+    # Monitoring pauses while an update trains, so the batches after it are evaluated with the new
+    # weights and fed in order (with `continue` this short stream would end before the first update
+    # goes live, and nothing after it would be fed).
+    "monitor.on_drift=pause",
 ]
-# Monitoring pauses while an update trains, so the batches after it are evaluated with the new weights
-# and fed in order (the pipeline's behaviour before `monitor.on_drift` existed; with `continue` this
-# short stream would end before the first update goes live, and nothing after it would be fed).
-if "on_drift" in MonitorConfig.model_fields:
-    CONFIG.append("monitor.on_drift=pause")
 
 
 @pytest.fixture(scope="module")
 def label_free_run(ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("label_free")
-    cfg = build_config(None, [*CONFIG, f"logging.runs_dir={tmp / 'runs'}"])
-    run_dir = tmp / "run"
-    run_dir.mkdir()
-    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+    return run_pipeline(tmp_path_factory.mktemp("label_free"), CONFIG)
 
 
 def test_label_free_alarm_near_the_regime_change_and_none_before(label_free_run: dict[str, Any]) -> None:

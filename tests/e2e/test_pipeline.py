@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-
-from raydrift.config import build_config
-from raydrift.coordinator import Coordinator
+from pipeline_runs import run_pipeline
 
 # A short synthetic stream: 3 regimes x 16 batches of 32 samples; the model pre-trained on regime 0
 # falls sharply on regimes 1 and 2.
@@ -36,10 +34,7 @@ BASE = [
 
 
 def run(tmp_path: Path, *overrides: str) -> dict[str, Any]:
-    cfg = build_config(None, [*BASE, f"logging.runs_dir={tmp_path / 'runs'}", *overrides])
-    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
-    run_dir.mkdir()
-    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+    return run_pipeline(tmp_path, [*BASE, *overrides])
 
 
 def events(summary: dict[str, Any]) -> list[tuple[int, int, str]]:
