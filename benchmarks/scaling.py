@@ -8,7 +8,7 @@ start-up excluded):
 - driver CPU seconds per batch (``time.process_time`` of the driver process, Ray's threads included):
   the coordinator's cost, which bounds the batches/s one driver can sustain;
 - wall seconds per batch and samples/s;
-- the broadcast fan-out: one ``ray.put`` of the weights + ``set_weights`` on every monitor.
+- the broadcast: one ``ray.put`` of the weights, then a task carrying the version to every monitor.
 
 Usage (one Ray cluster, started here)::
 
@@ -90,11 +90,12 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
         loop_run(loop, checkpoint)
         timing["loop_cpu"] = time.process_time() - timing["cpu0"]
         timing["loop_wall"] = time.perf_counter() - timing["wall0"]
-        # the broadcast fan-out, as the coordinator does it after an update
+        # the broadcast, as the coordinator does it after an update: one put, and each monitor's next
+        # task (here one with no batches) carries the version and its ref
         w = to_numpy(nn.Linear(4, 2).state_dict())
         t0 = time.perf_counter()
         ref = ray.put(w)
-        ray.get([m.set_weights.remote(10**6, ref) for m in loop.c.monitors])
+        ray.get([m.evaluate_many.remote([], (10**6, [ref])) for m in loop.c.monitors])
         timing["broadcast"] = time.perf_counter() - t0
 
     coordinator_module._Loop.run = timed_run  # type: ignore[method-assign]

@@ -30,16 +30,21 @@ def set_torch_threads(num_cpus: float) -> int:
     return n
 
 
-def evaluate_many_args(group: list[tuple[int, Any, int]]) -> list[Any]:
+def evaluate_many_args(
+    group: list[tuple[int, Any, int]], version: int = 0, weights_ref: Any = None
+) -> list[Any]:
     """The arguments of :meth:`MonitorActor.evaluate_many` for ``(batch id, chunk ref, index)`` triples
-    in stream order: the items, then each chunk ref once (consecutive batches share chunks)."""
+    in stream order: the items, the weights version to evaluate them with (and its object ref when the
+    monitor does not hold that version yet), then each chunk ref once (consecutive batches share
+    chunks)."""
     refs: list[Any] = []
     items = []
     for batch_id, ref, j in group:
         if not refs or refs[-1] is not ref:
             refs.append(ref)
         items.append((batch_id, len(refs) - 1, j))
-    return [items, *refs]
+    # in a list, so Ray passes the ref on without fetching it: the monitor gets it only if it must
+    return [items, (version, None if weights_ref is None else [weights_ref]), *refs]
 
 
 CHUNK_MAX_BYTES = 64 * 2**20
@@ -134,10 +139,23 @@ class MonitorActor:
         return result
 
     @ray.method(concurrency_group="eval")
-    def evaluate_many(self, items: list[tuple[int, int, int]], *chunks: list[Any]) -> list[BatchResult]:
+    def evaluate_many(
+        self,
+        items: list[tuple[int, int, int]],
+        weights: tuple[int, list[ray.ObjectRef] | None],
+        *chunks: list[Any],
+    ) -> list[BatchResult]:
         """Evaluate several batches in one task: ``items`` are ``(batch id, chunk, index)``, the batch
         being ``chunks[chunk][index]`` (chunks from :meth:`StreamReader.next_chunk`, resolved by Ray).
-        One task per group rather than per batch: Ray's per-task cost is paid once per group."""
+        One task per group rather than per batch: Ray's per-task cost is paid once per group.
+
+        ``weights`` is ``(version, [ref] or None)``: the batches are evaluated with that version, loaded
+        first from ``ref`` when this monitor holds an older one. This is how new weights reach the
+        monitors: one ``ray.put`` in the driver, no call of its own per monitor."""
+        version, ref = weights
+        if version > self.monitor.version:
+            fetch = None if ref is None else (lambda: ray.get(ref[0]))
+            self.metrics.version(self.monitor.ensure_version(version, fetch))
         results = [self.monitor.evaluate(bid, unpack_batch(chunks[c][j])) for bid, c, j in items]
         self.metrics.batches(results)
         return results

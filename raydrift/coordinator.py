@@ -537,6 +537,9 @@ class _Loop:
         self.fetch: Any = None  # the pending StreamReader.next_chunk call, if any
         self.inflight: dict[Any, tuple[list[_Item], int]] = {}  # task -> (its batches, monitor index)
         self.load: list[int] = []
+        # the weights version each monitor was last sent (with a task) or built with: a task carries
+        # the current version's ref only to a monitor that has not had it yet
+        self.sent: list[int] = []
         self.tasks_sent = 0
         self.last_task: dict[int, int] = {}  # monitor index -> number of the last task sent to it
         self.max_in_flight = 1  # set when the monitors start
@@ -664,6 +667,7 @@ class _Loop:
         self._count_restart("monitor", f"monitor {i} died")
         self._kill(self.c.monitors[i])
         self.c.monitors[i] = self._make_monitor(i)
+        self.sent[i] = self.c.version
         again = [item for items, j in self.inflight.values() if j == i for item in items]
         for t in [t for t, (_, j) in self.inflight.items() if j == i]:
             del self.inflight[t]
@@ -757,6 +761,7 @@ class _Loop:
         c._stream = self._make_stream()
         c.monitors = [self._make_monitor(i) for i in range(cfg.monitor.num_monitors)]
         self.load = [0] * len(c.monitors)
+        self.sent = [c.version] * len(c.monitors)
         self.max_in_flight = cfg.monitor.max_in_flight or 2 * len(c.monitors)
         c._detector = self._make_detector()
         if checkpoint is not None:
@@ -952,7 +957,10 @@ class _Loop:
     def dispatch(self, group: list[_Item], i: int) -> None:
         for meta, _, _ in group:
             self.batch_regime[meta.batch_id] = meta.regime
-        args = evaluate_many_args([(meta.batch_id, ref, j) for meta, ref, j in group])
+        version = self.c.version
+        weights_ref = self.weights_ref if self.sent[i] < version else None
+        self.sent[i] = version
+        args = evaluate_many_args([(meta.batch_id, ref, j) for meta, ref, j in group], version, weights_ref)
         task = self.c.monitors[i].evaluate_many.remote(*args)
         self.inflight[task] = (group, i)
         self.load[i] += 1
@@ -1168,15 +1176,18 @@ class _Loop:
             "holdout_samples": 0 if data.holdout_y is None else len(data.holdout_y),
         }
 
-    def _broadcast(self, version: int) -> None:
-        """Every monitor on ``version`` (a dead one is replaced, already with the new weights)."""
-        c = self.c
+    def sync_monitors(self) -> None:
+        """Every monitor on the current version now, waited for (a dead one is replaced, already with
+        it). During the run a new version reaches each monitor with its next task instead; this is
+        for the end, so that no monitor is left on an older version (and its weights)."""
+        c, version = self.c, self.c.version
         acks = self._with_recovery(
-            f"broadcasting version {version}",
+            f"loading version {version} on the monitors",
             lambda: ray.get([m.set_weights.remote(version, self.weights_ref) for m in c.monitors]),
         )
         if any(a != version for a in acks):
             raise RuntimeError(f"monitors did not load version {version}: {acks}")
+        self.sent = [version] * len(c.monitors)
 
     def finish_update(self) -> None:
         job, cfg, c = self.job, self.cfg, self.c
@@ -1222,8 +1233,9 @@ class _Loop:
         if outcome.strategy_state is not None:
             self.strategy_state = outcome.strategy_state
             self.strategy_state_ref = ray.put(outcome.strategy_state)
-        self.weights_ref = ray.put(self.weights)  # once; every monitor reads the same object
-        self._broadcast(version)
+        # the broadcast: one ray.put; every task sent from now on carries this version, and each monitor
+        # loads it from the object store (shared, not copied, by monitors on a node) before its next task
+        self.weights_ref = ray.put(self.weights)
         t3 = time.perf_counter()
         if pause:
             self.rewind(upto + 1)
@@ -1310,6 +1322,7 @@ class _Loop:
         self.t_mon = time.perf_counter()
         for rec in ray.get(c._detector.finish.remote()):
             self.on_interval(rec)
+        self.sync_monitors()
         stats = ray.get([m.stats.remote() for m in c.monitors])
         summary["stream"]["batches"] = self.processed
         summary["stream"]["samples"] = self.samples
@@ -1342,6 +1355,8 @@ class _Loop:
                 "update_optimizer_seconds": round(sum(u.get("train_optimizer_seconds") or 0.0 for u in ups), 4),
                 "update_gating_seconds": round(sum(u.get("gating_seconds") or 0.0 for u in ups), 4),
                 "broadcast_seconds": round(sum(u["broadcasting_seconds"] for u in ups), 4),
+                # the monitors' side of it: fetching and loading new versions at the start of a task
+                "monitor_swap_seconds": round(sum(s.get("swap_seconds", 0.0) for s in stats), 4),
                 "accuracy_matrix_seconds": round(prof.get("accuracy_matrix_seconds", 0.0), 4),
             }
         )

@@ -7,6 +7,8 @@ import copy
 import threading
 import time
 import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,39 @@ from raydrift.detection.engine import BatchResult
 from raydrift.harness import Batch, Harness
 from raydrift.weights import Weights, load_into
 
+_Slot = tuple[dict[str, Any], str, bool | None, torch.Size, torch.dtype]
+_SLOTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, _Slot] | None] = weakref.WeakKeyDictionary()
+
+
+def _state_slots(model: torch.nn.Module) -> dict[str, _Slot] | None:
+    """Where each state-dict entry of ``model`` lives: ``key -> (the module's parameter or buffer
+    table, attribute, requires_grad for a parameter or None for a buffer, shape, dtype)``, cached per
+    model object. None when ``load_state_dict`` must do the work: a module with its own loading logic
+    (outside ``torch.nn``), load hooks, or extra state."""
+    if model in _SLOTS:
+        return _SLOTS[model]
+    slots: dict[str, _Slot] | None = {}
+    for _, mod in model.named_modules():
+        custom = type(mod)._load_from_state_dict is not torch.nn.Module._load_from_state_dict
+        if (custom and not type(mod).__module__.startswith("torch.nn.")) or (
+            mod._load_state_dict_pre_hooks or mod._load_state_dict_post_hooks
+        ):
+            slots = None
+            break
+    if slots is not None:
+        for key, value in model.state_dict(keep_vars=True).items():
+            prefix, _, attr = key.rpartition(".")
+            mod = model.get_submodule(prefix) if prefix else model
+            if attr in mod._parameters and mod._parameters[attr] is not None:
+                slots[key] = (mod._parameters, attr, value.requires_grad, value.shape, value.dtype)
+            elif attr in mod._buffers and mod._buffers[attr] is not None:
+                slots[key] = (mod._buffers, attr, None, value.shape, value.dtype)
+            else:
+                slots = None
+                break
+    _SLOTS[model] = slots
+    return slots
+
 
 class Monitor:
     """Holds one model and evaluates batches with it.
@@ -23,6 +58,8 @@ class Monitor:
     Weights are versioned: :meth:`set_weights` ignores a version older than (or equal to) the one
     loaded, so retried or reordered broadcasts are harmless. A new version is loaded into a fresh
     model object and swapped in under a lock, so an evaluation never sees half-loaded weights.
+    :meth:`ensure_version` is how a new version arrives in a run: with the first evaluation task that
+    needs it (the coordinator sends the version's object ref along), fetched only when it is newer.
 
     With ``label_free`` set, each :class:`BatchResult` also carries a per-sample label-free signal for
     ``drift_detection.label_free`` (off by default: nothing extra is computed or sent):
@@ -66,6 +103,9 @@ class Monitor:
         self.samples_evaluated = 0
         self.eval_seconds = 0.0
         self.quarantined = 0
+        self.swaps = 0  # versions loaded after the first
+        self.swap_seconds = 0.0  # fetching and loading them
+        self.last_swap: tuple[int, float, float] | None = None  # (version, start, end), time.monotonic()
         self._input_spec: tuple[tuple[int, ...], torch.dtype] | None = None  # of the first good batch
 
     def _build(self, weights: Weights) -> torch.nn.Module:
@@ -96,32 +136,69 @@ class Monitor:
     def _assign(model: torch.nn.Module, weights: Weights) -> torch.nn.Module:
         """``model`` (no evaluation uses it) with ``weights``' arrays as its tensors, not copied.
 
-        ``load_state_dict(assign=True)`` puts the arrays in as parameters and buffers. The broadcast
-        costs one ``ray.put`` in the driver and, per monitor, no copy of the weights: monitors on one
-        node share the object store's single copy. The model only reads them (an evaluation in
-        inference mode writes no parameter or buffer). The model object is the one replaced by the
-        swap before (double buffering), so a swap builds nothing either."""
+        The arrays go in as the modules' parameters and buffers (what ``load_state_dict(assign=True)``
+        does, which is the fallback: see :func:`_state_slots`). The broadcast costs one ``ray.put`` in
+        the driver and, per monitor, no copy of the weights: monitors on one node share the object
+        store's single copy. The model only reads them (an evaluation in inference mode writes no
+        parameter or buffer). The model object is the one replaced by the swap before (double
+        buffering), so a swap builds nothing either."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             state = {k: torch.from_numpy(v) for k, v in weights.items()}
-        model.load_state_dict(state, assign=True)
+        slots = _state_slots(model)
+        if slots is not None and slots.keys() == state.keys() and all(
+            slots[k][3] == t.shape and slots[k][4] == t.dtype for k, t in state.items()
+        ):
+            for k, t in state.items():
+                table, attr, requires_grad, _, _ = slots[k]
+                table[attr] = torch.nn.Parameter(t, requires_grad=requires_grad) if requires_grad is not None else t
+            return model
+        model.load_state_dict(state, assign=True)  # raises on missing, unexpected or mis-shaped keys
+        _SLOTS.pop(model, None)
         return model.eval()
 
     @property
     def version(self) -> int:
         return self._version
 
-    def set_weights(self, version: int, weights: Weights) -> int:
-        """Load ``weights`` as ``version`` unless a newer one is loaded; returns the version in use."""
+    def set_weights(self, version: int, weights: Weights, t0: float | None = None) -> int:
+        """Load ``weights`` as ``version`` unless a newer one is loaded; returns the version in use.
+
+        ``t0`` (``time.monotonic()``): when loading began, if it began before this call (a fetch)."""
         if version <= self._version:
             return self._version
+        t0 = time.monotonic() if t0 is None else t0
         model = self._build(weights)  # built outside the lock: evaluation goes on meanwhile
         with self._lock:
             if version > self._version:
                 old, self._model, self._version = self._model, model, version
                 if self._assignable(weights):
                     self._spare = old
+                t1 = time.monotonic()
+                self.swaps += 1
+                self.swap_seconds += t1 - t0
+                self.last_swap = (version, t0, t1)
         return self._version
+
+    def ensure_version(self, version: int, fetch: Callable[[], Weights] | None) -> int:
+        """At least ``version`` in use before the next evaluation: when it is newer than the one loaded,
+        ``fetch()`` gets its weights (from the object store, in a monitor actor) and they are loaded.
+        Returns the version in use.
+
+        Raises
+        ------
+        RuntimeError
+            when ``version`` is newer and no ``fetch`` came with it (the sender's books are wrong).
+        """
+        if version <= self._version:
+            return self._version
+        if fetch is None:
+            raise RuntimeError(
+                f"{self.name} holds weights version {self._version}; a task needs version {version} "
+                "and brought no weights"
+            )
+        t0 = time.monotonic()
+        return self.set_weights(version, fetch(), t0=t0)
 
     def check_batch(self, batch: Any) -> str | None:
         """Why ``batch`` cannot be evaluated, or None if it looks sound (cheap checks, no model call)."""
@@ -238,4 +315,7 @@ class Monitor:
             "torch_threads": torch.get_num_threads(),
             "eval_seconds": self.eval_seconds,
             "quarantined": self.quarantined,
+            "swaps": self.swaps,
+            "swap_seconds": self.swap_seconds,
+            "last_swap": self.last_swap,
         }

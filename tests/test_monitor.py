@@ -45,6 +45,35 @@ def test_older_or_equal_versions_are_ignored() -> None:
     assert len(set(monitor._model(batch.x).argmax(1).tolist())) == 1
 
 
+def test_ensure_version_fetches_only_a_newer_version() -> None:
+    monitor, weights = make()
+    batch = next(iter(monitor.harness.stream()))
+    fetched: list[int] = []
+
+    def fetch(scale: float) -> dict[str, np.ndarray]:
+        fetched.append(1)
+        return {k: v * scale for k, v in weights.items()}
+
+    assert monitor.ensure_version(0, lambda: fetch(0.0)) == 0 and not fetched  # already held
+    assert monitor.ensure_version(3, lambda: fetch(0.0)) == 3 and len(fetched) == 1
+    assert monitor.ensure_version(3, lambda: fetch(1.0)) == 3 and len(fetched) == 1  # not again
+    assert monitor.ensure_version(2, None) == 3  # an older task's version: nothing to load
+    assert monitor.evaluate(0, batch).version == 3
+    # zero weights (version 3's) give constant logits
+    assert len(set(monitor._model(batch.x).argmax(1).tolist())) == 1
+    stats = monitor.stats()
+    assert stats["swaps"] == 1 and stats["swap_seconds"] > 0
+    version, t0, t1 = stats["last_swap"]
+    assert version == 3 and t1 >= t0
+
+
+def test_ensure_version_without_weights_for_a_newer_version_is_an_error() -> None:
+    monitor, _ = make()
+    with pytest.raises(RuntimeError, match="holds weights version 0; a task needs version 1"):
+        monitor.ensure_version(1, None)
+    assert monitor.version == 0
+
+
 def test_swap_is_atomic_under_concurrent_evaluation() -> None:
     monitor, weights = make()
     batch = next(iter(monitor.harness.stream()))
@@ -147,3 +176,55 @@ def test_zero_copy_swap_is_atomic_under_concurrent_evaluation() -> None:
     assert len({v for v, _ in checked}) >= 30  # the loop overlapped the swaps
     for version, loss in checked:  # each evaluation saw exactly one version's weights
         assert loss == pytest.approx(expected[version], rel=1e-5)
+
+
+class _Scaled(torch.nn.Module):
+    """A module with its own loading logic (stores half of what it is given): not the fast path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        state_dict[prefix + "w"] = state_dict[prefix + "w"] / 2
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def test_assign_puts_parameters_and_buffers_in_place_and_defers_to_custom_loading() -> None:
+    from raydrift.monitor import _state_slots
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU()).eval()
+    rng = np.random.default_rng(0)  # positive values: running_var must be
+    weights = read_only(
+        {
+            k: (0.1 + np.abs(rng.normal(size=v.shape))).astype(np.float32) if v.is_floating_point() else v.numpy()
+            for k, v in net.state_dict().items()
+        }
+    )
+    x = torch.randn(5, 4)
+    reference = copy_loaded(net, weights)
+    out = Monitor._assign(net, weights)
+    assert out is net and _state_slots(net) is not None
+    assert isinstance(net[0].weight, torch.nn.Parameter) and net[0].weight.requires_grad
+    assert net[1].running_mean.data_ptr() == torch.from_numpy(weights["1.running_mean"]).data_ptr()
+    with torch.no_grad():
+        assert torch.equal(net(x), reference(x))
+    # a wrong shape or a missing key: load_state_dict's own error
+    bad = dict(weights, **{"0.weight": read_only({"a": np.zeros((2, 2), np.float32)})["a"]})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Monitor._assign(net, bad)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Monitor._assign(net, {k: v for k, v in weights.items() if k != "0.bias"})
+    # a module outside torch.nn with its own _load_from_state_dict goes through load_state_dict
+    scaled = torch.nn.Sequential(_Scaled())
+    assert _state_slots(scaled) is None
+    Monitor._assign(scaled, read_only({"0.w": np.full(3, 4.0, np.float32)}))
+    assert scaled[0].w.tolist() == [2.0, 2.0, 2.0]
+
+
+def copy_loaded(net: torch.nn.Module, weights: dict[str, np.ndarray]) -> torch.nn.Module:
+    import copy
+
+    other = copy.deepcopy(net)
+    other.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    return other.eval()

@@ -164,6 +164,26 @@ def test_one_and_three_monitors_give_identical_drift_events(
     assert all(n > 0 for n in three["monitoring"]["monitor_batches"].values())
 
 
+def test_every_batch_after_an_update_is_evaluated_with_the_new_weights(
+    in_process_runs: dict[str, dict[str, Any]],
+) -> None:
+    # a new version reaches each of the three monitors with its next task: with on_drift pause, the
+    # version that evaluated a batch is exactly the number of updates live at that batch
+    s = in_process_runs["three"]
+    assert len(s["updates"]) >= 1
+    live = [u["live_batch_id"] for u in s["updates"]]
+    with open(Path(s["run"]["run_dir"]) / "batches.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 48
+    wrong = [
+        (int(r["batch_id"]), int(r["version"]))
+        for r in rows
+        if int(r["version"]) != sum(b <= int(r["batch_id"]) for b in live)
+    ]
+    assert not wrong, f"(batch, version) evaluated with the wrong weights: {wrong}; updates live at {live}"
+    assert len({r["monitor"] for r in rows if int(r["version"]) >= 1}) >= 2  # new weights on several monitors
+
+
 def test_same_config_and_seed_give_the_same_run(in_process_runs: dict[str, dict[str, Any]]) -> None:
     a, b = in_process_runs["one"], in_process_runs["again"]
     assert events(a) == events(b)
