@@ -87,6 +87,8 @@ def test_every_monitor_ends_on_the_new_version(trained_run: dict[str, Any]) -> N
     assert s["model_version"] == version >= 1
     assert set(s["monitoring"]["monitor_versions"].values()) == {version}
     assert [u["version"] for u in s["updates"]] == list(range(1, version + 1))
+    # the monitor fetched and loaded each new version (timed in the profile), the driver only put it
+    assert s["profile"]["monitor_swap_seconds"] > 0 and s["profile"]["broadcast_seconds"] >= 0
 
 
 def test_summary_and_outputs_are_complete(trained_run: dict[str, Any]) -> None:
