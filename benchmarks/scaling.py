@@ -95,7 +95,7 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
         w = to_numpy(nn.Linear(4, 2).state_dict())
         t0 = time.perf_counter()
         ref = ray.put(w)
-        ray.get([m.evaluate_many.remote([], (10**6, [ref])) for m in loop.c.monitors])
+        ray.get([m.evaluate_many.remote([], 10**6, ref) for m in loop.c.monitors])
         timing["broadcast"] = time.perf_counter() - t0
 
     coordinator_module._Loop.run = timed_run  # type: ignore[method-assign]

@@ -34,17 +34,18 @@ def evaluate_many_args(
     group: list[tuple[int, Any, int]], version: int = 0, weights_ref: Any = None
 ) -> list[Any]:
     """The arguments of :meth:`MonitorActor.evaluate_many` for ``(batch id, chunk ref, index)`` triples
-    in stream order: the items, the weights version to evaluate them with (and its object ref when the
-    monitor does not hold that version yet), then each chunk ref once (consecutive batches share
-    chunks)."""
+    in stream order: the items, the weights version to evaluate them with, that version's object ref
+    when the monitor does not hold it yet (else None), then each chunk ref once (consecutive batches
+    share chunks)."""
     refs: list[Any] = []
     items = []
     for batch_id, ref, j in group:
         if not refs or refs[-1] is not ref:
             refs.append(ref)
         items.append((batch_id, len(refs) - 1, j))
-    # in a list, so Ray passes the ref on without fetching it: the monitor gets it only if it must
-    return [items, (version, None if weights_ref is None else [weights_ref]), *refs]
+    # a top-level argument: Ray fetches it to the monitor's node while the task waits in the monitor's
+    # queue (behind the task it is evaluating), and hands the task the arrays
+    return [items, version, weights_ref, *refs]
 
 
 CHUNK_MAX_BYTES = 64 * 2**20
@@ -142,19 +143,20 @@ class MonitorActor:
     def evaluate_many(
         self,
         items: list[tuple[int, int, int]],
-        weights: tuple[int, list[ray.ObjectRef] | None],
+        version: int,
+        weights: Weights | None,
         *chunks: list[Any],
     ) -> list[BatchResult]:
         """Evaluate several batches in one task: ``items`` are ``(batch id, chunk, index)``, the batch
         being ``chunks[chunk][index]`` (chunks from :meth:`StreamReader.next_chunk`, resolved by Ray).
         One task per group rather than per batch: Ray's per-task cost is paid once per group.
 
-        ``weights`` is ``(version, [ref] or None)``: the batches are evaluated with that version, loaded
-        first from ``ref`` when this monitor holds an older one. This is how new weights reach the
-        monitors: one ``ray.put`` in the driver, no call of its own per monitor."""
-        version, ref = weights
+        The batches are evaluated with weights ``version``; when this monitor holds an older one,
+        ``weights`` are that version's (sent by object ref, resolved by Ray: the node pulls them while
+        the task is queued) and are loaded first. This is how new weights reach the monitors: one
+        ``ray.put`` in the driver, no call of its own per monitor."""
         if version > self.monitor.version:
-            fetch = None if ref is None else (lambda: ray.get(ref[0]))
+            fetch = None if weights is None else (lambda: weights)
             self.metrics.version(self.monitor.ensure_version(version, fetch))
         results = [self.monitor.evaluate(bid, unpack_batch(chunks[c][j])) for bid, c, j in items]
         self.metrics.batches(results)

@@ -59,7 +59,7 @@ class Monitor:
     loaded, so retried or reordered broadcasts are harmless. A new version is loaded into a fresh
     model object and swapped in under a lock, so an evaluation never sees half-loaded weights.
     :meth:`ensure_version` is how a new version arrives in a run: with the first evaluation task that
-    needs it (the coordinator sends the version's object ref along), fetched only when it is newer.
+    needs it (the coordinator sends the version's object ref along), loaded only when it is newer.
 
     With ``label_free`` set, each :class:`BatchResult` also carries a per-sample label-free signal for
     ``drift_detection.label_free`` (off by default: nothing extra is computed or sent):
@@ -182,8 +182,8 @@ class Monitor:
 
     def ensure_version(self, version: int, fetch: Callable[[], Weights] | None) -> int:
         """At least ``version`` in use before the next evaluation: when it is newer than the one loaded,
-        ``fetch()`` gets its weights (from the object store, in a monitor actor) and they are loaded.
-        Returns the version in use.
+        ``fetch()`` gives its weights (in a monitor actor, the arrays Ray resolved from the object store
+        for the task) and they are loaded. Returns the version in use.
 
         Raises
         ------
