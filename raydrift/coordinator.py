@@ -537,8 +537,8 @@ class _Loop:
         self.fetch: Any = None  # the pending StreamReader.next_chunk call, if any
         self.inflight: dict[Any, tuple[list[_Item], int]] = {}  # task -> (its batches, monitor index)
         self.load: list[int] = []
-        # the weights version each monitor was last sent (with a task) or built with: a task carries
-        # the current version's ref only to a monitor that has not had it yet
+        # the weights version each monitor was last sent (with a task) or built with, -1 if unknown: a
+        # task carries the current version's ref only to a monitor that may not have it yet
         self.sent: list[int] = []
         self.tasks_sent = 0
         self.last_task: dict[int, int] = {}  # monitor index -> number of the last task sent to it
@@ -645,11 +645,16 @@ class _Loop:
             pass
 
     def _forget_in_flight(self) -> None:
-        """Drop the books of dispatched, queued and requested batches (they will be served again)."""
+        """Drop the books of dispatched, queued and requested batches (they will be served again).
+
+        A dropped task may never have run (e.g. its batches were owned by a stream reader that died), so
+        whether its monitor loaded the version it carried is unknown: the next task to every monitor
+        carries the current version's ref again (a monitor that holds it ignores it)."""
         self.inflight.clear()
         self.queue.clear()
         self.fetch = None
         self.load = [0] * len(self.c.monitors)
+        self.sent = [-1] * len(self.c.monitors)
         for b in [b for b in self.batch_regime if b >= self.processed]:
             self.batch_regime.pop(b)
 
