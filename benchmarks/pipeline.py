@@ -93,7 +93,7 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from scaling import TrivialHarness  # noqa: E402
+from scaling import TrivialHarness, broadcast_by_task  # noqa: E402
 
 from raydrift.actors import evaluate_many_args  # noqa: E402
 from raydrift.harness import Batch, Harness, build_harness  # noqa: E402
@@ -1106,14 +1106,8 @@ def broadcast_to_live_monitors(reps: int = 3) -> dict[str, Any]:
     ref; from the put until every monitor has loaded it, waited for."""
     named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("monitor")]
     handles = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in named]
-    w = to_numpy(nn.Linear(4, 2).state_dict())
-    ts = []
-    for i in range(reps):
-        version = 10**6 + i  # newer than any version of the run
-        t0 = time.perf_counter()
-        ref = ray.put(w)
-        ray.get([h.evaluate_many.remote([], version, ref) for h in handles])
-        ts.append(time.perf_counter() - t0)
+    # versions newer than any of the run
+    ts = [broadcast_by_task(handles, 10**6 + i) for i in range(reps)]
     return {"monitors": len(handles), "broadcast_ms": r(1000 * median(ts), 2)}
 
 

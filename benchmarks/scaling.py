@@ -64,12 +64,24 @@ class TrivialHarness(Harness):
         return {0: self._sample(256, torch.Generator().manual_seed(self.seed + 2))}
 
 
-def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict[str, Any]:
+def broadcast_by_task(monitors: list[Any], version: int) -> float:
+    """Seconds of a broadcast of small weights as the coordinator does it after an update: one put, and
+    each monitor's next task (here one with no batches) carries ``version`` (newer than the one the
+    monitors hold) and its ref; until every monitor has loaded it."""
     import ray
 
+    from raydrift.weights import to_numpy
+
+    w = to_numpy(nn.Linear(4, 2).state_dict())
+    t0 = time.perf_counter()
+    ref = ray.put(w)
+    ray.get([m.evaluate_many.remote([], version, ref) for m in monitors])
+    return time.perf_counter() - t0
+
+
+def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict[str, Any]:
     from raydrift.config import build_config
     from raydrift.coordinator import Coordinator
-    from raydrift.weights import to_numpy
 
     timing: dict[str, float] = {}
 
@@ -90,13 +102,7 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
         loop_run(loop, checkpoint)
         timing["loop_cpu"] = time.process_time() - timing["cpu0"]
         timing["loop_wall"] = time.perf_counter() - timing["wall0"]
-        # the broadcast, as the coordinator does it after an update: one put, and each monitor's next
-        # task (here one with no batches) carries the version and its ref
-        w = to_numpy(nn.Linear(4, 2).state_dict())
-        t0 = time.perf_counter()
-        ref = ray.put(w)
-        ray.get([m.evaluate_many.remote([], 10**6, ref) for m in loop.c.monitors])
-        timing["broadcast"] = time.perf_counter() - t0
+        timing["broadcast"] = broadcast_by_task(loop.c.monitors, 10**6)
 
     coordinator_module._Loop.run = timed_run  # type: ignore[method-assign]
 

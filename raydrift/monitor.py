@@ -6,7 +6,6 @@ import collections
 import copy
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 
 from raydrift.detection.engine import BatchResult
 from raydrift.harness import Batch, Harness
-from raydrift.weights import Weights, load_into
+from raydrift.weights import Weights, load_into, shared_tensors
 
 _Slot = tuple[dict[str, Any], str, bool | None, torch.Size, torch.dtype]
 _SLOTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, _Slot] | None] = weakref.WeakKeyDictionary()
@@ -142,9 +141,7 @@ class Monitor:
         store's single copy. The model only reads them (an evaluation in inference mode writes no
         parameter or buffer). The model object is the one replaced by the swap before (double
         buffering), so a swap builds nothing either."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            state = {k: torch.from_numpy(v) for k, v in weights.items()}
+        state = dict(zip(weights, shared_tensors(weights.values()), strict=True))
         slots = _state_slots(model)
         if slots is not None and slots.keys() == state.keys() and all(
             slots[k][3] == t.shape and slots[k][4] == t.dtype for k, t in state.items()

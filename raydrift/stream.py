@@ -12,7 +12,6 @@ update trains on depends only on the stream and the drift batch id, never on sch
 from __future__ import annotations
 
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from raydrift.harness import Batch
 from raydrift.learning.loop import UpdateData
 from raydrift.learning.memory import ReplayMemory
+from raydrift.weights import shared_tensors
 
 
 def _nbytes(batch: Any) -> int:
@@ -60,10 +60,9 @@ def unpack_batch(item: Any) -> Any:
     """The :class:`Batch` behind :func:`pack_batch`'s output. The arrays are copied: read-only object
     store memory is shared by every reader, and a model may write to its input in place."""
     if isinstance(item, PackedBatch):
-        with warnings.catch_warnings():  # torch warns that the arrays are read-only: they are cloned
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            # from_numpy + clone: one torch copy, several times faster than numpy's for a batch
-            return Batch(torch.from_numpy(item.x).clone(), torch.from_numpy(item.y).clone(), item.regime)
+        # from_numpy + clone: one torch copy, several times faster than numpy's for a batch
+        x, y = shared_tensors((item.x, item.y))
+        return Batch(x.clone(), y.clone(), item.regime)
     return item
 
 

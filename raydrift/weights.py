@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import warnings
+from collections.abc import Iterable
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -39,6 +41,15 @@ def save_weights(weights: Weights | dict[str, torch.Tensor], path: str | os.Path
     torch.save(sd, path)
 
 
-def load_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A state_dict from ``path``; only tensors are unpickled (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_weights(source: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+    """A state_dict (or any plain container of tensors) from a file or a binary stream, on the CPU;
+    only tensors are unpickled (``weights_only=True``)."""
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def shared_tensors(arrays: Iterable[np.ndarray]) -> list[torch.Tensor]:
+    """Tensors over ``arrays``' memory, not copied. Arrays from Ray's object store are read-only,
+    which ``torch.from_numpy`` warns about: the caller only reads them, or copies them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return [torch.from_numpy(a) for a in arrays]

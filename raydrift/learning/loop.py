@@ -38,6 +38,7 @@ from raydrift.config import ContinualLearningConfig, TrainConfig
 from raydrift.harness import Harness
 from raydrift.learning.memory import sample_indices
 from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.weights import load_weights
 
 __all__ = [
     "UpdateData",
@@ -503,4 +504,4 @@ def train_func(config: dict[str, Any]) -> dict[str, Any] | None:
 def load_strategy_state(data: bytes) -> dict[str, Any]:
     """The strategy state :func:`train_func` returns as bytes, loaded on the CPU with
     ``weights_only=True`` (plain containers of tensors only, as the run's checkpoint needs)."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return load_weights(io.BytesIO(data))
