@@ -8,8 +8,6 @@ See ``docs/model_harness.md``.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from raydrift.errors import ConfigError
+from raydrift.registry import resolve
 
 
 @dataclass
@@ -123,28 +121,7 @@ HARNESS_REGISTRY: dict[str, str] = {
 
 def resolve_harness(spec: str) -> type[Harness]:
     """The harness class named by ``spec``: a registry name or ``package.module:ClassName``."""
-    path = HARNESS_REGISTRY.get(spec, spec)
-    if ":" not in path:
-        close = difflib.get_close_matches(spec, list(HARNESS_REGISTRY), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(
-            f"unknown harness '{spec}': {hint}use a registered name ({', '.join(sorted(HARNESS_REGISTRY))}) "
-            "or a dotted path 'package.module:ClassName'"
-        )
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"harness '{spec}': cannot import module '{module_name}' ({exc.msg}); "
-            "check the path and that the package is installed or on PYTHONPATH"
-        ) from exc
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ConfigError(f"harness '{spec}': module '{module_name}' has no attribute '{attr}'")
-    if not (isinstance(cls, type) and issubclass(cls, Harness)):
-        raise ConfigError(f"harness '{spec}': '{attr}' is not a subclass of raydrift.Harness")
-    return cls
+    return resolve(spec, HARNESS_REGISTRY, Harness, "harness", base_name="raydrift.Harness")
 
 
 def build_harness(spec: str, options: dict[str, Any] | None, seed: int, batch_size: int) -> Harness:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import typing
 from typing import Any
@@ -12,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from raydrift.detection.base import DriftDetector, InvalidParam
 from raydrift.errors import ConfigError
+from raydrift.registry import resolve
 
 __all__ = ["DETECTOR_REGISTRY", "list_detectors", "make_detector", "resolve_detector"]
 
@@ -45,30 +45,9 @@ def resolve_detector(name: str) -> type[DriftDetector]:
     ConfigError
         One line naming the closest registered name, or what is wrong with a dotted path.
     """
-    path = DETECTOR_REGISTRY.get(name, name)
-    if ":" not in path:
-        close = difflib.get_close_matches(name, list(DETECTOR_REGISTRY), n=1, cutoff=0.4)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(
-            f"unknown {_WHERE} '{name}': {hint}use a registered name ({', '.join(sorted(DETECTOR_REGISTRY))}) "
-            "or a dotted path 'package.module:ClassName'"
-        )
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"{_WHERE} '{name}': cannot import module '{module_name}' ({exc.msg}); "
-            "check the path and that the package is installed or on PYTHONPATH"
-        ) from exc
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ConfigError(f"{_WHERE} '{name}': module '{module_name}' has no attribute '{attr}'")
-    if not (isinstance(cls, type) and issubclass(cls, DriftDetector)):
-        raise ConfigError(
-            f"{_WHERE} '{name}': '{attr}' is not a subclass of raydrift.detection.DriftDetector"
-        )
-    return cls
+    return resolve(
+        name, DETECTOR_REGISTRY, DriftDetector, _WHERE, base_name="raydrift.detection.DriftDetector", cutoff=0.4
+    )
 
 
 def _type_hints(cls: type[DriftDetector]) -> dict[str, Any]:
