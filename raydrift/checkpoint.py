@@ -40,8 +40,12 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> P
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a stop or a full disk mid-write: the previous checkpoint stands
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

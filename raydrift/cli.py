@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from raydrift.errors import EXIT_USAGE, UserError
+from raydrift.errors import EXIT_FAILED, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_UPDATES_FAILED, EXIT_USAGE, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted or crashed run from its checkpoint (its config.yaml unless CONFIG is given)",
     )
 
-    val = sub.add_parser("validate", help="check a config (and its harness options) without running anything")
+    val = sub.add_parser(
+        "validate", help="make every check `run` makes before it starts (config, harness, metric, resources)"
+    )
     add_config_args(val)
+    val.add_argument(
+        "--address", help="also check the resource totals against this Ray cluster (default: ray.address, RAY_ADDRESS)"
+    )
     val.add_argument("--show", action="store_true", help="print the resolved config")
 
     sub.add_parser("keys", help="list every config key with its default")
@@ -61,68 +66,93 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from raydrift.config import build_config, validate_harness_options
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from raydrift.config import build_config
 
-    cfg = build_config(args.config, args.overrides)
-    validate_harness_options(cfg)
-    from raydrift.detection import make_detector
-    from raydrift.learning.strategies import make_strategy
-
-    make_detector(cfg.drift_detection.detector, cfg.drift_detection.params, seed=cfg.seed)
-    make_strategy(cfg.continual_learning.strategy, cfg.continual_learning)
-    return cfg
+    return build_config(args.config, args.overrides)
 
 
-def _stop_on_sigterm() -> None:
-    """``ray job stop`` and Kubernetes send SIGTERM: stop like Ctrl-C, writing what the run has."""
+def exit_code(summary: dict) -> int:  # type: ignore[type-arg]
+    """The process's exit status for a run's summary (see :mod:`raydrift.errors`)."""
     import signal
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    run = summary.get("run") or {}
+    if run.get("status") == "interrupted":
+        name = run.get("signal") or "SIGINT"
+        return EXIT_SIGNAL_BASE + int(getattr(signal, name, signal.SIGINT))
+    if run.get("status") == "failed":
+        return EXIT_FAILED
+    failed = [u for u in summary.get("rejected_updates") or [] if u.get("status") == "failed"]
+    return EXIT_UPDATES_FAILED if failed else EXIT_OK
 
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (embedded use): leave the default
-        pass
+
+def _resume_dir(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    if args.run_dir:
+        raise UserError("give either --resume RUN_DIR or --run-dir, not both")
+    run_dir = Path(args.resume).resolve()
+    if not run_dir.is_dir():
+        raise UserError(f"--resume '{args.resume}' is not a directory: give the directory of an earlier run")
+    if (run_dir / "summary.json").is_file():
+        from raydrift.report import load_summary
+
+        try:
+            status = load_summary(run_dir)["run"]["status"]
+        except (UserError, KeyError, TypeError):  # a damaged summary does not stop a resume
+            status = None
+        if status == "completed":
+            raise UserError(f"run '{run_dir}' already completed: nothing to resume")
+    if args.config is None:
+        args.config = str(run_dir / "config.yaml")
+    return run_dir
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from raydrift.session import install_stop_handlers
+
+    # until Ray starts (the coordinator installs them again after ray.init, which replaces SIGTERM's)
+    install_stop_handlers()
     run_dir = None
     if args.resume:
-        if args.run_dir:
-            raise UserError("give either --resume RUN_DIR or --run-dir, not both")
-        run_dir = Path(args.resume).resolve()
-        if not run_dir.is_dir():
-            raise UserError(f"--resume '{args.resume}' is not a directory: give the directory of an earlier run")
-        if (run_dir / "summary.json").is_file():
-            from raydrift.report import load_summary
-
-            try:
-                status = load_summary(run_dir)["run"]["status"]
-            except (UserError, KeyError, TypeError):  # a damaged summary does not stop a resume
-                status = None
-            if status == "completed":
-                raise UserError(f"run '{run_dir}' already completed: nothing to resume")
-        if args.config is None:
-            args.config = str(run_dir / "config.yaml")
+        run_dir = _resume_dir(args)
     elif args.config is None:
         raise UserError("raydrift run needs a CONFIG file (e.g. configs/mnist.yaml) or --resume RUN_DIR")
-    cfg = _load(args)
+    cfg = _config(args)
     from raydrift.coordinator import Coordinator
 
     if args.run_dir:
         run_dir = Path(args.run_dir).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    _stop_on_sigterm()
-    summary = Coordinator(cfg, address=args.address, run_dir=run_dir, resume=bool(args.resume)).run()
-    return 130 if summary["run"]["status"] == "interrupted" else 0
+    coordinator = Coordinator(cfg, address=args.address, run_dir=run_dir, resume=bool(args.resume))
+    try:
+        summary = coordinator.run()
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failure inside the run: the summary says it, one line here
+        from raydrift.coordinator import ERROR_LOG, error_line
+
+        where = f"; traceback in {coordinator.run_dir / ERROR_LOG}" if coordinator.run_dir else ""
+        print(f"raydrift: the run failed: {error_line(exc)}{where}", file=sys.stderr)
+        return EXIT_FAILED
+    return exit_code(summary)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    """Every check ``run`` makes before it starts anything; with a cluster address, also the
+    resource totals against that cluster."""
+    import os
+
+    from raydrift.preflight import check_config, check_resources, local_resources
+
+    cfg = _config(args)
+    check_config(cfg)
+    address = args.address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_cluster(cfg, address)
+    elif not cfg.ray.autoscaling:
+        check_resources(cfg, local_resources(cfg), "this machine")
     if args.show:
         import yaml
 
@@ -132,6 +162,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"strategy '{cfg.continual_learning.strategy}')"
     )
     return 0
+
+
+def _check_cluster(cfg, address: str) -> None:  # type: ignore[no-untyped-def]
+    import ray
+
+    from raydrift.preflight import check_resources
+    from raydrift.session import RaySession
+
+    session = RaySession(cfg, address)
+    session.start()
+    try:
+        if not cfg.ray.autoscaling:
+            check_resources(cfg, ray.cluster_resources(), f"the cluster at {address}")
+    finally:
+        session.shutdown()
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -180,9 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"raydrift: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("raydrift: interrupted", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", EXIT_SIGNAL_BASE + 2))
 
 
 if __name__ == "__main__":

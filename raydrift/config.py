@@ -25,8 +25,14 @@ from raydrift.errors import ConfigError
 ENV_PREFIX = "RAYDRIFT_"
 
 
+#: Largest accepted ``seed``: every seed raydrift derives from it (per update, per worker) stays a valid
+#: 32-bit seed for numpy's legacy generators and for River.
+MAX_SEED = 2**31 - 1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf / nan anywhere: "inf CPUs" or an infinite learning rate is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -53,7 +59,7 @@ _BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 class MonitorConfig(_Section):
-    num_monitors: int = Field(1, ge=1)
+    num_monitors: int = Field(1, ge=1, le=1024, description="monitor actors (each one process holding the model)")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     metric: str = Field("accuracy", description="the harness metric that is monitored")
@@ -266,6 +272,12 @@ class RayConfig(_Section):
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: skip the check that it already has the resources"
     )
+    node_ip_address: str = Field(
+        "127.0.0.1",
+        description="address a local cluster started by raydrift listens on: 127.0.0.1 keeps every Ray "
+        "service and the metrics export on this machine; this machine's IP (or 'auto': Ray's choice) opens "
+        "it to the network on purpose (docs/cluster.md). Ignored when connecting to a cluster",
+    )
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(8265, ge=1, le=65535)
@@ -274,6 +286,19 @@ class RayConfig(_Section):
         description="storage every node reaches, for Train checkpoints and a copy of the run outputs: "
         "a local or NFS path, s3://bucket/prefix or gs://bucket/prefix; default: the run directory",
     )
+
+    @field_validator("node_ip_address")
+    @classmethod
+    def _node_ip(cls, v: str) -> str:
+        import ipaddress
+
+        if v in ("auto", "localhost"):
+            return "127.0.0.1" if v == "localhost" else v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("an IP address (127.0.0.1 for this machine only) or 'auto'") from None
+        return v
 
     @field_validator("storage_path")
     @classmethod
@@ -293,10 +318,10 @@ class RayConfig(_Section):
 class RaydriftConfig(BaseModel):
     """The whole configuration of a run."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = Field("raydrift", description="run name: runs/<name>-<timestamp>/")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"base seed of every random choice (0 to {MAX_SEED})")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     verbosity: int = Field(1, ge=0, le=3)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -350,7 +375,16 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file '{p}' not found: check the path (examples are in configs/)")
     if p.is_dir():
         raise ConfigError(f"config path '{p}' is a directory: give a .yaml or .toml file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file '{p}' is not a text file (byte {exc.start} is not UTF-8): give a YAML or TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{p}' cannot be read ({exc.strerror or exc}): check its permissions") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file '{p}' is not a text file (it holds NUL bytes): give a YAML or TOML file")
     try:
         if p.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -497,6 +531,7 @@ def build_config(
     """Load, merge and validate: defaults < file < environment < ``--set`` overrides."""
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
     origin = str(path) if path is not None else "config"
+    empty_file = path is not None and not data
     valid = _schema_keys(RaydriftConfig)
     for source, pairs in (("environment", env_overrides(environ)), ("--set", set_overrides(overrides))):
         for key, value in pairs:
@@ -506,6 +541,11 @@ def build_config(
                 name = f"{ENV_PREFIX}{key.upper().replace('.', '__')}" if source == "environment" else key
                 raise ConfigError(f"{source}: unknown key '{name}': {hint}")
             _apply(data, key, value, source)
+    if empty_file and not data:
+        raise ConfigError(
+            f"config file '{path}' is empty: write the sections to change (e.g. copy configs/mnist.yaml); "
+            "an empty file would silently run the whole default job"
+        )
     try:
         cfg = RaydriftConfig.model_validate(data)
     except ValidationError as exc:

@@ -27,9 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,11 @@ from raydrift.checkpoint import load_checkpoint, save_checkpoint, truncate_csv
 from raydrift.config import RaydriftConfig, save_config
 from raydrift.detection.engine import DetectionOutput, DriftEvent, IntervalRecord
 from raydrift.errors import UserError
-from raydrift.harness import Harness, build_harness
+from raydrift.harness import Harness
 from raydrift.learning.loop import UpdateData, evaluate, pretrain
 from raydrift.learning.metrics import cl_summary
 from raydrift.metrics import RunMetrics
+from raydrift.preflight import Preflight, check_config, check_resources, harness_call, local_resources
 from raydrift.report import (
     MetricsWriter,
     export_csv,
@@ -56,6 +59,14 @@ from raydrift.report import (
     summary_from_json,
     summary_to_json,
     write_summary,
+)
+from raydrift.session import (
+    RayInfo,
+    RaySession,
+    RunInterrupted,
+    install_stop_handlers,
+    restore_handlers,
+    stopping,
 )
 from raydrift.stream import BatchMeta
 from raydrift.tracking import Tracker, make_tracker
@@ -79,14 +90,6 @@ def make_run_dir(cfg: RaydriftConfig) -> Path:
         i += 1
     run_dir.mkdir(parents=True)
     return run_dir
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for but CUDA is not available here; use device: auto or cpu")
-    return device
 
 
 class Coordinator:
@@ -114,7 +117,7 @@ class Coordinator:
             "seed": cfg.seed,
             "batch_size": cfg.stream.batch_size,
         }
-        self._started_ray = False
+        self.session = RaySession(cfg, self.address)
         self.summary: dict[str, Any] = {}
         self.callbacks = list(callbacks)
         self.resume = resume
@@ -147,25 +150,22 @@ class Coordinator:
         """Build the model, load ``model.checkpoint`` or pre-train it; it stays on ``device`` (the driver
         pre-trains and evaluates the test sets there)."""
         torch.manual_seed(self.cfg.seed)
-        model = harness.build_model()
+        spec = self.cfg.model.harness
+        model = harness_call(spec, "build_model()", harness.build_model)
         mc = self.cfg.model
         if mc.checkpoint:
             path = Path(mc.checkpoint)
-            if not path.is_file():
-                raise UserError(f"model.checkpoint '{path}' not found: give the path of a saved state_dict")
-            try:
-                load_into(model, load_weights(path))
-            except Exception as exc:  # noqa: BLE001 - any load failure is the user's file
-                raise UserError(
-                    f"model.checkpoint '{path}' could not be loaded into the model: {exc}"
-                ) from exc
+            load_into(model, load_weights(path))  # checked before the run started (preflight)
             self.log(f"initial weights from {path}")
         model.to(device)
         if not mc.checkpoint and mc.pretrain_epochs > 0:
-            data = harness.pretrain_data()
+            data = harness_call(spec, "pretrain_data()", harness.pretrain_data)
             if data is not None:
                 t0 = time.perf_counter()
-                losses = pretrain(
+                losses = harness_call(
+                    spec,
+                    "pre-training (loss, metrics or build_optimizer)",
+                    pretrain,
                     model,
                     harness,
                     data[0],
@@ -181,69 +181,29 @@ class Coordinator:
                 )
         return model
 
-    def _init_ray(self) -> str | None:
-        rc = self.cfg.ray
-        kwargs: dict[str, Any] = {"namespace": rc.namespace, "log_to_driver": self.cfg.verbosity >= 2}
-        import logging
-
-        kwargs["logging_level"] = logging.INFO if self.cfg.verbosity >= 3 else logging.WARNING
-        if ray.is_initialized():
-            return None
-        if self.address:
-            ctx = ray.init(address=self.address, **kwargs)
-        else:
-            # Workers of a local cluster import user harnesses from the current directory too.
-            path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
-            ctx = ray.init(
-                address="local",  # a new cluster, even if another one runs on this machine
-                num_cpus=rc.num_cpus,
-                num_gpus=rc.num_gpus,
-                include_dashboard=rc.include_dashboard,
-                dashboard_host=rc.dashboard_host,
-                dashboard_port=rc.dashboard_port,
-                runtime_env={"env_vars": {"PYTHONPATH": path}},
-                **kwargs,
-            )
-            self._started_ray = True
-        url = getattr(ctx, "dashboard_url", None)
-        return f"http://{url}" if url and not str(url).startswith("http") else url
+    def _start_ray(self) -> RayInfo:
+        """Start or connect to Ray after checking that the config fits (a local cluster is checked
+        against this machine before it starts, an existing one once connected)."""
+        cfg = self.cfg
+        local = not ray.is_initialized() and not self.address
+        if local and not cfg.ray.autoscaling:
+            check_resources(cfg, local_resources(cfg), "this machine")
+        info = self.session.start()
+        try:
+            self._check_resources()
+        except BaseException:
+            self.session.shutdown()
+            raise
+        return info
 
     def _check_resources(self) -> None:
-        """Monitors and trainer workers must fit in the cluster at the same time.
-
-        Capacity for the update is reserved up front: monitors keep their resources during an update,
-        so if they could take what the trainer needs, ``fit()`` would wait forever.
-        """
-        if self.cfg.ray.autoscaling:
-            return
-        res = ray.cluster_resources()
-        cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-        mc, tc = self.cfg.monitor, self.cfg.train
-        need_cpu = mc.num_monitors * mc.num_cpus + tc.num_workers * tc.cpus_per_worker
-        need_gpu = mc.num_monitors * mc.num_gpus + (tc.num_workers * tc.gpus_per_worker if tc.use_gpu else 0)
-        if need_cpu > cpus + 1e-9:
-            raise UserError(
-                f"the config needs {need_cpu:g} CPUs ({mc.num_monitors} monitors x {mc.num_cpus:g} + "
-                f"{tc.num_workers} train workers x {tc.cpus_per_worker:g}) but the cluster has {cpus:g}: "
-                "lower monitor.num_cpus, monitor.num_monitors or train.num_workers"
-            )
-        for key, amount in mc.resources.items():
-            have = res.get(key, 0.0)
-            if mc.num_monitors * amount > have + 1e-9:
-                raise UserError(
-                    f"monitor.resources needs {mc.num_monitors * amount:g} '{key}' but the cluster offers "
-                    f"{have:g}: declare it on nodes (ray start --resources) or change monitor.resources"
-                )
-        if need_gpu > gpus + 1e-9:
-            raise UserError(
-                f"the config needs {need_gpu:g} GPUs but the cluster has {gpus:g}: lower monitor.num_gpus "
-                "or set train.use_gpu: false (ray.autoscaling: true if the cluster adds GPU nodes on demand)"
-            )
+        """Monitors and trainer workers must fit in the cluster at the same time (see
+        :func:`raydrift.preflight.check_resources`); skipped when the cluster autoscales."""
+        if not self.cfg.ray.autoscaling:
+            check_resources(self.cfg, ray.cluster_resources())
 
     # --- the run -------------------------------------------------------------------------------
-    def _new_summary(
-        self, regimes: list[int], names: dict[int, str], metric: str, higher_is_better: bool, started: dt.datetime
-    ) -> dict[str, Any]:
+    def _new_summary(self, metric: str, higher_is_better: bool, started: dt.datetime) -> dict[str, Any]:
         cfg = self.cfg
         return {  # the schema is in raydrift/report.py
             "run": {
@@ -258,13 +218,14 @@ class Coordinator:
                 "harness": cfg.model.harness,
                 "seed": cfg.seed,
                 "error": None,
+                "signal": None,
                 "resumed": [],
             },
             "stream": {
                 "batches": 0,
                 "samples": 0,
                 "regimes_seen": [],
-                "regime_names": {r: names.get(r, f"regime-{r}") for r in regimes},
+                "regime_names": {},
                 "regime_starts": [],
                 "quarantined": [],
             },
@@ -279,54 +240,88 @@ class Coordinator:
             "updates": [],
             "rejected_updates": [],
             "recoveries": [],
-            "accuracy_matrix": {"regimes": regimes, "rows": []},
+            "accuracy_matrix": {"regimes": [], "rows": []},
             "cl_metrics": {},
             "profile": {},
         }
 
-    def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        started = dt.datetime.now()
-        t_start = time.perf_counter()
-        device = resolve_device(cfg.device)
-        # The driver's own work (pre-training, the accuracy matrix) is small; the cores belong to the
-        # actors. More threads here slow everything down on a small, busy machine.
-        torch.set_num_threads(1)
-        harness = build_harness(**self._actor_spec())
-        metric = cfg.monitor.metric
-        if metric not in harness.metric_directions:
-            raise UserError(
-                f"monitor.metric '{metric}' is not a metric of harness '{cfg.model.harness}': "
-                f"choose one of {sorted(harness.metric_directions)}"
-            )
-        higher_is_better = harness.metric_directions[metric]
-        checkpoint: dict[str, Any] | None = None
-        if self.resume:
-            checkpoint = load_checkpoint(self.run_dir)  # type: ignore[arg-type]
+    def _open_run(self, pre: Preflight, checkpoint: dict[str, Any] | None, started: dt.datetime) -> Path:
+        """The run directory and the summary (new, or the checkpoint's with this resume noted)."""
         if self.run_dir is None:
-            self.run_dir = make_run_dir(cfg)
+            self.run_dir = make_run_dir(self.cfg)
         run_dir = self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is None:
-            save_config(cfg, run_dir / "config.yaml")
-        self.log(f"run directory: {run_dir}")
-
-        test_sets = harness.test_sets()
-        regimes = sorted(test_sets)
-        if checkpoint is None:
-            model = self._initial_model(harness, device)
-            summary = self._new_summary(regimes, harness.regime_names(), metric, higher_is_better, started)
+            save_config(self.cfg, run_dir / "config.yaml")
+            self.summary = self._new_summary(pre.metric, pre.higher_is_better, started)
         else:
-            torch.manual_seed(cfg.seed)
-            model = harness.build_model().to(device)
-            load_into(model, checkpoint["weights"])
-            summary = summary_from_json(checkpoint["summary"])
-            summary["run"].setdefault("resumed", []).append(
+            self.summary = summary_from_json(checkpoint["summary"])
+            run = self.summary["run"]
+            run.setdefault("resumed", []).append(
                 {"at": started.isoformat(timespec="seconds"), "batch_id": int(checkpoint["processed"])}
             )
-            summary["run"].update({"status": "running", "finished": None, "error": None})
+            run.update({"status": "running", "finished": None, "error": None, "signal": None})
+        self.log(f"run directory: {run_dir}")
+        return run_dir
+
+    def run(self) -> dict[str, Any]:
+        """Check the config, start Ray, run the loop; the summary is written however the run ends.
+
+        A mistake in the config, the harness or the cluster's size raises a one-line
+        :class:`UserError` before anything starts. Once the run directory exists, every ending
+        (completed, interrupted by a signal, failed) writes the summary, the CSV files and the plots,
+        and stops what the run started; a failure is re-raised after that.
+        """
+        cfg = self.cfg
+        started = dt.datetime.now()
+        t_start = time.perf_counter()
+        # The driver's own work (pre-training, the accuracy matrix) is small; the cores belong to the
+        # actors. More threads here slow everything down on a small, busy machine.
+        torch.set_num_threads(1)
+        pre = check_config(cfg)
+        checkpoint = load_checkpoint(self.run_dir) if self.resume else None  # type: ignore[arg-type]
+        info = self._start_ray()
+        # ray.init replaced the SIGTERM handler: a stop must end the run cleanly, not exit the driver
+        handlers = install_stop_handlers() if self.session.connected else {}
+        state = _RunState()
+        try:
+            run_dir = self._open_run(pre, checkpoint, started)
+            self.summary["run"].update({"ray_address": info.address, "dashboard_url": info.dashboard_url})
+            if info.dashboard_url:
+                self.log(f"Ray dashboard: {info.dashboard_url}")
+            self._run_loop(pre, checkpoint, run_dir, state)
+        except KeyboardInterrupt as exc:
+            state.interrupted = exc
+            self.log("interrupted: shutting down and keeping what was written")
+        except BaseException as exc:
+            state.error = exc
+            raise
+        finally:
+            stopping()  # a signal from here on is acknowledged, not raised: the summary gets written
+            try:
+                if self.run_dir is not None and self.summary:
+                    self._finish_run(state, t_start)
+            finally:
+                self._shutdown()
+                restore_handlers(handlers)
+        self.log(format_summary(self.summary))
+        return self.summary
+
+    def _run_loop(
+        self, pre: Preflight, checkpoint: dict[str, Any] | None, run_dir: Path, state: _RunState
+    ) -> None:
+        cfg, harness, summary = self.cfg, pre.harness, self.summary
+        test_sets = pre.test_sets
+        regimes = sorted(test_sets)
+        if checkpoint is None:
+            summary["stream"]["regime_names"] = {r: pre.regime_names.get(r, f"regime-{r}") for r in regimes}
+            summary["accuracy_matrix"]["regimes"] = regimes
+            model = self._initial_model(harness, pre.device)
+        else:
+            torch.manual_seed(cfg.seed)
+            model = harness.build_model().to(pre.device)
+            load_into(model, checkpoint["weights"])
             self.log(f"resuming at batch {checkpoint['processed']} (model v{checkpoint['version']})")
-        self.summary = summary
 
         def test_row(label: str, version: int, batch_id: int, m: torch.nn.Module) -> list[float | None]:
             t0 = time.perf_counter()
@@ -348,73 +343,73 @@ class Coordinator:
         if checkpoint is None:
             test_row("initial", 0, -1, model)
         weights: Weights = to_numpy(model.state_dict())
-
         tracker: Tracker = make_tracker(cfg.logging, Path(cfg.logging.runs_dir).resolve())
+        state.tracker = tracker
         if checkpoint is not None:
             tracker.load_state_dict(checkpoint.get("tracker") or {})
             truncate_csv(run_dir / "metrics.csv", int(checkpoint["metrics_rows"]))
             truncate_csv(run_dir / BATCHES_FILE, int(checkpoint["batches_rows"]))
         tracker.start(run_dir.name, cfg.to_dict())
         summary["tracking"] = tracker.info()
-        metrics_writer = MetricsWriter(run_dir, append=checkpoint is not None)
-        batches_writer = MetricsWriter(
-            run_dir, columns=BATCH_COLUMNS, append=checkpoint is not None, filename=BATCHES_FILE
-        )
-        interrupted = False
-        error: BaseException | None = None
-        loop = _Loop(self, harness, model, weights, metric, higher_is_better, device, test_row)
-        loop.metrics_writer, loop.batches_writer, loop.tracker = metrics_writer, batches_writer, tracker
-        try:
-            dashboard = self._init_ray()
-            summary["run"]["ray_address"] = ray.get_runtime_context().gcs_address
-            summary["run"]["dashboard_url"] = dashboard
-            if dashboard:
-                self.log(f"Ray dashboard: {dashboard}")
-            self._check_resources()
-            loop.run(checkpoint)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.log("interrupted: shutting down and keeping what was written")
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            loop.close()
-            metrics_writer.close()
-            batches_writer.close()
-            status = "interrupted" if interrupted else ("failed" if error is not None else "completed")
-            summary["run"]["status"] = status
-            summary["run"]["error"] = None if error is None else f"{type(error).__name__}: {error}"
-            summary["run"]["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-            summary["run"]["wall_seconds"] = round(time.perf_counter() - t_start, 3)
-            self._finish_cl_metrics()
-            cl = {k: v for k, v in summary["cl_metrics"].items() if isinstance(v, int | float)}
-            if cl:
-                tracker.log_metrics(cl, step=summary["stream"]["batches"])
+        resumed = checkpoint is not None
+        state.writers = [
+            MetricsWriter(run_dir, append=resumed),
+            MetricsWriter(run_dir, columns=BATCH_COLUMNS, append=resumed, filename=BATCHES_FILE),
+        ]
+        loop = _Loop(self, harness, model, weights, pre.metric, pre.higher_is_better, pre.device, test_row)
+        loop.metrics_writer, loop.batches_writer, loop.tracker = *state.writers, tracker
+        state.loop = loop
+        loop.run(checkpoint)
+
+    def _finish_run(self, state: _RunState, t_start: float) -> None:
+        """Close the books of a run however it ended: summary, CSV exports, plots, tracking."""
+        cfg, summary, run_dir = self.cfg, self.summary, self.run_dir
+        assert run_dir is not None
+        if state.loop is not None:
+            state.loop.record_books()
+        for w in state.writers:
+            w.close()
+        status = state.status
+        run = summary["run"]
+        run["status"] = status
+        if isinstance(state.interrupted, RunInterrupted):
+            run["signal"] = signal.Signals(state.interrupted.signum).name
+        elif state.interrupted is not None:
+            run["signal"] = "SIGINT"
+        run["error"] = None if state.error is None else error_line(state.error)
+        run["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        run["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+        if state.error is not None:
+            write_error_log(run_dir, state.error)
+        self._finish_cl_metrics()
+        tracker = state.tracker
+        cl = {k: v for k, v in summary["cl_metrics"].items() if isinstance(v, int | float)}
+        if tracker is not None and cl:
+            tracker.log_metrics(cl, step=summary["stream"]["batches"])
+        if tracker is not None:
             summary["tracking"] = tracker.info()  # a fallback store mid-run changes it
-            write_summary(run_dir, summary)
+        write_summary(run_dir, summary)
+        try:
+            export_csv(run_dir, summary)
+        except Exception as exc:  # noqa: BLE001 - exports must never lose a run
+            self.log(f"warning: CSV export failed: {exc}")
+        if cfg.logging.plots:
             try:
-                export_csv(run_dir, summary)
-            except Exception as exc:  # noqa: BLE001 - exports must never lose a run
-                self.log(f"warning: CSV export failed: {exc}")
-            if cfg.logging.plots:
-                try:
-                    make_plots(run_dir, summary)
-                except Exception as exc:  # noqa: BLE001 - plots must never lose a run
-                    self.log(f"warning: plots failed: {exc}")
+                make_plots(run_dir, summary)
+            except Exception as exc:  # noqa: BLE001 - plots must never lose a run
+                self.log(f"warning: plots failed: {exc}")
+        if tracker is not None:
             tracker.log_artifacts(run_dir)
-            try:
-                dest = copy_run_outputs(run_dir, cfg.ray.storage_path)
-                if dest:
-                    self.log(f"outputs copied to {dest}")
-            except Exception as exc:  # noqa: BLE001 - a failed copy must not lose the run
-                self.log(f"warning: copying outputs to ray.storage_path failed: {exc}")
+        try:
+            dest = copy_run_outputs(run_dir, cfg.ray.storage_path)
+            if dest:
+                self.log(f"outputs copied to {dest}")
+        except Exception as exc:  # noqa: BLE001 - a failed copy must not lose the run
+            self.log(f"warning: copying outputs to ray.storage_path failed: {exc}")
+        if tracker is not None:
             tracker.finish(status)
-            self._shutdown()
-            for cb in self.callbacks:
-                cb.on_run_end(self, summary)
-        self.log(format_summary(summary))
-        return summary
+        for cb in self.callbacks:
+            cb.on_run_end(self, summary)
 
     def _finish_cl_metrics(self) -> None:
         """Average accuracy, forgetting and BWT from the accuracy matrix (see docs/continuous_learning.md).
@@ -443,29 +438,79 @@ class Coordinator:
             self.summary["cl_metrics"] = {"error": f"{type(exc).__name__}: {exc}"}
 
     def _shutdown(self) -> None:
+        """Kill the run's actors and end the Ray session (a cluster this run started stops with it)."""
         if not ray.is_initialized():
             return
-        handles = [self._stream, self._detector, *self.monitors]
-        for h in handles:
+        for h in [self._stream, self._detector, *self.monitors]:
             if h is not None:
                 try:
                     ray.kill(h)
                 except Exception:  # noqa: BLE001 - best effort at shutdown
                     pass
-        if self._started_ray:
-            if ray.is_initialized():
-                ray.shutdown()
-            return
-        # On a cluster that outlives the run, wait until the actor names are free for the next run.
-        names = ["stream", "detector", *(f"monitor-{i}" for i in range(len(self.monitors)))]
-        deadline = time.monotonic() + 10
-        while names and time.monotonic() < deadline:
-            try:
-                ray.get_actor(names[0], namespace=self.cfg.ray.namespace)
-                time.sleep(0.05)
-            except ValueError:
-                names.pop(0)
+        if not self.session.started:
+            # On a cluster that outlives the run, wait until the actor names are free for the next run.
+            names = ["stream", "detector", *(f"monitor-{i}" for i in range(len(self.monitors)))]
+            deadline = time.monotonic() + 10
+            while names and time.monotonic() < deadline:
+                try:
+                    ray.get_actor(names[0], namespace=self.cfg.ray.namespace)
+                    time.sleep(0.05)
+                except ValueError:
+                    names.pop(0)
+        self.session.shutdown()
 
+
+@dataclass
+class _RunState:
+    """How far a run got, for closing its books however it ends."""
+
+    loop: _Loop | None = None
+    tracker: Tracker | None = None
+    writers: list[MetricsWriter] = field(default_factory=list)
+    interrupted: KeyboardInterrupt | None = None
+    error: BaseException | None = None
+
+    @property
+    def status(self) -> str:
+        if self.interrupted is not None:
+            return "interrupted"
+        return "failed" if self.error is not None else "completed"
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (the full traceback goes to ``error.log``)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:500] if text else ''}".rstrip(": ")
+
+
+ERROR_LOG = "error.log"
+
+
+def write_error_log(run_dir: Path, exc: BaseException) -> None:
+    """The failure's full traceback, for the developer (the summary and the console get one line)."""
+    import traceback
+
+    try:
+        (run_dir / ERROR_LOG).write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def run_in_thread(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` in a daemon thread: an update that is still training when the run is stopped must
+    not keep the process alive (a ThreadPoolExecutor's threads are joined at exit)."""
+    fut: Future[Any] = Future()
+
+    def target() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+            fut.set_exception(exc)
+
+    threading.Thread(target=target, name="raydrift-update", daemon=True).start()
+    return fut
 
 
 _Item = tuple[BatchMeta, Any, int]
@@ -555,7 +600,6 @@ class _Loop:
         self.awaiting_recovery: list[dict[str, Any]] = []
         self.collecting: _Collecting | None = None
         self.job: _UpdateJob | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raydrift-update")
         self.det_log: list[tuple[Any, ...]] = []  # detector calls since the snapshot, to re-feed
         self.det_snapshot: bytes | None = None
         self.stream_snapshot: dict[str, Any] | None = None
@@ -773,7 +817,7 @@ class _Loop:
             ray.get(c._stream.load_state_dict.remote(checkpoint["stream"]))
             ray.get(c._detector.load_state_dict.remote(checkpoint["detector"]))
         ray.get([m.stats.remote() for m in c.monitors])  # actors are up
-        self.snapshot(write=False)
+        self.snapshot()  # a run stopped from here on can be resumed
         self.t_mon = time.perf_counter()  # monitoring time starts now, not with the actors' start-up
         c.log(
             f"{len(c.monitors)} monitor(s), detector '{cfg.drift_detection.detector}' on {self.metric} "
@@ -1110,7 +1154,7 @@ class _Loop:
         elif kind == "retrain":
             torch.manual_seed(cfg.seed + c.version + 1)  # re-initialise, then memory + window
             start_ref = ray.put(to_numpy(self.harness.build_model().state_dict()))
-        future = self.executor.submit(
+        future = run_in_thread(
             self._train_and_gate, start_ref, data_ref, c.version + 1, strategy, self.strategy_state_ref, self.weights
         )
         self.job = _UpdateJob(event, col.t_alarm, upto, kind, strategy, future, t0, t1)
@@ -1378,5 +1422,10 @@ class _Loop:
             save_weights(self.weights, c.run_dir / "weights.pt")  # type: ignore[operator]
         self.snapshot()
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+    def record_books(self) -> None:
+        """The stream's counts in the summary as the loop has them now (also when the run was stopped
+        early: they match ``batches.csv``)."""
+        st = self.summary["stream"]
+        st["batches"] = self.processed
+        st["samples"] = self.samples
+        self.summary["model_version"] = self.c.version

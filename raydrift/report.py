@@ -695,6 +695,18 @@ def _plot_monitored_metric(
         ax.scatter(
             drift_x, np.interp(drift_x, xs, ys), color="red", marker="v", s=60, zorder=5, label="drift alarm"
         )
+    for status, color, marker in (("failed", "black", "X"), ("rejected", "tab:orange", "P")):
+        bad = [
+            b
+            for u in summary.get("rejected_updates") or []
+            if isinstance(u, Mapping) and u.get("status") == status
+            and (b := _num(u.get("window_last_batch_id"))) is not None
+        ]
+        if bad:
+            ax.scatter(
+                bad, np.interp(bad, xs, ys), color=color, marker=marker, s=70, zorder=6,
+                label=f"update {status} (old weights kept)",
+            )
     for i, (version, b) in enumerate(_live_batches(summary)):
         ax.axvline(
             b, color="tab:green", ls="--", lw=1.3, zorder=4, label="new weights live" if i == 0 else None
@@ -879,7 +891,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines: list[str] = []
 
     status = str(run.get("status") or "unknown")
-    title = f"raydrift run '{run.get('name', '?')}': {status.upper()}"
+    not_promoted = [u for u in summary.get("rejected_updates") or [] if isinstance(u, Mapping)]
+    failed = [u for u in not_promoted if u.get("status") == "failed"]
+    note = f" ({len(failed)} update(s) FAILED)" if failed else ""
+    stopped = f" by {run['signal']}" if run.get("signal") and status == "interrupted" else ""
+    title = f"raydrift run '{run.get('name', '?')}': {status.upper()}{stopped}{note}"
     lines += [title, "=" * len(title)]
     if run.get("error"):
         # the first line of the error only: a full traceback belongs in the log, not the summary
@@ -968,6 +984,22 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         )
         lines.append(
             "  window acc: monitored accuracy on the recent window; test acc: held-out test set of that regime"
+        )
+
+    if not_promoted:
+        lines += ["", f"updates not promoted: {len(not_promoted)} ({len(failed)} failed, "
+                  f"{len(not_promoted) - len(failed)} rejected by the gate)"]
+        lines += _table(
+            ["batch", "status", "kept", "reason"],
+            (
+                [
+                    _i(u.get("drift_batch_id")),
+                    str(u.get("status") or "-"),
+                    f"v{u['version_kept']}" if u.get("version_kept") is not None else "-",
+                    str(u.get("reason") or "-")[:120],
+                ]
+                for u in not_promoted
+            ),
         )
 
     # accuracy matrix
