@@ -66,10 +66,11 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     cfg = build_config(args.config, args.overrides)
     validate_harness_options(cfg)
-    from raydrift.detection import make_detector
+    from raydrift.detection import check_detector_domain, make_detector
     from raydrift.learning.strategies import make_strategy
 
     make_detector(cfg.drift_detection.detector, cfg.drift_detection.params, seed=cfg.seed)
+    check_detector_domain(cfg)  # the detectors can take what the monitored metric gives
     make_strategy(cfg.continual_learning.strategy, cfg.continual_learning)
     return cfg
 

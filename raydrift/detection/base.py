@@ -71,6 +71,15 @@ class DriftDetector:
     #: A baseline (``periodic``, ``never``) ignores the values: generic tests do not expect it to
     #: detect a change, benchmarks print it next to the real detectors.
     baseline: ClassVar[bool] = False
+    #: The values it can take (see :mod:`raydrift.detection.domains`): ``binary`` (0/1 errors),
+    #: ``probability`` (values in [0, 1]) or ``real``. Read it through :attr:`input_domain`, which a
+    #: detector whose domain depends on its parameters (``ensemble``, ``bocpd``) overrides.
+    domain: ClassVar[str] = "real"
+
+    @property
+    def input_domain(self) -> str:
+        """The values this detector can take: ``binary``, ``probability`` or ``real``."""
+        return self.domain
 
     def update(self, x: Any) -> None:
         """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm.

@@ -43,6 +43,7 @@ class DDMDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "ddm"
+    domain: ClassVar[str] = "binary"
     river_cls: ClassVar[type[Any]] = binary.DDM
 
     def __init__(

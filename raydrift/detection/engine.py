@@ -68,6 +68,7 @@ Alarm
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -476,6 +477,9 @@ _COUNTERS = (
     "label_free_alarms",
     "quarantined",
     "not_fed",
+    "non_finite",
+    "clipped",
+    "detector_errors",
 )
 
 
@@ -527,6 +531,7 @@ class DetectionEngine:
         self.start_batch = start_batch
         # One detector now; an ensemble would hold several (detector, reference) pairs and vote.
         self._detector: DriftDetector = make_detector(cfg.detector, cfg.params, seed=seed)
+        self._domain = self._detector.input_domain
         lf = cfg.label_free
         self._lf_detector: DriftDetector | None = None
         if lf.signal != "none":
@@ -728,10 +733,32 @@ class DetectionEngine:
             if not any(d.warning_detected for d in others):
                 self._warning_since = None
 
+    def _safe_value(self, x: float) -> float | None:
+        """``x`` clipped into the detector's domain; None (not fed) when it is not finite."""
+        if not math.isfinite(x):
+            self._stats["non_finite"] += 1
+            return None
+        if self._domain != "real" and not 0.0 <= x <= 1.0:
+            self._stats["clipped"] += 1
+            return min(1.0, max(0.0, x))
+        return x
+
+    def _update_detector(self, x: float) -> None:
+        """Feed the metric detector; one that raises on a value restarts instead of killing the actor."""
+        try:
+            self._detector.update(x)
+        except (ArithmeticError, ValueError):
+            self._stats["detector_errors"] += 1
+            self._detector.reset()
+
     def _feed(self, x: float, weight: float, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
         """Feed one value to the metric detector; True if it raised an alarm that counts."""
+        safe = self._safe_value(x)
+        if safe is None:
+            return False
+        x = safe
         if self._use_metric:
-            self._detector.update(x)
+            self._update_detector(x)
             self._track_warning(self._detector, batch_id, out)
         self._reference.push(x, weight, self._recent_samples)
         if not self._use_metric or not self._detector.drift_detected:
@@ -751,7 +778,15 @@ class DetectionEngine:
         """Feed one sample's label-free signal; True if it raised an alarm that counts."""
         det = self._lf_detector
         assert det is not None
-        det.update(v)
+        if not np.isfinite(v).all():
+            self._stats["non_finite"] += 1
+            return False
+        try:
+            det.update(v)
+        except (ArithmeticError, ValueError):
+            self._stats["detector_errors"] += 1
+            det.reset()
+            return False
         self._track_warning(det, batch_id, out)
         if not det.drift_detected:
             return False

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from raydrift.detection.base import DriftDetector, InvalidParam, check_param
+from raydrift.detection.domains import narrowest
 from raydrift.errors import ConfigError
 
 __all__ = ["EnsembleDetector"]
@@ -115,6 +116,11 @@ class EnsembleDetector(DriftDetector):
         self.seed = seed
         self._members = built
         self.reset()
+
+    @property
+    def input_domain(self) -> str:
+        """The narrowest of the members' domains: every member is fed every value."""
+        return narrowest([m.input_domain for m in self._members])
 
     @property
     def detectors(self) -> list[DriftDetector]:

@@ -45,6 +45,7 @@ class FHDDMDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "fhddm"
+    domain: ClassVar[str] = "binary"
     river_cls: ClassVar[type[Any]] = binary.FHDDM
 
     def __init__(

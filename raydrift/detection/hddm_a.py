@@ -40,6 +40,7 @@ class HDDMADetector(RiverDetector):
     """
 
     name: ClassVar[str] = "hddm_a"
+    domain: ClassVar[str] = "probability"
     river_cls: ClassVar[type[Any]] = binary.HDDMA
 
     def __init__(

@@ -42,6 +42,7 @@ class HDDMWDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "hddm_w"
+    domain: ClassVar[str] = "probability"
     river_cls: ClassVar[type[Any]] = binary.HDDMW
 
     def __init__(
