@@ -17,6 +17,7 @@ non-finite ones (:func:`sanitize`), so that no value can kill the detector.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -161,6 +162,11 @@ def sanitize(values: np.ndarray, domain: str) -> tuple[np.ndarray, int, int]:
         many were clipped into [0, 1] (``binary`` and ``probability`` detectors).
     """
     v: Any = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return v, 0, 0
+    lo, hi = float(v.min()), float(v.max())  # NaN propagates: one pass tells whether all is well
+    if 0.0 <= lo and hi <= 1.0 or (domain == "real" and math.isfinite(lo) and math.isfinite(hi)):
+        return v, 0, 0
     finite = np.isfinite(v)
     non_finite = int(v.size - np.count_nonzero(finite))
     if non_finite:

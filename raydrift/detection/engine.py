@@ -584,6 +584,7 @@ class DetectionEngine:
         self._detector: DriftDetector = det
         self._domain = det.input_domain
         self._alarms_from_sample = warmup  # processed-sample count from which alarms count
+        self._ones = np.ones(64)  # the weights of per-sample values
         # the rest of an alarm's batch, fed when monitoring resumes with the same model
         self._carry: tuple[BatchResult, int, int] | None = None
         self._batch_starts: deque[tuple[int, int]] = deque(maxlen=CHANGE_HISTORY)  # (first sample, batch)
@@ -902,7 +903,9 @@ class DetectionEngine:
                 self._detector.reset()
                 j = -1
             end = len(xs) if j < 0 else pos + j + 1
-            self._reference.push_many(safe[pos:end], np.ones(end - pos))
+            if self._ones.size < end - pos:
+                self._ones = np.ones(end - pos)
+            self._reference.push_many(safe[pos:end], self._ones[: end - pos])
             if j < 0:
                 return None
             i = start + (int(where[pos + j]) if where is not None else pos + j)
