@@ -181,11 +181,16 @@ class MonitorActor:
 class DetectorActor:
     """Consumes per-batch results in stream order by batch id and runs the drift detector."""
 
-    def __init__(self, cfg: dict[str, Any], metric: str, higher_is_better: bool, seed: int) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], metric: str, higher_is_better: bool, seed: int, domain: str | None = None
+    ) -> None:
         from raydrift.config import DriftDetectionConfig
 
         set_torch_threads(0)
-        self.engine = DetectionEngine(DriftDetectionConfig(**cfg), metric, higher_is_better, seed=seed)
+        # domain: the harness's metric_domain(metric); None: the default for the metric's name
+        self.engine = DetectionEngine(
+            DriftDetectionConfig(**cfg), metric, higher_is_better, seed=seed, domain=domain
+        )
 
     def ingest_many(self, results: list[BatchResult]) -> DetectionOutput:
         """The results of one :meth:`MonitorActor.evaluate_many` task (passed by ref, resolved by Ray)."""

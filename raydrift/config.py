@@ -142,8 +142,15 @@ class DriftDetectionConfig(_Section):
     direction: Literal["degrade", "any"] = Field(
         "degrade", description="'degrade': only a worsening of the metric is a drift"
     )
-    warmup_batches: int = Field(5, ge=0, description="no alarm before this many batches")
-    cooldown_batches: int = Field(3, ge=0, description="no alarm for this many batches after an update")
+    warmup_samples: int | None = Field(
+        None,
+        ge=0,
+        description="no alarm before this many samples (null: as many as the detector needs, 0 for most)",
+    )
+    warmup_batches: int = Field(0, ge=0, description="and none before this many batches (the old warm-up)")
+    cooldown_batches: int = Field(
+        3, ge=0, description="no alarm for this many batches after an update (a new model version)"
+    )
     reset_after_update: bool = True
     regimes: UpdateRegimesConfig = Field(
         default_factory=UpdateRegimesConfig,

@@ -657,7 +657,13 @@ class _Loop:
         cfg = self.cfg
         return DetectorActor.options(  # type: ignore[attr-defined]
             name=self._name("detector"), namespace=cfg.ray.namespace, num_cpus=0
-        ).remote(cfg.drift_detection.model_dump(), self.metric, self.higher_is_better, cfg.seed)
+        ).remote(
+            cfg.drift_detection.model_dump(),
+            self.metric,
+            self.higher_is_better,
+            cfg.seed,
+            self.harness.metric_domain(self.metric),
+        )
 
     @staticmethod
     def _alive(handle: Any) -> bool:

@@ -56,11 +56,23 @@ class Harness:
     Options: ClassVar[type[BaseModel]] = NoOptions
     #: metric name -> True if higher is better. Every name here is produced by :meth:`metrics`.
     metric_directions: ClassVar[dict[str, bool]] = {"accuracy": True, "loss": False}
+    #: metric name -> the values it takes: ``binary`` (0/1, e.g. per-sample correctness),
+    #: ``probability`` (in [0, 1]) or ``real`` (any real number, e.g. a loss). Drift detectors declare
+    #: what they can take (``raydrift detectors``); a mismatch is a config error. A metric not listed
+    #: here counts as ``real``; the built-in ``accuracy`` and ``loss`` as ``binary`` and ``real``.
+    metric_domains: ClassVar[dict[str, str]] = {"accuracy": "binary", "loss": "real"}
 
     def __init__(self, options: BaseModel | None = None, seed: int = 0, batch_size: int = 64) -> None:
         self.options = options if options is not None else self.Options()
         self.seed = seed
         self.batch_size = batch_size
+
+    @classmethod
+    def metric_domain(cls, metric: str) -> str:
+        """The domain of ``metric``: :attr:`metric_domains`, else the built-in default (``real``)."""
+        from raydrift.detection.domains import default_metric_domain
+
+        return cls.metric_domains.get(metric, default_metric_domain(metric))
 
     # --- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

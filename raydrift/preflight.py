@@ -65,11 +65,12 @@ class Preflight:
 
 def check_config(cfg: RaydriftConfig) -> Preflight:
     """Everything about ``cfg`` that can be checked without Ray (raises a one-line UserError)."""
-    from raydrift.detection import make_detector
+    from raydrift.detection import check_detector_domain, make_detector
     from raydrift.learning.strategies import make_strategy
 
     validate_harness_options(cfg)
     make_detector(cfg.drift_detection.detector, cfg.drift_detection.params, seed=cfg.seed)
+    check_detector_domain(cfg)  # the detector can take what the monitored metric gives
     make_strategy(cfg.continual_learning.strategy, cfg.continual_learning)
     spec = cfg.model.harness
     harness = harness_call(

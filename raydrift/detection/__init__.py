@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from raydrift.detection.aggregation import AGGREGATIONS, aggregate
 from raydrift.detection.base import DriftDetector, InvalidParam, RiverDetector
+from raydrift.detection.domains import DOMAINS, check_detector_domain, check_input_domain
 from raydrift.detection.engine import (
     BatchResult,
     DetectionEngine,
@@ -22,6 +23,7 @@ from raydrift.detection.registry import DETECTOR_REGISTRY, list_detectors, make_
 
 __all__ = [
     "AGGREGATIONS",
+    "DOMAINS",
     "DETECTOR_REGISTRY",
     "BatchResult",
     "DetectionEngine",
@@ -32,6 +34,8 @@ __all__ = [
     "InvalidParam",
     "RiverDetector",
     "aggregate",
+    "check_detector_domain",
+    "check_input_domain",
     "list_detectors",
     "make_detector",
     "resolve_detector",

@@ -58,6 +58,7 @@ class ADWINDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "adwin"
+    domain: ClassVar[str] = "probability"
     river_cls: ClassVar[type[Any]] = drift.ADWIN
 
     def __init__(

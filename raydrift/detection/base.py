@@ -71,6 +71,55 @@ class DriftDetector:
     #: A baseline (``periodic``, ``never``) ignores the values: generic tests do not expect it to
     #: detect a change, benchmarks print it next to the real detectors.
     baseline: ClassVar[bool] = False
+    #: The values it can take (see :mod:`raydrift.detection.domains`): ``binary`` (0/1 errors),
+    #: ``probability`` (values in [0, 1]) or ``real``. Read it through :attr:`input_domain`, which a
+    #: detector whose domain depends on its parameters (``ensemble``, ``bocpd``) overrides.
+    domain: ClassVar[str] = "real"
+
+    #: Whether it can raise warnings: the engine then checks :attr:`warning_detected` after every value.
+    has_warnings: ClassVar[bool] = False
+    #: Values after a (re)start during which its alarms are not trusted (``drift_detection.warmup_samples``
+    #: null uses this): a detector that estimates its reference from few values raises early false alarms.
+    warmup: ClassVar[int] = 0
+
+    @property
+    def input_domain(self) -> str:
+        """The values this detector can take: ``binary``, ``probability`` or ``real``."""
+        return self.domain
+
+    @property
+    def two_sided(self) -> bool:
+        """Whether it alarms on decreases of the fed value as well as increases (``direction: any``
+        pairs a one-sided detector with a twin fed ``1 - x``)."""
+        return True
+
+    def configure_for_domain(self, domain: str) -> None:
+        """Told by the engine which values it will be fed (a detector with an ``auto`` setting picks
+        its model here). Default: nothing to do."""
+
+    @property
+    def values_since_change(self) -> int | None:
+        """Values fed since the change point behind the last alarm, that value included; None when the
+        detector does not locate changes (the engine then locates them itself)."""
+        return None
+
+    @property
+    def change_probability(self) -> float:
+        """The detector's probability that the located change is real (NaN when it gives none)."""
+        return float("nan")
+
+    def update_many(self, values: list[float]) -> int:
+        """Feed ``values`` in order until one raises an alarm: its index, or -1 when none did.
+
+        The engine's per-sample path for detectors without warnings; the values after an alarm are
+        not fed.
+        """
+        update = self.update
+        for i, x in enumerate(values):
+            update(x)
+            if self.drift_detected:
+                return i
+        return -1
 
     def update(self, x: Any) -> None:
         """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm.
@@ -161,6 +210,17 @@ class RiverDetector(DriftDetector):
     def update(self, x: float) -> None:
         self._river.update(x)
 
+    def update_many(self, values: list[float]) -> int:
+        if type(self).update is not RiverDetector.update:  # a wrapper that transforms its input
+            return super().update_many(values)
+        river = self._river
+        update = river.update  # River's own methods in a tight loop: no wrapper call per value
+        for i, x in enumerate(values):
+            update(x)
+            if river.drift_detected:
+                return i
+        return -1
+
     @property
     def drift_detected(self) -> bool:
         return bool(self._river.drift_detected)
@@ -226,6 +286,7 @@ class ControlChart(NativeDetector):
     in ``reset`` and :meth:`_burn_in` first in ``update``.
     """
 
+    has_warnings: ClassVar[bool] = True
     threshold: float
     warning_threshold: float
     min_instances: int
@@ -273,6 +334,10 @@ class ControlChart(NativeDetector):
     @property
     def warning_detected(self) -> bool:
         return self._warning
+
+    @property
+    def two_sided(self) -> bool:
+        return self.mode == "both"
 
     def _burn_in(self, x: float) -> bool:
         """Count ``x``; True if it went to the in-control estimate (the chart must not use it)."""

@@ -43,6 +43,13 @@ class DDMDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "ddm"
+    domain: ClassVar[str] = "binary"
+    has_warnings: ClassVar[bool] = True
+    warmup: ClassVar[int] = 300  # its minimum error rate is estimated from few values at first
+
+    @property
+    def two_sided(self) -> bool:
+        return False
     river_cls: ClassVar[type[Any]] = binary.DDM
 
     def __init__(

@@ -42,6 +42,13 @@ class EDDMDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "eddm"
+    domain: ClassVar[str] = "binary"
+    has_warnings: ClassVar[bool] = True
+    warmup: ClassVar[int] = 300
+
+    @property
+    def two_sided(self) -> bool:
+        return False
     river_cls: ClassVar[type[Any]] = binary.EDDM
 
     def __init__(self, warm_start: int = 30, alpha: float = 0.95, beta: float = 0.9) -> None:

@@ -68,6 +68,7 @@ Alarm
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -79,7 +80,9 @@ from raydrift.config import DriftDetectionConfig, UpdateRegimesConfig
 from raydrift.detection.aggregation import aggregate
 from raydrift.detection.base import DriftDetector
 from raydrift.detection.change_point import split_at_change
+from raydrift.detection.domains import default_metric_domain, fed_domain, sanitize
 from raydrift.detection.registry import make_detector
+from raydrift.detection.two_sided import TwoSidedDetector
 
 __all__ = [
     "UPDATE_KINDS",
@@ -214,6 +217,16 @@ class DriftEvent:
         First batch of the warning zone that preceded the alarm (None if there was none).
     signal : str
         What alarmed: ``metric`` (the monitored metric's detector) or ``label_free:<signal>``.
+    change_sample_index : int
+        1-based index (as ``sample_index``) of the first sample after the located change point: the
+        detector's own location (``bocpd``) or the most likely single mean shift among the values fed
+        since the detector's last reset. ``sample_index - change_sample_index + 1`` samples were seen
+        since the change. At ``batch`` or ``interval`` granularity, ``sample_index``.
+    change_batch_id : int
+        The batch holding that sample (-1 when unknown).
+    change_probability : float
+        The detector's posterior probability that a change occurred (``bocpd``), None for detectors
+        that give none.
     """
 
     batch_id: int
@@ -227,6 +240,9 @@ class DriftEvent:
     update_kind: str = "continual_learning"
     warning_batch_id: int | None = None
     signal: str = "metric"
+    change_sample_index: int = 0
+    change_batch_id: int = -1
+    change_probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a plain dict (JSON-friendly)."""
@@ -333,87 +349,115 @@ class DetectionOutput:
 
 
 class _DirectionReference:
-    """Running means of the fed values for the ``degrade`` check: a recent window vs. everything before.
+    """The fed values since the last (re)start, for the ``degrade`` check and for locating a change.
 
-    Values carry a weight (the samples they stand for: 1 per sample, ``n`` per batch mean), so the
-    recent window covers at least ``recent_samples`` samples at every granularity. The newest
-    :data:`CHANGE_HISTORY` values since the last (re)start are also kept one by one, to locate the
-    change behind an alarm (:meth:`change_split`).
+    Values carry a weight (the samples they stand for: 1 per sample, ``n`` per batch mean). The newest
+    :data:`CHANGE_HISTORY` values are kept (as numpy chunks, one per batch: appending a batch costs the
+    same whatever its size); older ones only as a sum. The *recent window* is the shortest suffix of
+    the values covering at least ``recent_samples`` samples, computed when an alarm asks for it.
     """
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self.recent: deque[tuple[float, float]] = deque()
-        self.recent_sum = 0.0
-        self.recent_w = 0.0
+        self.xs: list[np.ndarray] = []
+        self.ws: list[np.ndarray] = []
+        self.n_kept = 0
         self.total_sum = 0.0
         self.total_w = 0.0
-        self.history: deque[tuple[float, float]] = deque(maxlen=CHANGE_HISTORY)
 
-    def push(self, x: float, w: float, recent_samples: float) -> None:
-        self.recent.append((x, w))
-        self.recent_sum += x * w
-        self.recent_w += w
-        self.total_sum += x * w
-        self.total_w += w
-        self.history.append((x, w))
-        # keep the shortest suffix that still covers recent_samples
-        while len(self.recent) > 1 and self.recent_w - self.recent[0][1] >= recent_samples:
-            old_x, old_w = self.recent.popleft()
-            self.recent_sum -= old_x * old_w
-            self.recent_w -= old_w
+    def push(self, x: float, w: float, recent_samples: float = 0.0) -> None:
+        self.push_many(np.array([x]), np.array([w]))
 
-    def restart_from_recent(self) -> None:
+    def push_many(self, x: np.ndarray, w: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        self.xs.append(x)
+        self.ws.append(w)
+        self.n_kept += x.size
+        self.total_sum += float(np.dot(x, w))
+        self.total_w += float(w.sum())
+        while self.n_kept - self.xs[0].size >= CHANGE_HISTORY:
+            self.n_kept -= self.xs.pop(0).size
+            self.ws.pop(0)
+
+    def _kept(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.xs:
+            return np.zeros(0), np.zeros(0)
+        if len(self.xs) > 1:
+            self.xs, self.ws = [np.concatenate(self.xs)], [np.concatenate(self.ws)]
+        return self.xs[0][-CHANGE_HISTORY:], self.ws[0][-CHANGE_HISTORY:]
+
+    def _recent_len(self, w: np.ndarray, recent_samples: float) -> int:
+        """Entries of the recent window: the shortest suffix with weight >= recent_samples (>= 1)."""
+        if w.size == 0:
+            return 0
+        back = np.cumsum(w[::-1])
+        return min(int(w.size), int(np.searchsorted(back, recent_samples)) + 1)
+
+    def _keep_last(self, k: int) -> None:
+        x, w = self._kept()
+        x, w = x[x.size - k :].copy(), w[w.size - k :].copy()
+        self.clear()
+        self.push_many(x, w)
+
+    def restart_from_recent(self, recent_samples: float) -> None:
         """Forget the reference; keep the recent window (the detector's own reset after an alarm)."""
-        self.total_sum = self.recent_sum
-        self.total_w = self.recent_w
-        self.history = deque(self.recent, maxlen=CHANGE_HISTORY)
+        x, w = self._kept()
+        self._keep_last(self._recent_len(w, recent_samples))
 
-    def recent_mean(self) -> float:
-        return self.recent_sum / self.recent_w if self.recent_w > 0 else float("nan")
+    def restart_from_last(self, k: int) -> None:
+        """Keep only the newest ``k`` values (those since a located change point)."""
+        self._keep_last(k)
 
-    def reference_mean(self) -> float:
-        w = self.total_w - self.recent_w
-        return (self.total_sum - self.recent_sum) / w if w > 0 else float("nan")
+    def split_last(self, k: int) -> tuple[float, float, float]:
+        """``(mean before, mean of the newest k values, their weight)``; NaN mean without values."""
+        x, w = self._kept()
+        k = min(k, x.size)
+        after_sum, after_w = float(np.dot(x[x.size - k :], w[w.size - k :])), float(w[w.size - k :].sum())
+        before_w = self.total_w - after_w
+        before = (self.total_sum - after_sum) / before_w if before_w > 1e-12 else float("nan")
+        after = after_sum / after_w if after_w > 0 else float("nan")
+        return before, after, after_w
 
-    def is_worse(self) -> bool:
+    def is_worse(self, recent_samples: float) -> bool:
         """Whether the recent mean is larger (worse) than the reference; True when there is no reference."""
-        ref = self.reference_mean()
-        return bool(np.isnan(ref)) or self.recent_mean() > ref
+        _, w = self._kept()
+        ref, recent, _ = self.split_last(self._recent_len(w, recent_samples))
+        return bool(np.isnan(ref)) or recent > ref
 
-    def change_split(self) -> tuple[float, float]:
-        """``(mean before, mean since)`` the most likely change in the values since the last (re)start.
-
-        Falls back to (reference, recent) means when no split is possible (too few values).
-        """
-        if self.history:
-            x, w = np.array(self.history, dtype=np.float64).T
+    def change_split(self, recent_samples: float) -> tuple[float, float, float]:
+        """``(mean before, mean since, samples since)`` the most likely change in the values since the
+        last (re)start. Falls back to the recent window when no split is possible (too few values)."""
+        x, w = self._kept()
+        if x.size:
             kept_sum, kept_w = float(np.dot(x, w)), float(w.sum())
             split = split_at_change(x, w, self.total_sum - kept_sum, max(0.0, self.total_w - kept_w))
             if split is not None:
-                return split[1], split[2]
-        return self.reference_mean(), self.recent_mean()
+                return split[1], split[2], float(w[w.size - split[0] :].sum())
+        return self.split_last(self._recent_len(w, recent_samples))
 
     def state_dict(self) -> dict[str, Any]:
+        x, w = self._kept()
+        history = list(zip(x.tolist(), w.tolist(), strict=True))
         return {
-            "recent": list(self.recent),
-            "recent_sum": self.recent_sum,
-            "recent_w": self.recent_w,
+            "recent": history[-self._recent_len(w, MIN_RECENT_SAMPLES) :] if history else [],
+            "recent_sum": 0.0,
+            "recent_w": 0.0,
             "total_sum": self.total_sum,
             "total_w": self.total_w,
-            "history": list(self.history),
+            "history": history,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.recent = deque((float(x), float(w)) for x, w in state["recent"])
-        self.recent_sum = float(state["recent_sum"])
-        self.recent_w = float(state["recent_w"])
+        history = state.get("history", state["recent"])  # states saved before the history was kept
+        self.clear()
+        if history:
+            arr = np.array([(float(x), float(w)) for x, w in history], dtype=np.float64).reshape(-1, 2)
+            self.push_many(arr[:, 0].copy(), arr[:, 1].copy())
         self.total_sum = float(state["total_sum"])
         self.total_w = float(state["total_w"])
-        history = state.get("history", state["recent"])  # states saved before the history was kept
-        self.history = deque(((float(x), float(w)) for x, w in history), maxlen=CHANGE_HISTORY)
 
 
 @dataclass
@@ -476,6 +520,9 @@ _COUNTERS = (
     "label_free_alarms",
     "quarantined",
     "not_fed",
+    "non_finite",
+    "clipped",
+    "detector_errors",
 )
 
 
@@ -519,14 +566,28 @@ class DetectionEngine:
         higher_is_better: bool,
         seed: int = 0,
         start_batch: int = 0,
+        domain: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.metric = metric
         self.higher_is_better = higher_is_better
         self.seed = seed
         self.start_batch = start_batch
-        # One detector now; an ensemble would hold several (detector, reference) pairs and vote.
-        self._detector: DriftDetector = make_detector(cfg.detector, cfg.params, seed=seed)
+        #: the monitored metric's domain (the harness's ``metric_domains``; default by its name)
+        self.domain = domain or default_metric_domain(metric)
+        det = make_detector(cfg.detector, cfg.params, seed=seed)
+        det.configure_for_domain(fed_domain(self.domain, cfg.granularity))
+        self._detector_name = det.name or type(det).__name__
+        warmup = cfg.warmup_samples if cfg.warmup_samples is not None else det.warmup
+        if cfg.direction == "any" and not det.two_sided:  # an improvement is a drift too
+            det = TwoSidedDetector(det)
+        self._detector: DriftDetector = det
+        self._domain = det.input_domain
+        self._alarms_from_sample = warmup  # processed-sample count from which alarms count
+        self._ones = np.ones(64)  # the weights of per-sample values
+        # the rest of an alarm's batch, fed when monitoring resumes with the same model
+        self._carry: tuple[BatchResult, int, int] | None = None
+        self._batch_starts: deque[tuple[int, int]] = deque(maxlen=CHANGE_HISTORY)  # (first sample, batch)
         lf = cfg.label_free
         self._lf_detector: DriftDetector | None = None
         if lf.signal != "none":
@@ -627,9 +688,16 @@ class DetectionEngine:
 
         Unpauses the engine, starts a new interval at ``next_batch`` (a partial interval still open,
         when called without a preceding alarm, is closed and returned by the next :meth:`ingest`),
-        suppresses alarms for ``cooldown_batches`` batches and, with ``reset_after_update``, resets
-        the detector and the direction reference. Buffered results before ``next_batch`` or older
-        than ``version`` are dropped.
+        and, when ``version`` is new (an update went live), suppresses alarms for
+        ``cooldown_batches`` batches and, with ``reset_after_update``, resets the detector and the
+        direction reference. Buffered results before ``next_batch`` or older than ``version`` are
+        dropped.
+
+        With the same ``version`` right after an alarm (``next_batch`` is the alarm's batch + 1: the
+        coordinator keeps monitoring with the same model), detection continues from the located change
+        point: the detector keeps what it learnt since the change, and the values of the alarm's batch
+        after the alarming one are fed before batch ``next_batch`` (alarms there are reported with
+        the alarm's batch id).
 
         ``next_batch`` is usually the batch after the alarm. It may also rewind to a batch already
         processed (the coordinator kept monitoring past the alarm with the old model to collect a
@@ -645,17 +713,22 @@ class DetectionEngine:
             raise ValueError(f"next_batch must be >= 0, got {next_batch}")
         if version < self._version:
             raise ValueError(f"version {version} < current version {self._version}")
+        new = version > self._version
         self._close_interval(into=self._pending)
         keep = {b: r for b, r in self._buffer.items() if b >= next_batch and r.version >= version}
         self._stats["dropped_stale"] += len(self._buffer) - len(keep)
         self._buffer = keep
         self._next = next_batch
         self._paused = False
-        self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
-        if self._lf_detector is not None and (self.cfg.reset_after_update or version > self._version):
+        carry = self._carry
+        if carry is None or new or next_batch != carry[0].batch_id + 1:
+            self._carry = None  # the rest of the alarm's batch is fed only when the same model goes on
+        if new:
+            self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
+        if self._lf_detector is not None and (self.cfg.reset_after_update or new):
             self._lf_detector.reset()  # refresh the reference window after an accepted update
         self._version = version
-        if self.cfg.reset_after_update:
+        if self.cfg.reset_after_update and new:
             self._detector.reset()
             self._reference.clear()
             self._warning_since = None
@@ -669,6 +742,7 @@ class DetectionEngine:
         again.
         """
         self._held = True
+        self._carry = None
 
     def release(self, version: int) -> None:
         """The update ended: feed detectors again, from results of model ``version`` on.
@@ -681,6 +755,7 @@ class DetectionEngine:
         """
         new = version > self._feed_from
         self._held = False
+        self._carry = None
         self._feed_from = max(self._feed_from, version)
         self._alarms_from = max(self._alarms_from, self._stats["batches"] + self.cfg.cooldown_batches)
         if self._lf_detector is not None and (self.cfg.reset_after_update or new):
@@ -728,30 +803,130 @@ class DetectionEngine:
             if not any(d.warning_detected for d in others):
                 self._warning_since = None
 
-    def _feed(self, x: float, weight: float, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
-        """Feed one value to the metric detector; True if it raised an alarm that counts."""
-        if self._use_metric:
+    def _safe_value(self, x: float) -> float | None:
+        """``x`` clipped into the detector's domain; None (not fed) when it is not finite."""
+        if not math.isfinite(x):
+            self._stats["non_finite"] += 1
+            return None
+        if self._domain != "real" and not 0.0 <= x <= 1.0:
+            self._stats["clipped"] += 1
+            return min(1.0, max(0.0, x))
+        return x
+
+    def _update_detector(self, x: float) -> None:
+        """Feed the metric detector; one that raises on a value restarts instead of killing the actor."""
+        try:
             self._detector.update(x)
-            self._track_warning(self._detector, batch_id, out)
-        self._reference.push(x, weight, self._recent_samples)
-        if not self._use_metric or not self._detector.drift_detected:
-            return False
+        except (ArithmeticError, ValueError):
+            self._stats["detector_errors"] += 1
+            self._detector.reset()
+
+    def _locates(self) -> int | None:
+        """Values since the change the metric detector located behind its alarm (None: it does not)."""
+        k = self._detector.values_since_change
+        return k if k is not None and k > 0 else None
+
+    def _restart_reference(self) -> None:
+        k = self._locates()
+        if k is not None:
+            self._reference.restart_from_last(k)  # as the detector: from its located change point
+        else:
+            self._reference.restart_from_recent(self._recent_samples)
+
+    def _alarm_counts(self, allowed: bool) -> bool:
+        """The metric detector alarmed: True if the alarm counts (warm-up, cooldown, direction)."""
         self._stats["alarms"] += 1
         if not allowed:
             self._stats["suppressed_alarms"] += 1
-            self._reference.restart_from_recent()
+            self._restart_reference()
             return False
-        if self.cfg.direction == "degrade" and not self._reference.is_worse():
-            self._stats["ignored_improvements"] += 1
-            self._reference.restart_from_recent()
-            return False
+        if self.cfg.direction == "degrade":
+            k = self._locates()
+            if k is not None:  # worse since the located change than before it
+                before, after, _ = self._reference.split_last(k)
+                worse = bool(np.isnan(before)) or after > before
+            else:
+                worse = self._reference.is_worse(self._recent_samples)
+            if not worse:
+                self._stats["ignored_improvements"] += 1
+                self._restart_reference()
+                return False
         return True
+
+    def _feed(self, x: float, weight: float, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
+        """Feed one value to the metric detector; True if it raised an alarm that counts."""
+        safe = self._safe_value(x)
+        if safe is None:
+            return False
+        x = safe
+        if self._use_metric:
+            self._update_detector(x)
+            self._track_warning(self._detector, batch_id, out)
+        self._reference.push(x, weight)
+        if not self._use_metric or not self._detector.drift_detected:
+            return False
+        return self._alarm_counts(allowed)
+
+    def _feed_samples(self, r: BatchResult, start: int, base: int, allowed: bool, out: DetectionOutput) -> DriftEvent | None:
+        """Feed the per-sample values of ``r`` from index ``start`` on (``base``: samples processed
+        before ``r``); the event of the first alarm that counts, if any."""
+        vals = r.values[start:].astype(np.float64)
+        fed = (1.0 - vals) if self.higher_is_better else vals
+        lf = self._label_free_values(r)
+        per_sample = self.cfg.granularity == "sample"
+        if lf is None and per_sample and self._use_metric and not self._detector.has_warnings:
+            return self._feed_fast(r, fed, start, base, allowed)
+        xs = fed.tolist()
+        for j, x in enumerate(xs):
+            i = start + j
+            ok = allowed and base + i + 1 > self._alarms_from_sample
+            if per_sample and self._feed(x, 1.0, ok, r.batch_id, out):
+                return self._event(r, base + i + 1, carry_from=i + 1)
+            if lf is not None and self._feed_label_free(lf[i], ok, r.batch_id, out):
+                return self._event(r, base + i + 1, label_free=True)
+        return None
+
+    def _feed_fast(self, r: BatchResult, fed: np.ndarray, start: int, base: int, allowed: bool) -> DriftEvent | None:
+        """The per-sample path of a detector without warnings: the batch at once (``update_many``), the
+        values made safe and the direction reference appended as arrays."""
+        safe, non_finite, clipped = sanitize(fed, self._domain)
+        self._stats["non_finite"] += non_finite
+        self._stats["clipped"] += clipped
+        where = np.flatnonzero(np.isfinite(fed)) if non_finite else None
+        xs = safe.tolist()
+        pos = 0
+        while pos < len(xs):
+            try:
+                j = self._detector.update_many(xs[pos:] if pos else xs)
+            except (ArithmeticError, ValueError):  # a value the detector cannot take: it restarts
+                self._stats["detector_errors"] += 1
+                self._detector.reset()
+                j = -1
+            end = len(xs) if j < 0 else pos + j + 1
+            if self._ones.size < end - pos:
+                self._ones = np.ones(end - pos)
+            self._reference.push_many(safe[pos:end], self._ones[: end - pos])
+            if j < 0:
+                return None
+            i = start + (int(where[pos + j]) if where is not None else pos + j)
+            if self._alarm_counts(allowed and base + i + 1 > self._alarms_from_sample):
+                return self._event(r, base + i + 1, carry_from=i + 1)
+            pos = end
+        return None
 
     def _feed_label_free(self, v: np.ndarray, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
         """Feed one sample's label-free signal; True if it raised an alarm that counts."""
         det = self._lf_detector
         assert det is not None
-        det.update(v)
+        if not np.isfinite(v).all():
+            self._stats["non_finite"] += 1
+            return False
+        try:
+            det.update(v)
+        except (ArithmeticError, ValueError):
+            self._stats["detector_errors"] += 1
+            det.reset()
+            return False
         self._track_warning(det, batch_id, out)
         if not det.drift_detected:
             return False
@@ -762,23 +937,41 @@ class DetectionEngine:
             return False
         return True
 
-    def _event(self, r: BatchResult, sample_index: int, label_free: bool = False) -> DriftEvent:
-        # measured from the most likely change point, not a fixed recent window: a quick alarm comes
+    def _batch_of(self, sample_index: int) -> int:
+        """The batch id holding the (1-based) processed sample ``sample_index``."""
+        for first, batch_id in reversed(self._batch_starts):
+            if first < sample_index:
+                return batch_id
+        return self._batch_starts[0][1] if self._batch_starts else -1
+
+    def _event(
+        self, r: BatchResult, sample_index: int, label_free: bool = False, carry_from: int | None = None
+    ) -> DriftEvent:
+        # measured from the located change point, not a fixed recent window: a quick alarm comes
         # when the recent window still holds mostly values from before the change
-        ref, recent = self._reference.change_split()
+        k = None if label_free else self._locates()
+        if k is not None:
+            ref, recent, after_w = self._reference.split_last(k)
+            probability: float | None = float(self._detector.change_probability)
+        else:
+            ref, recent, after_w = self._reference.change_split(self._recent_samples)
+            probability = None
         if label_free:
             det = self._lf_detector
             assert det is not None
+            name = det.name or type(det).__name__
             score = float(getattr(det, "statistic", float("nan")))
             signal = f"label_free:{self.cfg.label_free.signal}"
         else:
-            det = self._detector
+            name = self._detector_name
             score = max(0.0, recent - ref) if not np.isnan(ref) else float("nan")
             signal = "metric"
+        at = self.cfg.granularity == "sample"
+        change = max(1, sample_index - int(round(after_w)) + 1) if at else sample_index
         event = DriftEvent(
             batch_id=r.batch_id,
             sample_index=sample_index,
-            detector=det.name or type(det).__name__,
+            detector=name,
             value=self._to_metric(recent),
             reference=self._to_metric(ref),
             regime=r.regime,
@@ -787,9 +980,14 @@ class DetectionEngine:
             update_kind=update_kind(score, self.cfg.regimes),
             warning_batch_id=self._warning_since,
             signal=signal,
+            change_sample_index=change,
+            change_batch_id=self._batch_of(change),
+            change_probability=probability,
         )
         self._warning_since = None
-        self._reference.restart_from_recent()
+        self._restart_reference()
+        if carry_from is not None and self._lf_detector is None and carry_from < r.n:
+            self._carry = (r, carry_from, sample_index - carry_from)
         return event
 
     def _label_free_values(self, r: BatchResult) -> np.ndarray | None:
@@ -807,6 +1005,9 @@ class DetectionEngine:
 
     def _process(self, r: BatchResult, out: DetectionOutput) -> None:
         cfg = self.cfg
+        if self._carry is not None and self._feed_carry(out):
+            self._stats["dropped_after_alarm"] += 1  # r: after the alarm, served again on resume
+            return
         row = {
             "batch_id": r.batch_id,
             "regime": r.regime,
@@ -825,22 +1026,13 @@ class DetectionEngine:
         allowed = self._stats["batches"] >= self._alarms_from
         self._recent_samples = max(self._recent_samples, r.n)
         before = self._stats["samples"]
+        self._batch_starts.append((before, r.batch_id))
         event: DriftEvent | None = None
         feed = not self._held and r.version >= self._feed_from
         if not feed:
             self._stats["not_fed"] += 1
-        lf = self._label_free_values(r) if feed else None
-        if feed and r.n > 0 and (cfg.granularity == "sample" or lf is not None):
-            vals = r.values.astype(np.float64)
-            fed = ((1.0 - vals) if self.higher_is_better else vals).tolist()
-            per_sample = cfg.granularity == "sample"
-            for i in range(r.n):
-                if per_sample and self._feed(fed[i], 1.0, allowed, r.batch_id, out):
-                    event = self._event(r, before + i + 1)
-                    break
-                if lf is not None and self._feed_label_free(lf[i], allowed, r.batch_id, out):
-                    event = self._event(r, before + i + 1, label_free=True)
-                    break
+        if feed and r.n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
+            event = self._feed_samples(r, 0, before, allowed, out)
         if feed and event is None and r.n > 0 and cfg.granularity == "batch":
             mean = float(np.mean(r.values, dtype=np.float64))
             x = 1.0 - mean if self.higher_is_better else mean
@@ -863,11 +1055,28 @@ class DetectionEngine:
         if complete or event is not None:
             self._close_interval(into=out.intervals)
         if event is not None:
-            out.events.append(event)
-            self._stats["events"] += 1
-            self._paused = True
-            self._stats["dropped_after_alarm"] += len(self._buffer)
-            self._buffer.clear()
+            self._emit(event, out)
+
+    def _emit(self, event: DriftEvent, out: DetectionOutput) -> None:
+        out.events.append(event)
+        self._stats["events"] += 1
+        self._paused = True
+        self._stats["dropped_after_alarm"] += len(self._buffer)
+        self._buffer.clear()
+
+    def _feed_carry(self, out: DetectionOutput) -> bool:
+        """Feed the rest of the last alarm's batch (monitoring went on with the same model); True if
+        it raised an alarm that counts (then emitted, and the engine paused)."""
+        assert self._carry is not None
+        r, start, base = self._carry
+        self._carry = None
+        if self._held or r.version < self._feed_from:
+            return False
+        event = self._feed_samples(r, start, base, self._stats["batches"] >= self._alarms_from, out)
+        if event is None:
+            return False
+        self._emit(event, out)
+        return True
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -888,6 +1097,9 @@ class DetectionEngine:
             "feed_from": self._feed_from,
             "version": self._version,
             "alarms_from": self._alarms_from,
+            "alarms_from_sample": self._alarms_from_sample,
+            "carry": list(self._carry) if self._carry is not None else None,
+            "batch_starts": [list(b) for b in self._batch_starts],
             "recent_samples": self._recent_samples,
             "interval": asdict(self._interval) if self._interval is not None else None,
             "n_intervals": self._n_intervals,
@@ -915,6 +1127,12 @@ class DetectionEngine:
         self._feed_from = int(state.get("feed_from", 0))
         self._version = state["version"]
         self._alarms_from = state["alarms_from"]
+        self._alarms_from_sample = int(state.get("alarms_from_sample", self._alarms_from_sample))
+        carry = state.get("carry")
+        self._carry = (carry[0], int(carry[1]), int(carry[2])) if carry else None
+        self._batch_starts = deque(
+            ((int(a), int(b)) for a, b in state.get("batch_starts", [])), maxlen=CHANGE_HISTORY
+        )
         self._recent_samples = state["recent_samples"]
         self._interval = _OpenInterval(**state["interval"]) if state["interval"] is not None else None
         self._n_intervals = state["n_intervals"]

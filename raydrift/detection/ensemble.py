@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from raydrift.detection.base import DriftDetector, InvalidParam, check_param
+from raydrift.detection.domains import narrowest
 from raydrift.errors import ConfigError
 
 __all__ = ["EnsembleDetector"]
@@ -74,6 +75,7 @@ class EnsembleDetector(DriftDetector):
     """
 
     name: ClassVar[str] = "ensemble"
+    has_warnings: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -115,6 +117,19 @@ class EnsembleDetector(DriftDetector):
         self.seed = seed
         self._members = built
         self.reset()
+
+    @property
+    def input_domain(self) -> str:
+        """The narrowest of the members' domains: every member is fed every value."""
+        return narrowest([m.input_domain for m in self._members])
+
+    @property
+    def two_sided(self) -> bool:
+        return all(m.two_sided for m in self._members)
+
+    def configure_for_domain(self, domain: str) -> None:
+        for m in self._members:
+            m.configure_for_domain(domain)
 
     @property
     def detectors(self) -> list[DriftDetector]:

@@ -45,6 +45,11 @@ class FHDDMDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "fhddm"
+    domain: ClassVar[str] = "binary"
+
+    @property
+    def two_sided(self) -> bool:
+        return False
     river_cls: ClassVar[type[Any]] = binary.FHDDM
 
     def __init__(

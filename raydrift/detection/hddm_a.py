@@ -40,6 +40,12 @@ class HDDMADetector(RiverDetector):
     """
 
     name: ClassVar[str] = "hddm_a"
+    domain: ClassVar[str] = "probability"
+    has_warnings: ClassVar[bool] = True
+
+    @property
+    def two_sided(self) -> bool:
+        return bool(self.two_sided_test)
     river_cls: ClassVar[type[Any]] = binary.HDDMA
 
     def __init__(

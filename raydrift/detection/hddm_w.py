@@ -42,6 +42,12 @@ class HDDMWDetector(RiverDetector):
     """
 
     name: ClassVar[str] = "hddm_w"
+    domain: ClassVar[str] = "probability"
+    has_warnings: ClassVar[bool] = True
+
+    @property
+    def two_sided(self) -> bool:
+        return bool(self.two_sided_test)
     river_cls: ClassVar[type[Any]] = binary.HDDMW
 
     def __init__(

@@ -52,6 +52,10 @@ class PageHinkleyDetector(RiverDetector):
     name: ClassVar[str] = "page_hinkley"
     river_cls: ClassVar[type[Any]] = drift.PageHinkley
 
+    @property
+    def two_sided(self) -> bool:
+        return self.mode == "both"
+
     def __init__(
         self,
         min_instances: int = 30,

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from raydrift.detection.base import DriftDetector, InvalidParam
+from raydrift.detection.domains import DOMAIN_TEXT
 from raydrift.errors import ConfigError
 from raydrift.registry import resolve
 
@@ -17,6 +18,7 @@ __all__ = ["DETECTOR_REGISTRY", "list_detectors", "make_detector", "resolve_dete
 
 DETECTOR_REGISTRY: dict[str, str] = {
     "adwin": "raydrift.detection.adwin:ADWINDetector",
+    "bocpd": "raydrift.detection.bocpd:BOCPDDetector",
     "cusum": "raydrift.detection.cusum:CUSUMDetector",
     "ddm": "raydrift.detection.ddm:DDMDetector",
     "eddm": "raydrift.detection.eddm:EDDMDetector",
@@ -109,11 +111,15 @@ def make_detector(name: str, params: dict[str, Any] | None = None, seed: int = 0
 
 
 def list_detectors() -> list[tuple[str, dict[str, Any], str]]:
-    """Every registered detector: ``(name, params with defaults, first line of its docstring)``."""
+    """Every registered detector: ``(name, params with defaults, description)``.
+
+    The description is the first line of its docstring and the values it takes at its defaults.
+    """
     out = []
     for name in sorted(DETECTOR_REGISTRY):
         cls = resolve_detector(name)
         defaults = {k: (None if v is inspect.Parameter.empty else v) for k, v in cls.default_params().items()}
         doc = (inspect.getdoc(cls) or "").strip().splitlines()
-        out.append((name, defaults, doc[0] if doc else ""))
+        takes = DOMAIN_TEXT[make_detector(name, {}).input_domain]
+        out.append((name, defaults, f"{doc[0] if doc else ''} Takes {takes}."))
     return out

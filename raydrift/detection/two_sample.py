@@ -171,6 +171,7 @@ class TwoSampleDetector(NativeDetector):
     """
 
     name: ClassVar[str] = ""
+    has_warnings: ClassVar[bool] = True
 
     def _init_windows(
         self, reference_size: int, window_size: int, test_every: int, alpha: float, warning_alpha: float

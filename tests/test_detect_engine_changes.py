@@ -1,0 +1,147 @@
+"""The engine's issue-19 behaviours: located change points on the event, detection continuing from the
+change point (the rest of an alarm's batch is fed), warm-up in samples, ``direction: any`` for one-sided
+detectors, the per-sample fast path giving the same alarms as the per-value one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raydrift.config import DriftDetectionConfig
+from raydrift.detection import BatchResult, DetectionEngine
+from raydrift.detection.two_sided import TwoSidedDetector
+
+BS = 64
+
+
+def series_batches(values: np.ndarray, bs: int = BS, version: int = 0) -> list[BatchResult]:
+    return [
+        BatchResult(b, 0, version, values[i : i + bs].astype(np.float32), {})
+        for b, i in enumerate(range(0, len(values), bs))
+    ]
+
+
+def change_points(cfg: DriftDetectionConfig, values: np.ndarray, bs: int = BS, bump: bool = False) -> list[int]:
+    """0-based located change points of a real-valued series fed as a lower-is-better metric; on an
+    alarm the engine resumes at the next batch, with the same model (``bump``: a new version)."""
+    eng = DetectionEngine(cfg, "value", higher_is_better=False)
+    res = series_batches(values, bs)
+    found, b, version = [], 0, 0
+    while b < len(res):
+        r = res[b]
+        out = eng.ingest(BatchResult(r.batch_id, 0, version, r.values, {}))
+        b += 1
+        for ev in out.events:
+            found.append(ev.change_sample_index - 1)
+            version += int(bump)
+            eng.resume_after_update(ev.batch_id + 1, version)
+            b = ev.batch_id + 1
+    return found
+
+
+def run_with_resume(eng: DetectionEngine, res: list[BatchResult]) -> list:  # type: ignore[type-arg]
+    events, b = [], 0
+    while b < len(res):
+        out = eng.ingest(res[b])
+        b += 1
+        for ev in out.events:
+            events.append(ev)
+            eng.resume_after_update(ev.batch_id + 1, 0)
+    return events
+
+
+def test_event_locates_the_change_inside_the_batch() -> None:
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.normal(0, 1, 300), rng.normal(4, 1, 200)])
+    cfg = DriftDetectionConfig(detector="bocpd", params={"threshold": 0.99}, direction="any")
+    eng = DetectionEngine(cfg, "value", higher_is_better=False)
+    ev = eng.ingest_many(series_batches(xs)).events[0]
+    assert abs(ev.change_sample_index - 301) <= 2 and ev.sample_index >= ev.change_sample_index
+    assert ev.change_batch_id == (ev.change_sample_index - 1) // BS
+    assert ev.change_probability is not None and ev.change_probability >= 0.99
+    assert ev.reference == pytest.approx(0.0, abs=0.3) and ev.value > 2.0  # the mean since the change
+
+
+def test_detection_continues_from_the_change_point_within_the_batch() -> None:
+    """Two changes 20 samples apart, inside one batch of 64: both are found when monitoring resumes
+    with the same model (the rest of the alarm's batch is fed); a new model starts afresh."""
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.normal(0, 1, 210), rng.normal(5, 1, 20), rng.normal(-5, 1, 150)])
+    cfg = DriftDetectionConfig(detector="bocpd", params={"threshold": 0.99}, direction="any")
+    found = change_points(cfg, xs)
+    assert len(found) == 2 and abs(found[0] - 210) <= 2 and abs(found[1] - 230) <= 2
+    assert len(change_points(cfg, xs, bump=True)) == 1  # the alarm's batch was the old model's
+
+
+def test_warmup_in_samples() -> None:
+    rng = np.random.default_rng(2)
+    xs = np.concatenate([rng.normal(0, 1, 20), rng.normal(5, 1, 200)])
+    cfg = DriftDetectionConfig(detector="bocpd", params={"threshold": 0.99}, direction="any")
+    assert [abs(c - 20) <= 2 for c in change_points(cfg, xs, bs=64)] == [True]  # inside the first batch
+    late = DriftDetectionConfig(**{**cfg.model_dump(), "warmup_samples": 100})
+    assert change_points(late, xs) == []  # suppressed; the detector restarted from the change
+
+
+def test_cooldown_only_after_a_new_model() -> None:
+    rng = np.random.default_rng(3)
+    xs = np.concatenate([rng.normal(0, 1, 200), rng.normal(5, 1, 100), rng.normal(-3, 1, 200)])
+    cfg = DriftDetectionConfig(
+        detector="bocpd", params={"threshold": 0.99}, direction="any", cooldown_batches=3
+    )
+    assert len(change_points(cfg, xs)) == 2  # same model: no cooldown
+    assert len(change_points(cfg, xs, bump=True)) == 1  # the second change falls in the cooldown
+
+
+@pytest.mark.parametrize("detector", ["fhddm", "ddm", "hddm_a", "cusum"])
+def test_direction_any_sees_improvements_with_one_sided_detectors(detector: str) -> None:
+    rng = np.random.default_rng(4)
+    acc = (rng.random(12000) < np.where(np.arange(12000) < 6000, 0.6, 0.98)).astype(float)  # better
+    for direction, expect in (("degrade", False), ("any", True)):
+        cfg = DriftDetectionConfig(detector=detector, direction=direction)
+        eng = DetectionEngine(cfg, "accuracy", higher_is_better=True)
+        events = run_with_resume(eng, series_batches(acc))
+        assert any(6000 < e.sample_index < 7000 for e in events) == expect, (direction, events)
+    eng = DetectionEngine(DriftDetectionConfig(detector=detector, direction="any"), "accuracy", True)
+    assert isinstance(eng.detector, TwoSidedDetector)
+
+
+def test_two_sided_detectors_are_not_wrapped() -> None:
+    for det in ("adwin", "bocpd", "kswin"):
+        eng = DetectionEngine(DriftDetectionConfig(detector=det, direction="any"), "accuracy", True)
+        assert not isinstance(eng.detector, TwoSidedDetector)
+
+
+def test_auto_model_from_the_metric_domain() -> None:
+    eng = DetectionEngine(DriftDetectionConfig(detector="bocpd"), "accuracy", True)
+    assert eng.detector.resolved_model == "bernoulli"  # type: ignore[attr-defined]
+    eng = DetectionEngine(DriftDetectionConfig(detector="bocpd", granularity="batch"), "accuracy", True)
+    assert eng.detector.resolved_model == "normal"  # type: ignore[attr-defined]
+    eng = DetectionEngine(DriftDetectionConfig(detector="bocpd"), "accuracy", True, domain="real")
+    assert eng.detector.resolved_model == "normal"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_path_matches_the_per_value_path(seed: int) -> None:
+    """adwin through update_many (batch at once) alarms where feeding River value by value does."""
+    from river import drift
+
+    rng = np.random.default_rng(seed)
+    p = np.where(np.arange(20000) < 10000, 0.05, 0.3)
+    err = (rng.random(20000) < p).astype(float)
+    eng = DetectionEngine(DriftDetectionConfig(detector="adwin"), "accuracy", higher_is_better=True)
+    res = series_batches(1.0 - err)
+    ours, b = [], 0
+    while b < len(res):
+        out = eng.ingest(res[b])
+        b += 1
+        for ev in out.events:
+            ours.append(ev.sample_index - 1)
+            eng.resume_after_update(ev.batch_id + 1, 0)
+    river, alarms = drift.ADWIN(delta=0.05, clock=1), []
+    for i, x in enumerate(err):
+        river.update(float(x))
+        if river.drift_detected:
+            alarms.append(i)
+    # every alarm of River's that counts (a worsening) is an engine event at the same sample
+    assert ours and all(a in alarms for a in ours), (ours, alarms)
+    assert any(10000 <= a < 10300 for a in ours)
