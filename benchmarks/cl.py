@@ -198,7 +198,7 @@ def closed_loop(strategies: list[str], quick: bool, seed: int) -> list[dict[str,
             overrides.append("data.regime_batches=15")
         cfg = build_config(ROOT / "configs" / "mnist.yaml", overrides)
         t0 = time.perf_counter()
-        summary = Coordinator(cfg, console=lambda s: None).run()
+        summary = Coordinator(cfg, console=lambda s: None).run().to_dict()
         out.append(
             {
                 "strategy": name,

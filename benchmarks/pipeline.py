@@ -427,11 +427,13 @@ def instrumented(probe: Probe) -> Iterator[type]:
 
     Only seams that do not depend on how the loop is written are used: interval records written to
     metrics.csv (the detector has accepted every batch up to ``last_batch``), the test-set evaluation
-    called from the coordinator's ``test_row`` (the accuracy matrix, which is reporting), the
+    called from ``HeldOut.row`` (the accuracy matrix, which is reporting), the
     arguments of each ``Updater.run`` (refs only: nothing is fetched inside the timed span), the
     "actors are up" log line, and the actors' memory just before ``_shutdown`` kills them.
     """
     import raydrift.coordinator as cm
+    import raydrift.pipeline.heldout as heldout_module
+    import raydrift.pipeline.loop as loop_module
 
     def record_update(call: dict[str, Any]) -> None:
         probe.updates.append(call)
@@ -452,7 +454,7 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 )
             super().write(row)
 
-    class RecordingUpdater(cm.Updater):  # type: ignore[misc, name-defined]
+    class RecordingUpdater(loop_module.Updater):  # type: ignore[misc, name-defined]
         def run(self, *args: Any, **kwargs: Any) -> Any:
             names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
             call = dict(zip(names, args, strict=False)) | kwargs
@@ -460,11 +462,11 @@ def instrumented(probe: Probe) -> Iterator[type]:
             record_update({**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds})
             return out
 
-    evaluate = cm.evaluate
+    evaluate = heldout_module.evaluate
 
     def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
         caller = sys._getframe(1)
-        if caller.f_code.co_name != "test_row":
+        if caller.f_code.co_name != "row":  # HeldOut.row: the accuracy matrix
             return evaluate(*args, **kwargs)
         t0 = time.perf_counter()
         try:
@@ -484,9 +486,10 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 probe.t_actors_up = time.perf_counter()
             super().log(msg, level)
 
-        def _check_resources(self) -> None:
-            super()._check_resources()
+        def _start_ray(self) -> Any:
+            info = super()._start_ray()
             probe.t_loop_enter = time.perf_counter()
+            return info
 
         def _shutdown(self) -> None:
             probe.t_shutdown = time.perf_counter()
@@ -498,13 +501,16 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 probe.on_shutdown()
             super()._shutdown()
 
-    saved = {name: getattr(cm, name) for name in ("MetricsWriter", "Updater", "evaluate")}
-    cm.MetricsWriter, cm.Updater, cm.evaluate = RecordingWriter, RecordingUpdater, timed_evaluate  # type: ignore[misc]
+    seams = [(cm, "MetricsWriter", RecordingWriter), (loop_module, "Updater", RecordingUpdater),
+             (heldout_module, "evaluate", timed_evaluate)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in seams]
+    for module, name, value in seams:
+        setattr(module, name, value)
     try:
         yield InstrumentedCoordinator
     finally:
-        for name, value in saved.items():
-            setattr(cm, name, value)
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -544,7 +550,7 @@ def run_coordinator(
             reset_peak()
         probe.driver_rss_start = proc_memory().get("rss_mb", 0.0)
         probe.t_run = time.perf_counter()
-        summary = coord.run()
+        summary = coord.run().to_dict()
     return summary, probe, time.perf_counter() - probe.t_run
 
 

@@ -93,18 +93,18 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
                 timing["cpu0"], timing["wall0"] = time.process_time(), time.perf_counter()
             super().log(msg, level)
 
-    import raydrift.coordinator as coordinator_module
+    import raydrift.pipeline.loop as loop_module
 
-    loop_run = coordinator_module._Loop.run
+    loop_run = loop_module.Loop.run
 
     def timed_run(loop: Any, checkpoint: Any) -> None:
         timing["cpu0"], timing["wall0"] = time.process_time(), time.perf_counter()
         loop_run(loop, checkpoint)
         timing["loop_cpu"] = time.process_time() - timing["cpu0"]
         timing["loop_wall"] = time.perf_counter() - timing["wall0"]
-        timing["broadcast"] = broadcast_by_task(loop.c.monitors, 10**6)
+        timing["broadcast"] = broadcast_by_task(loop.stages.supervisor.monitors, 10**6)
 
-    coordinator_module._Loop.run = timed_run  # type: ignore[method-assign]
+    loop_module.Loop.run = timed_run  # type: ignore[method-assign]
 
     cfg = build_config(
         None,
@@ -133,9 +133,9 @@ def measure(num_monitors: int, batches: int, batch_size: int, tmp: Path) -> dict
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        summary = TimedCoordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+        summary = TimedCoordinator(cfg, run_dir=run_dir, console=lambda _: None).run().to_dict()
     finally:
-        coordinator_module._Loop.run = loop_run  # type: ignore[method-assign]
+        loop_module.Loop.run = loop_run  # type: ignore[method-assign]
     total = time.perf_counter() - t0
     assert summary["stream"]["batches"] == batches, summary["stream"]
     n = summary["stream"]["batches"]

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from raydrift.errors import EXIT_FAILED, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_UPDATES_FAILED, EXIT_USAGE, UserError
 
@@ -72,10 +73,13 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return build_config(args.config, args.overrides)
 
 
-def exit_code(summary: dict) -> int:  # type: ignore[type-arg]
-    """The process's exit status for a run's summary (see :mod:`raydrift.errors`)."""
+def exit_code(summary: Any) -> int:
+    """The process's exit status for a run's summary (a :class:`~raydrift.pipeline.records.RunSummary`
+    or its JSON form; see :mod:`raydrift.errors`)."""
     import signal
 
+    if hasattr(summary, "to_dict"):
+        summary = summary.to_dict()
     run = summary.get("run") or {}
     if run.get("status") == "interrupted":
         name = run.get("signal") or "SIGINT"

@@ -634,31 +634,9 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _plot_monitored_metric(
-    path: Path, summary: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]]
-) -> bool:
-    points: list[tuple[float, float]] = []
-    for r in metrics:
-        y = _num(r.get("value"))
-        ends = [b for b in (_num(r.get("first_batch")), _num(r.get("last_batch"))) if b is not None]
-        if y is None or not ends:
-            continue
-        # an interval's value is drawn at its centre batch
-        points.append((sum(ends) / len(ends), y))
-    if not points:
-        return False
-    points.sort()
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    detection = summary.get("detection") or {}
-    metric = detection.get("metric") or "monitored metric"
+def _shade_regimes(ax: Any, summary: Mapping[str, Any], x_end: float) -> None:
+    """Regime spans on ``ax``, alternately shaded, named at the top."""
     stream = summary.get("stream") or {}
-    x_end = max(
-        _num(stream.get("batches")) or 0.0, max(_num(r.get("last_batch")) or 0.0 for r in metrics) + 1
-    )
-
-    fig = _figure(11, 4.5)
-    ax = fig.add_subplot()
-    # regime spans, alternately shaded, named at the top
     starts = sorted(
         (
             (_num(s.get("batch_id")), s.get("regime"))
@@ -685,6 +663,33 @@ def _plot_monitored_metric(
             color="0.25",
             clip_on=False,
         )
+
+
+def _plot_monitored_metric(
+    path: Path, summary: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]]
+) -> bool:
+    points: list[tuple[float, float]] = []
+    for r in metrics:
+        y = _num(r.get("value"))
+        ends = [b for b in (_num(r.get("first_batch")), _num(r.get("last_batch"))) if b is not None]
+        if y is None or not ends:
+            continue
+        # an interval's value is drawn at its centre batch
+        points.append((sum(ends) / len(ends), y))
+    if not points:
+        return False
+    points.sort()
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    detection = summary.get("detection") or {}
+    metric = detection.get("metric") or "monitored metric"
+    stream = summary.get("stream") or {}
+    x_end = max(
+        _num(stream.get("batches")) or 0.0, max(_num(r.get("last_batch")) or 0.0 for r in metrics) + 1
+    )
+
+    fig = _figure(11, 4.5)
+    ax = fig.add_subplot()
+    _shade_regimes(ax, summary, x_end)
     ax.plot(xs, ys, color="tab:blue", lw=1.4, marker=".", ms=4, label=f"{metric} per interval", zorder=3)
 
     import numpy as np
@@ -880,23 +885,29 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
     Missing sections (an interrupted run) are left out or shown as ``-``.
     """
-    run = summary.get("run") or {}
-    stream = summary.get("stream") or {}
-    mon = summary.get("monitoring") or {}
-    det = summary.get("detection") or {}
-    events = [e for e in summary.get("drift_events") or [] if isinstance(e, Mapping)]
-    updates = [u for u in summary.get("updates") or [] if isinstance(u, Mapping)]
-    cl = summary.get("cl_metrics") or {}
-    metric = det.get("metric") or "metric"
     lines: list[str] = []
+    for section in (_header_lines, _stream_lines, _event_lines, _update_lines, _not_promoted_lines,
+                    _matrix_lines, _file_lines):
+        lines += section(summary)
+    return "\n".join(lines)
 
+
+def _mappings(summary: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    return [e for e in summary.get(key) or [] if isinstance(e, Mapping)]
+
+
+def _metric(summary: Mapping[str, Any]) -> str:
+    return str((summary.get("detection") or {}).get("metric") or "metric")
+
+
+def _header_lines(summary: Mapping[str, Any]) -> list[str]:
+    run = summary.get("run") or {}
     status = str(run.get("status") or "unknown")
-    not_promoted = [u for u in summary.get("rejected_updates") or [] if isinstance(u, Mapping)]
-    failed = [u for u in not_promoted if u.get("status") == "failed"]
+    failed = [u for u in _mappings(summary, "rejected_updates") if u.get("status") == "failed"]
     note = f" ({len(failed)} update(s) FAILED)" if failed else ""
     stopped = f" by {run['signal']}" if run.get("signal") and status == "interrupted" else ""
     title = f"raydrift run '{run.get('name', '?')}': {status.upper()}{stopped}{note}"
-    lines += [title, "=" * len(title)]
+    lines = [title, "=" * len(title)]
     if run.get("error"):
         # the first line of the error only: a full traceback belongs in the log, not the summary
         first = str(run["error"]).strip().splitlines()[0] if str(run["error"]).strip() else "?"
@@ -908,10 +919,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     )
     if run.get("ray_address") or run.get("dashboard_url"):
         lines.append(f"ray {run.get('ray_address') or '-'}  dashboard {run.get('dashboard_url') or '-'}")
+    return lines
 
-    # stream and throughput
+
+def _stream_lines(summary: Mapping[str, Any]) -> list[str]:
+    stream = summary.get("stream") or {}
+    mon = summary.get("monitoring") or {}
+    det = summary.get("detection") or {}
     regimes = stream.get("regimes_seen") or []
-    lines += [
+    lines = [
         "",
         f"stream      {_i(stream.get('batches'))} batches, {_i(stream.get('samples'))} samples, "
         f"regimes seen: {', '.join(_regime_name(summary, g) for g in regimes) or '-'}",
@@ -927,11 +943,15 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         hib = det.get("higher_is_better")
         arrow = "" if hib is None else (", higher is better" if hib else ", lower is better")
         lines.append(
-            f"detection   {det.get('detector', '-')} on {metric} ({det.get('granularity', '-')} granularity{arrow})"
+            f"detection   {det.get('detector', '-')} on {_metric(summary)} "
+            f"({det.get('granularity', '-')} granularity{arrow})"
         )
+    return lines
 
-    # drift events
-    lines += ["", f"drift events: {len(events)}"]
+
+def _event_lines(summary: Mapping[str, Any]) -> list[str]:
+    events = _mappings(summary, "drift_events")
+    lines = ["", f"drift events: {len(events)}"]
     if events:
         lines += _table(
             ["batch", "regime", "detector", "value", "reference", "weights"],
@@ -947,62 +967,70 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 for e in events
             ),
         )
+    return lines
 
-    # updates
-    lines += ["", f"updates: {len(updates)}"]
-    if updates:
-        rows = []
-        for u in updates:
-            regime = u.get("regime")
-            rows.append(
-                [
-                    f"v{u.get('version', '?')}",
-                    _i(u.get("drift_batch_id")),
-                    str(u.get("strategy") or "-"),
-                    _f(u.get("waiting_seconds"), ".2f"),
-                    _f(u.get("training_seconds"), ".2f"),
-                    _f(u.get("broadcasting_seconds"), ".2f"),
-                    f"{_f(u.get('accuracy_before'))} -> {_f(u.get('accuracy_after'))}",
-                    f"{_f(_lookup(u.get('test_accuracy_before'), regime))} -> "
-                    f"{_f(_lookup(u.get('test_accuracy_after'), regime))}",
-                    _short(_regime_name(summary, regime)) if regime is not None else "-",
-                ]
-            )
-        lines += _table(
+
+def _update_lines(summary: Mapping[str, Any]) -> list[str]:
+    updates = _mappings(summary, "updates")
+    lines = ["", f"updates: {len(updates)}"]
+    if not updates:
+        return lines
+    metric = _metric(summary)
+    rows = []
+    for u in updates:
+        regime = u.get("regime")
+        rec = u.get("recovery_batches")
+        rows.append(
             [
-                "version",
-                "batch",
-                "strategy",
-                "wait s",
-                "train s",
-                "bcast s",
-                "window acc",
-                "test acc",
-                "regime",
-            ],
-            rows,
+                f"v{u.get('version', '?')}",
+                _i(u.get("drift_batch_id")),
+                str(u.get("strategy") or "-"),
+                _f(u.get("waiting_seconds"), ".2f"),
+                _f(u.get("training_seconds"), ".2f"),
+                _f(u.get("broadcasting_seconds"), ".2f"),
+                f"{_f(u.get('accuracy_before'))} -> {_f(u.get('accuracy_after'))}",
+                "-" if rec is None else f"{rec} batches",
+                f"{_f(_lookup(u.get('test_accuracy_before'), regime))} -> "
+                f"{_f(_lookup(u.get('test_accuracy_after'), regime))}",
+                _short(_regime_name(summary, regime)) if regime is not None else "-",
+            ]
         )
-        lines.append(
-            "  window acc: monitored accuracy on the recent window; test acc: held-out test set of that regime"
-        )
+    lines += _table(
+        ["version", "batch", "strategy", "wait s", "train s", "bcast s", f"stream {_short(metric)}",
+         "recovered", "test acc", "regime"],
+        rows,
+    )
+    lines += [
+        f"  stream {_short(metric)}: the monitored {metric} at the alarm -> on the first interval with the new weights",
+        "  recovered: batches from the drift until it was back at its pre-drift level; "
+        "test acc: that regime's held-out test set",
+    ]
+    return lines
 
-    if not_promoted:
-        lines += ["", f"updates not promoted: {len(not_promoted)} ({len(failed)} failed, "
-                  f"{len(not_promoted) - len(failed)} rejected by the gate)"]
-        lines += _table(
-            ["batch", "status", "kept", "reason"],
-            (
-                [
-                    _i(u.get("drift_batch_id")),
-                    str(u.get("status") or "-"),
-                    f"v{u['version_kept']}" if u.get("version_kept") is not None else "-",
-                    str(u.get("reason") or "-")[:120],
-                ]
-                for u in not_promoted
-            ),
-        )
 
-    # accuracy matrix
+def _not_promoted_lines(summary: Mapping[str, Any]) -> list[str]:
+    not_promoted = _mappings(summary, "rejected_updates")
+    if not not_promoted:
+        return []
+    failed = [u for u in not_promoted if u.get("status") == "failed"]
+    lines = ["", f"updates not promoted: {len(not_promoted)} ({len(failed)} failed, "
+             f"{len(not_promoted) - len(failed)} rejected by the gate)"]
+    return lines + _table(
+        ["batch", "status", "kept", "reason"],
+        (
+            [
+                _i(u.get("drift_batch_id")),
+                str(u.get("status") or "-"),
+                f"v{u['version_kept']}" if u.get("version_kept") is not None else "-",
+                str(u.get("reason") or "-")[:120],
+            ]
+            for u in not_promoted
+        ),
+    )
+
+
+def _matrix_lines(summary: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
     m = _matrix(summary)
     if m is not None:
         labels, cols, values = m
@@ -1011,24 +1039,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             ["model", *(_short(c) for c in cols)],
             ([lab, *(_f(v) for v in row)] for lab, row in zip(labels, values, strict=True)),
         )
-
+    cl = summary.get("cl_metrics") or {}
     if cl:
         lines += [
             "",
             f"final average accuracy {_f(cl.get('final_average_accuracy'))}   "
             f"forgetting {_f(cl.get('forgetting'))}   backward transfer {_f(cl.get('backward_transfer'), '+.3f')}",
         ]
+    return lines
 
-    # where things are
+
+def _file_lines(summary: Mapping[str, Any]) -> list[str]:
+    run = summary.get("run") or {}
     tracking = summary.get("tracking") or {}
     run_dir = run.get("run_dir")
-    lines += ["", f"run dir  {run_dir or '-'}"]
+    lines = ["", f"run dir  {run_dir or '-'}"]
     if run_dir:
         d = Path(run_dir)
         present = [
-            n
-            for n in (SUMMARY_FILE, METRICS_FILE, *EXPORT_FILES, CONFIG_FILE, WEIGHTS_FILE)
-            if (d / n).exists()
+            n for n in (SUMMARY_FILE, METRICS_FILE, *EXPORT_FILES, CONFIG_FILE, WEIGHTS_FILE) if (d / n).exists()
         ]
         plots = sorted(p.name for p in (d / PLOTS_DIR).glob("*.png")) if (d / PLOTS_DIR).is_dir() else []
         if present:
@@ -1039,7 +1068,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"tracking {tracking.get('backend', '-')} run {tracking.get('run_id') or '-'}")
         if tracking.get("ui_hint"):
             lines.append(f"         open with: {tracking['ui_hint']}")
-    return "\n".join(lines)
+    return lines
 
 
 def report(run_dir: str | os.PathLike[str], plots: bool = True) -> str:
@@ -1050,11 +1079,18 @@ def report(run_dir: str | os.PathLike[str], plots: bool = True) -> str:
     UserError
         If ``run_dir`` is missing or holds no readable ``summary.json``.
     """
-    summary = load_summary(run_dir)
+    from raydrift.pipeline.records import RunSummary
+
+    raw = load_summary(run_dir)
+    try:  # through the typed records: a summary of an older version gets this version's schema
+        typed = RunSummary.from_dict(raw)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(
+            f"'{Path(run_dir) / SUMMARY_FILE}' is not a raydrift run summary ({type(exc).__name__}: {exc})"
+        ) from exc
     # the summary may have been written elsewhere (copied run dir): point at where it is now
-    summary.setdefault("run", {})
-    if isinstance(summary["run"], dict):
-        summary["run"]["run_dir"] = str(Path(run_dir))
+    typed.run.run_dir = str(Path(run_dir))
+    summary = typed.to_dict()
     try:
         metrics = read_metrics(run_dir)
     except (OSError, csv.Error, UnicodeDecodeError) as exc:

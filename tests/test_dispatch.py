@@ -1,4 +1,4 @@
-"""The coordinator's weights bookkeeping when it dispatches monitor tasks (no Ray: fake monitor handles).
+"""The dispatcher's weights bookkeeping when it sends monitor tasks (no Ray: fake monitor handles).
 
 A new version's ref rides on the first task to each monitor after the version is published; a task
 whose fate is unknown (dropped with the in-flight books) makes the next task carry it again."""
@@ -8,7 +8,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from raydrift.coordinator import _Loop
+from raydrift.config import RaydriftConfig
+from raydrift.pipeline.broadcast import Broadcast
+from raydrift.pipeline.dispatch import Dispatcher
 from raydrift.stream import BatchMeta
 
 
@@ -28,15 +30,16 @@ class FakeMonitor:
         return version, weights
 
 
-def make_loop(monitors: int = 2) -> _Loop:
-    loop = object.__new__(_Loop)  # only the books dispatch and _forget_in_flight use
-    loop.c = SimpleNamespace(monitors=[FakeMonitor() for _ in range(monitors)], version=0)  # type: ignore[assignment]
-    loop.weights_ref = "weights-v0"
-    loop.sent = [0] * monitors
-    loop.inflight, loop.load, loop.queue, loop.fetch = {}, [0] * monitors, [], None
-    loop.batch_regime, loop.processed = {}, 0
-    loop.tasks_sent, loop.last_task = 0, {}
-    return loop
+def make_loop(monitors: int = 2) -> Dispatcher:
+    cfg = RaydriftConfig.model_validate({"monitor": {"num_monitors": monitors}})
+    broadcast = Broadcast({})
+    broadcast.weights_ref = "weights-v0"
+    sup = SimpleNamespace(monitors=[FakeMonitor() for _ in range(monitors)])
+    return Dispatcher(cfg, sup, broadcast)  # type: ignore[arg-type]
+
+
+def publish(d: Dispatcher, version: int) -> None:
+    d.broadcast.version, d.broadcast.weights_ref = version, f"weights-v{version}"
 
 
 def group(first: int, n: int = 2) -> list[tuple[BatchMeta, str, int]]:
@@ -45,10 +48,10 @@ def group(first: int, n: int = 2) -> list[tuple[BatchMeta, str, int]]:
 
 def test_a_new_version_rides_on_the_first_task_to_each_monitor() -> None:
     loop = make_loop()
-    m0, m1 = loop.c.monitors
+    m0, m1 = loop.monitors
     loop.dispatch(group(0), 0)
     assert m0.last_weights() == (0, None)  # built with version 0: nothing to carry
-    loop.c.version, loop.weights_ref = 1, "weights-v1"  # an update was published
+    publish(loop, 1)  # an update was published
     loop.dispatch(group(2), 0)
     assert m0.last_weights() == (1, "weights-v1")
     loop.dispatch(group(4), 0)
@@ -60,11 +63,11 @@ def test_a_new_version_rides_on_the_first_task_to_each_monitor() -> None:
 
 def test_tasks_dropped_from_the_books_make_the_next_ones_carry_the_version_again() -> None:
     loop = make_loop()
-    loop.c.version, loop.weights_ref = 1, "weights-v1"
+    publish(loop, 1)
     loop.dispatch(group(0), 0)  # carries v1, but may never run (e.g. its chunk's owner died)
     loop.dispatch(group(2), 1)
-    loop._forget_in_flight()
+    loop.forget_in_flight()
     assert loop.inflight == {} and loop.load == [0, 0]
     loop.dispatch(group(0), 0)
     loop.dispatch(group(2), 1)
-    assert [m.last_weights() for m in loop.c.monitors] == [(1, "weights-v1"), (1, "weights-v1")]
+    assert [m.last_weights() for m in loop.monitors] == [(1, "weights-v1"), (1, "weights-v1")]

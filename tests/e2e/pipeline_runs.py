@@ -17,4 +17,4 @@ def run_pipeline(tmp_path: Path, overrides: Sequence[str], callbacks: Sequence[C
     cfg = build_config(None, [*overrides, f"logging.runs_dir={tmp_path / 'runs'}"])
     run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
     run_dir.mkdir()
-    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None, callbacks=callbacks).run()
+    return Coordinator(cfg, run_dir=run_dir, console=lambda _: None, callbacks=callbacks).run().to_dict()

@@ -19,8 +19,9 @@ import pytest
 import ray
 from pipeline_runs import run_pipeline
 
-from raydrift.callbacks import Callback
+from raydrift.callbacks import Callback, RunContext
 from raydrift.coordinator import Coordinator
+from raydrift.pipeline.records import DriftEvent
 
 BATCHES = 48
 BASE = [
@@ -91,13 +92,13 @@ class KillAt(Callback):
     def __init__(self, what: str, at: int) -> None:
         self.what, self.at, self.killed = what, at, False
 
-    def on_batch(self, coordinator: Coordinator, row: dict[str, Any]) -> None:
+    def on_batch(self, ctx: RunContext, row: dict[str, Any]) -> None:
         if not self.killed and int(row["batch_id"]) >= self.at:
             self.killed = True
             target = {
-                "monitor": coordinator.monitors[0],
-                "detector": coordinator.detector,
-                "stream": coordinator.stream,
+                "monitor": ctx.monitors[0],
+                "detector": ctx.detector,
+                "stream": ctx.stream,
             }[self.what]
             ray.kill(target, no_restart=True)
 
@@ -162,7 +163,7 @@ class KillTrainWorker(Callback):
         self.marker = marker
         self.killed_pid: int | None = None
 
-    def on_update_start(self, coordinator: Coordinator, event: dict[str, Any]) -> None:
+    def on_update_start(self, ctx: RunContext, event: DriftEvent) -> None:
         if self.killed_pid is not None:
             return
 
@@ -277,8 +278,8 @@ def test_bad_batches_are_quarantined_and_the_run_goes_on(ray_cluster: Path, tmp_
 
 
 class SlowUpdates(Callback):
-    def on_update_start(self, coordinator: Coordinator, event: dict[str, Any]) -> None:
-        self.versions_at_start = coordinator.version
+    def on_update_start(self, ctx: RunContext, event: DriftEvent) -> None:
+        self.versions_at_start = ctx.version
 
 
 def test_monitoring_continues_while_an_update_trains(ray_cluster: Path, tmp_path: Path) -> None:
@@ -303,7 +304,7 @@ class CountCheckpoints(Callback):
     def __init__(self) -> None:
         self.count = 0
 
-    def on_checkpoint(self, coordinator: Coordinator, path: Path) -> None:
+    def on_checkpoint(self, ctx: RunContext, path: Path) -> None:
         self.count += 1
 
 

@@ -67,7 +67,7 @@ def test_monitors_and_trainer_share_the_gpus_without_deadlock(gpu_cluster: None,
         "train.gpus_per_worker=0.5",
         "train.cpus_per_worker=1",
     )
-    s = Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run()
+    s = Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run().to_dict()
     assert s["run"]["status"] == "completed"
     assert s["updates"], "no update ran"
     assert set(s["monitoring"]["monitor_versions"].values()) == {len(s["updates"])}
@@ -83,4 +83,4 @@ def test_asking_for_more_gpus_than_the_cluster_has_is_refused(gpu_cluster: None,
         "train.use_gpu=true",
     )
     with pytest.raises(UserError, match=r"needs 2 GPUs but the cluster has 1"):
-        Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run()
+        Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run().to_dict()

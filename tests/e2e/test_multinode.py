@@ -106,7 +106,7 @@ def spread_run(cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 
     def target() -> None:
         try:
-            result["summary"] = Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run()
+            result["summary"] = Coordinator(cfg, run_dir=run_dir, console=lambda _: None).run().to_dict()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             result["error"] = exc
 

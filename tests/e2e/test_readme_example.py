@@ -37,7 +37,7 @@ def test_readme_harness_runs_end_to_end(ray_cluster: Path, tmp_path: Path) -> No
         cfg = build_config(
             cfg_path, ["verbosity=0", f"logging.runs_dir={tmp_path / 'runs'}", "logging.backend=none"]
         )
-        summary = Coordinator(cfg, console=lambda _: None).run()
+        summary = Coordinator(cfg, console=lambda _: None).run().to_dict()
     finally:
         sys.path.remove(str(ray_cluster))
     assert summary["run"]["status"] == "completed"

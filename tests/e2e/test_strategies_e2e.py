@@ -38,7 +38,7 @@ def test_strategy_adapts_in_the_pipeline(ray_cluster: Path, tmp_path: Path, stra
     cfg = build_config(
         None, [*BASE, f"continual_learning.strategy={strategy}", f"logging.runs_dir={tmp_path / 'runs'}"]
     )
-    s = Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run()
+    s = Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run().to_dict()
     assert s["run"]["status"] == "completed"
     assert len(s["updates"]) >= 2, s["drift_events"]
     for upd in s["updates"]:
