@@ -20,7 +20,6 @@ import ray
 from pipeline_runs import run_pipeline
 
 from raydrift.callbacks import Callback, RunContext
-from raydrift.coordinator import Coordinator
 from raydrift.pipeline.records import DriftEvent
 
 BATCHES = 48
