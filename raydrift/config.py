@@ -211,6 +211,21 @@ class TrainConfig(_Section):
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig.max_failures")
 
 
+class AdaptationConfig(_Section):
+    until_recovered: bool = Field(
+        True,
+        description="after a drift's update, train follow-up updates on the newest window + memory while the "
+        "monitored metric stays worse than its pre-drift level by more than tolerance",
+    )
+    tolerance: float = Field(
+        0.02, ge=0, description="recovered: the monitored metric back within this of its pre-drift level"
+    )
+    check_batches: int = Field(
+        4, ge=1, description="batches scored with the new weights before each recovery check"
+    )
+    max_followups: int = Field(2, ge=0, description="follow-up updates per drift at most (the budget)")
+
+
 class ReliabilityConfig(_Section):
     checkpoints: bool = Field(True, description="write <run_dir>/checkpoint/ for `raydrift run --resume`")
     checkpoint_every_batches: int = Field(
@@ -339,6 +354,7 @@ class RaydriftConfig(BaseModel):
     continual_learning: ContinualLearningConfig = Field(default_factory=ContinualLearningConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -887,7 +887,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """
     lines: list[str] = []
     for section in (_header_lines, _stream_lines, _event_lines, _update_lines, _not_promoted_lines,
-                    _matrix_lines, _file_lines):
+                    _adaptation_lines, _matrix_lines, _file_lines):
         lines += section(summary)
     return "\n".join(lines)
 
@@ -979,7 +979,7 @@ def _update_lines(summary: Mapping[str, Any]) -> list[str]:
     rows = []
     for u in updates:
         regime = u.get("regime")
-        rec = u.get("recovery_batches")
+        k = u.get("followup") or 0
         rows.append(
             [
                 f"v{u.get('version', '?')}",
@@ -989,7 +989,7 @@ def _update_lines(summary: Mapping[str, Any]) -> list[str]:
                 _f(u.get("training_seconds"), ".2f"),
                 _f(u.get("broadcasting_seconds"), ".2f"),
                 f"{_f(u.get('accuracy_before'))} -> {_f(u.get('accuracy_after'))}",
-                "-" if rec is None else f"{rec} batches",
+                f"#{k}" if k else "-",
                 f"{_f(_lookup(u.get('test_accuracy_before'), regime))} -> "
                 f"{_f(_lookup(u.get('test_accuracy_after'), regime))}",
                 _short(_regime_name(summary, regime)) if regime is not None else "-",
@@ -997,15 +997,44 @@ def _update_lines(summary: Mapping[str, Any]) -> list[str]:
         )
     lines += _table(
         ["version", "batch", "strategy", "wait s", "train s", "bcast s", f"stream {_short(metric)}",
-         "recovered", "test acc", "regime"],
+         "follow-up", "test acc", "regime"],
         rows,
     )
     lines += [
         f"  stream {_short(metric)}: the monitored {metric} at the alarm -> on the first interval with the new weights",
-        "  recovered: batches from the drift until it was back at its pre-drift level; "
-        "test acc: that regime's held-out test set",
+        "  follow-up: #k, the drift's k-th extra update (still degraded); test acc: that regime's held-out test set",
     ]
     return lines
+
+
+def _adaptation_lines(summary: Mapping[str, Any]) -> list[str]:
+    ads = _mappings(summary, "adaptations")
+    if not ads:
+        return []
+    metric = _metric(summary)
+    recovered = [a for a in ads if a.get("recovered")]
+    lines = ["", f"adaptation: {len(recovered)} of {len(ads)} drift(s) recovered "
+             f"(monitored {metric} back at its pre-drift level)"]
+    rows = []
+    for a in ads:
+        rec = a.get("recovered")
+        rows.append([
+            _i(a.get("drift_batch_id")),
+            _short(_regime_name(summary, a.get("regime"))) if a.get("regime") is not None else "-",
+            _i(a.get("updates")),
+            _f(a.get("pre_drift_value")),
+            _f(a.get("value_at_alarm")),
+            _f((a.get("checks") or [None])[-1]),
+            "yes" if rec else "no",
+            "-" if not rec else f"{_i(a.get('recovery_batches'))} / {_i(a.get('recovery_samples'))}",
+            "-" if not rec else _f(a.get("recovery_seconds"), ".1f"),
+            f"{_f(a.get('test_accuracy_before'))} -> {_f(a.get('test_accuracy_after'))}",
+        ])
+    return lines + _table(
+        ["drift", "regime", "updates", "before", "alarm", "last check", "recovered", "batches / samples",
+         "seconds", "test acc"],
+        rows,
+    )
 
 
 def _not_promoted_lines(summary: Mapping[str, Any]) -> list[str]:

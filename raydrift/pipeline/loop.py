@@ -32,6 +32,7 @@ from raydrift.config import RaydriftConfig
 from raydrift.detection.engine import DetectionOutput, DriftEvent
 from raydrift.harness import Harness
 from raydrift.metrics import RunMetrics
+from raydrift.pipeline.adaptation import AdaptationWatch
 from raydrift.pipeline.books import Books
 from raydrift.pipeline.broadcast import Broadcast
 from raydrift.pipeline.dispatch import Dispatcher, Item
@@ -91,10 +92,12 @@ class Loop:
             cfg, parts.run_dir, lambda: broadcast.version, lambda: s, lambda: (sup.stream, sup.detector, sup.monitors)
         )
         self.policy = make_policy(cfg.monitor.on_drift)
+        ad = cfg.adaptation
+        self.adaptation = AdaptationWatch(ad.tolerance, ad.check_batches, ad.max_followups, metric, hib, ad.until_recovered)
         updater = Updater(cfg, parts.spec, train_storage(cfg.ray.storage_path, parts.run_dir))
         self.update = UpdateLifecycle(
             cfg, parts.harness, self.stages, self.policy, updater, self.heldout, s, parts.tracker,
-            self.run_metrics, callbacks, log, self.snapshot,
+            self.run_metrics, callbacks, log, self.snapshot, self.adaptation,
         )
         self.pending: PendingDrift | None = None
         self.t_snapshot = time.monotonic()
@@ -191,6 +194,8 @@ class Loop:
             self._on_drift(out.events[0])
         elif self.pending is not None and self.stages.books.processed > self.pending.upto:
             self._start_update(self.pending.upto)
+        elif self.pending is None and not self.update.training:
+            self._maybe_follow_up()
         self._maybe_snapshot()
 
     # --- steps --------------------------------------------------------------------------------------
@@ -215,11 +220,15 @@ class Loop:
     def _accept(self, out: DetectionOutput) -> None:
         books, sup = self.stages.books, self.stages.supervisor
         before = books.processed
-        newly = books.accept(out, lambda row: self.callbacks.invoke("on_batch", row))
+        newly = books.accept(out, self._on_batch)
         sup.quarantined.update(newly)
         if out.next_batch > before:
             # accepted batches join the window and the replay memory (quarantined ones do not)
             sup.commit(out.next_batch - 1, newly)
+
+    def _on_batch(self, row: dict[str, Any]) -> None:
+        self.adaptation.batch(row)
+        self.callbacks.invoke("on_batch", row)
 
     def _progress(self, force: bool = False) -> None:
         books = self.stages.books
@@ -240,6 +249,7 @@ class Loop:
             f"{event.value:.3f} vs {event.reference:.3f} before, detector {event.detector}"
         )
         self.callbacks.invoke("on_drift", event)
+        self.summary.adaptations.append(self.adaptation.drift(event, time.perf_counter()))
         post = self.cfg.continual_learning.post_drift_batches
         if self.pending is not None:  # a second alarm while collecting: train on what we have
             self._start_update(event.batch_id, after_alarm=True)
@@ -253,10 +263,27 @@ class Loop:
             self.stages.resume_at(event.batch_id + 1, self.stages.broadcast.version, accept_from_there=False)
             self.log(f"collecting {post} post-drift batch(es) before the update", level=2)
 
-    def _start_update(self, upto: int, after_alarm: bool = False) -> None:
+    def _start_update(self, upto: int, after_alarm: bool = False, followup: int = 0) -> None:
         pending, self.pending = self.pending, None
         assert pending is not None
-        self.update.start(pending, upto, after_alarm)
+        self.update.start(pending, upto, after_alarm, followup)
+
+    def _maybe_follow_up(self) -> None:
+        """The model is still degraded after the drift's last update: train again on the newest window."""
+        event = self.adaptation.followup_due()
+        rec = self.adaptation.record
+        if event is None or rec is None:
+            return
+        upto = self.stages.books.processed - 1
+        k = rec.updates
+        ref = "-" if rec.pre_drift_value is None else f"{rec.pre_drift_value:.3f}"
+        self.log(
+            f"still degraded after the update for the drift at batch {event.batch_id}: "
+            f"{self.summary.detection.metric} {rec.checks[-1]:.3f} vs {ref} before the drift; "
+            f"follow-up update {k}/{self.cfg.adaptation.max_followups}"
+        )
+        self.pending = PendingDrift(event, time.perf_counter(), upto)
+        self._start_update(upto, followup=k)
 
     def _restarted(self, role: str, detail: str) -> None:
         self.summary.recoveries.append(

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from raydrift.detection.engine import DriftEvent
+from raydrift.pipeline.adaptation import AdaptationRecord
 
 __all__ = [
     "AccuracyMatrix",
+    "AdaptationRecord",
     "AccuracyRow",
     "DetectionInfo",
     "DriftEvent",
@@ -181,6 +183,8 @@ class UpdateRecord:
 
     version: int = 0
     drift_batch_id: int = -1
+    followup: int = 0
+    """0: the drift's first update; k: its k-th follow-up (the model was still degraded)."""
     window_last_batch_id: int = -1
     live_batch_id: int = -1
     """The first batch evaluated with the new weights' version in the books."""
@@ -237,6 +241,7 @@ class NotPromotedRecord:
     status: str = "failed"
     reason: str = ""
     drift_batch_id: int = -1
+    followup: int = 0
     window_last_batch_id: int = -1
     version_kept: int = 0
     strategy: str = ""
@@ -292,6 +297,8 @@ class RunSummary:
     updates: list[UpdateRecord] = field(default_factory=list)
     rejected_updates: list[NotPromotedRecord] = field(default_factory=list)
     recoveries: list[RecoveryRecord] = field(default_factory=list)
+    adaptations: list[AdaptationRecord] = field(default_factory=list)
+    """Per drift: the updates it took and whether (and how fast) the monitored metric recovered."""
     accuracy_matrix: AccuracyMatrix = field(default_factory=AccuracyMatrix)
     cl_metrics: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
@@ -320,6 +327,7 @@ class RunSummary:
             updates=[UpdateRecord.from_dict(u) for u in d.get("updates") or []],
             rejected_updates=[NotPromotedRecord.from_dict(u) for u in d.get("rejected_updates") or []],
             recoveries=_list(RecoveryRecord)(d.get("recoveries")),
+            adaptations=_list(AdaptationRecord)(d.get("adaptations")),
             accuracy_matrix=_pick(AccuracyMatrix, d.get("accuracy_matrix"), rows=_list(AccuracyRow)),
             cl_metrics=dict(d.get("cl_metrics") or {}),
             profile=dict(d.get("profile") or {}),

@@ -29,6 +29,7 @@ from raydrift.config import RaydriftConfig
 from raydrift.detection.engine import DriftEvent
 from raydrift.harness import Harness
 from raydrift.metrics import RunMetrics
+from raydrift.pipeline.adaptation import AdaptationWatch
 from raydrift.pipeline.gate import promotion_gate
 from raydrift.pipeline.heldout import HeldOut
 from raydrift.pipeline.policy import OnDriftPolicy
@@ -90,6 +91,7 @@ class UpdateJob:
     future: Future[TrainResult]
     t0: float
     t1: float
+    followup: int = 0
 
 
 class UpdateLifecycle:
@@ -109,11 +111,12 @@ class UpdateLifecycle:
         callbacks: CallbackManager,
         log: Callable[..., None],
         snapshot: Callable[[], None],
+        adaptation: AdaptationWatch,
     ) -> None:
         self.cfg, self.harness, self.stages, self.policy = cfg, harness, stages, policy
         self.updater, self.heldout, self.summary = updater, heldout, summary
         self.tracker, self.run_metrics, self.callbacks = tracker, run_metrics, callbacks
-        self.log, self.snapshot = log, snapshot
+        self.log, self.snapshot, self.adaptation = log, snapshot, adaptation
         self.metric = summary.detection.metric
         self.higher_is_better = summary.detection.higher_is_better
         self.job: UpdateJob | None = None
@@ -128,10 +131,11 @@ class UpdateLifecycle:
         return self.job is not None and not self.policy.monitors_during_update
 
     # --- start ------------------------------------------------------------------------------------
-    def start(self, pending: PendingDrift, upto: int, after_alarm: bool = False) -> None:
+    def start(self, pending: PendingDrift, upto: int, after_alarm: bool = False, followup: int = 0) -> None:
         """Train on the window ending at ``upto`` (in the background with ``on_drift: continue``).
 
-        ``after_alarm``: called on the alarm itself, so the engine is paused at ``upto``.
+        ``after_alarm``: called on the alarm itself, so the engine is paused at ``upto``. ``followup``:
+        the k-th follow-up update of the drift (the model stayed degraded after the previous one).
         """
         cfg, st = self.cfg, self.stages
         t0 = time.perf_counter()
@@ -153,7 +157,7 @@ class UpdateLifecycle:
         future = run_in_thread(
             self.train_and_gate, start_ref, data_ref, b.version + 1, strategy, b.strategy_state_ref, b.weights
         )
-        self.job = UpdateJob(event, pending.t_alarm, upto, kind, strategy, future, t0, t1)
+        self.job = UpdateJob(event, pending.t_alarm, upto, kind, strategy, future, t0, t1, followup)
         st.books.samples_during_update = 0
         if not self.policy.monitors_during_update:
             future.result()
@@ -196,8 +200,11 @@ class UpdateLifecycle:
         self.stages.books.samples_during_update = None
         if res.outcome is None or (res.gate is not None and not res.gate.promote):
             rec: UpdateRecord | NotPromotedRecord = self._not_promoted(job, res)
+            self.adaptation.updated(self.stages.broadcast.version, None, None)
         else:
-            rec = self._promote(job, res, res.outcome, samples_during)
+            upd = rec = self._promote(job, res, res.outcome, samples_during)
+            r = upd.regime
+            self.adaptation.updated(upd.version, upd.test_accuracy_before.get(r), upd.test_accuracy_after.get(r))
         self.policy.update_done(self.stages)
         self.snapshot()
         self.callbacks.invoke("on_update_end", rec)
@@ -210,6 +217,7 @@ class UpdateLifecycle:
             status=status,
             reason=reason or "",
             drift_batch_id=job.event.batch_id,
+            followup=job.followup,
             window_last_batch_id=job.upto,
             version_kept=version,
             strategy=job.strategy,
@@ -264,6 +272,7 @@ class UpdateLifecycle:
         return UpdateRecord(
             version=version,
             drift_batch_id=event.batch_id,
+            followup=job.followup,
             window_last_batch_id=job.upto,
             live_batch_id=job.upto + 1 if pause else self.stages.books.processed,
             strategy=job.strategy,
@@ -310,8 +319,9 @@ class UpdateLifecycle:
         after_s = f"{after[cur]:.3f}" if cur is not None and after[cur] is not None else "n/a"
         during = f", {upd.samples_during_update} samples monitored meanwhile" if self.policy.monitors_during_update else ""
         first = max(0, job.upto + 1 - self.cfg.continual_learning.window_batches)
+        what = f"follow-up {job.followup} of the drift at batch {upd.drift_batch_id}, " if job.followup else ""
         return (
-            f"update v{upd.version} on batches {first}-{job.upto} + memory: waiting {job.t1 - job.t0:.2f}s, "
+            f"update v{upd.version} ({what}batches {first}-{job.upto} + memory): waiting {job.t1 - job.t0:.2f}s, "
             f"training {res.training_seconds:.2f}s, gate {res.gating_seconds:.2f}s, "
             f"broadcasting {broadcast_s:.2f}s{during}; regime {upd.regime} test accuracy {before_s} -> {after_s}"
         )

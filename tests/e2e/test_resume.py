@@ -91,7 +91,10 @@ def test_a_killed_driver_resumes_from_its_checkpoint(tmp_path: Path) -> None:
         covered = [b for r in csv.DictReader(f) for b in range(int(r["first_batch"]), int(r["last_batch"]) + 1)]
     assert sorted(covered) == list(range(BATCHES))
     assert summary["stream"]["batches"] == BATCHES and summary["stream"]["samples"] == BATCHES * 32
-    assert len(summary["drift_events"]) >= 2 and summary["updates"]
+    # on_drift: continue guarantees at least the first drift is alarmed; a regime that begins while an
+    # update trains is adapted to by follow-up updates rather than alarmed (docs/continuous_learning.md)
+    assert len(summary["drift_events"]) >= 1 and summary["updates"]
+    assert len(summary["adaptations"]) == len(summary["drift_events"])
     assert len(summary["accuracy_matrix"]["rows"]) == 1 + len(summary["updates"])
     # the same MLflow run continued: one run, metrics from before and after the kill
     from mlflow.tracking import MlflowClient
