@@ -126,11 +126,12 @@ class MonitorActor:
         num_cpus: float,
         device: str = "cpu",
         label_free: str | None = None,
+        run: str = "",
     ) -> None:
         set_torch_threads(num_cpus)
         harness = build_harness(**harness_spec)
         self.monitor = Monitor(harness, metric, weights, version, name, device, label_free=label_free)
-        self.metrics = MonitorMetrics(name)  # dashboard: raydrift_* metrics tagged monitor=<name>
+        self.metrics = MonitorMetrics(name, run)  # dashboard: raydrift_* metrics tagged monitor=<name>, run=<run>
         self.metrics.version(version)
 
     @ray.method(concurrency_group="eval")

@@ -58,16 +58,16 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     s.name: s
     for s in [
-        MetricSpec(f"{PREFIX}batches_evaluated", "counter", "stream batches evaluated", ("monitor",)),
-        MetricSpec(f"{PREFIX}samples_evaluated", "counter", "stream samples evaluated", ("monitor",)),
+        MetricSpec(f"{PREFIX}batches_evaluated", "counter", "stream batches evaluated", ("monitor", "run")),
+        MetricSpec(f"{PREFIX}samples_evaluated", "counter", "stream samples evaluated", ("monitor", "run")),
         MetricSpec(
             f"{PREFIX}eval_seconds",
             "histogram",
             "seconds to evaluate one batch",
-            ("monitor",),
+            ("monitor", "run"),
             tuple(EVAL_SECONDS_BOUNDARIES),
         ),
-        MetricSpec(f"{PREFIX}model_version", "gauge", "model version a monitor evaluates with", ("monitor",)),
+        MetricSpec(f"{PREFIX}model_version", "gauge", "model version a monitor evaluates with", ("monitor", "run")),
         MetricSpec(
             f"{PREFIX}monitored_metric",
             "gauge",
@@ -151,25 +151,28 @@ class _Recorder:
 
 
 class MonitorMetrics(_Recorder):
-    """What a ``MonitorActor`` records, tagged with its name (``monitor-0`` …).
+    """What a ``MonitorActor`` records, tagged with its name (``monitor-0`` …) and its run.
 
     Parameters
     ----------
     monitor
         The monitor's actor name.
+    run
+        The run's name (its run directory's name), so a dashboard can filter one run's monitors.
     enabled
         False turns recording off; None (default) records whenever Ray is initialized.
     """
 
-    def __init__(self, monitor: str, enabled: bool | None = None) -> None:
+    def __init__(self, monitor: str, run: str = "", enabled: bool | None = None) -> None:
         super().__init__(enabled)
         self.monitor = monitor
+        self.run = run
 
     def batch(self, n_samples: int, seconds: float, version: int | None = None) -> None:
         """One batch of ``n_samples`` evaluated in ``seconds`` (with model ``version``)."""
         if not self.enabled:
             return
-        tags = {"monitor": self.monitor}
+        tags = {"monitor": self.monitor, "run": self.run}
         self._get("batches_evaluated").inc(1.0, tags=tags)
         if n_samples > 0:
             self._get("samples_evaluated").inc(float(n_samples), tags=tags)
@@ -182,7 +185,7 @@ class MonitorMetrics(_Recorder):
         by one task: counters are incremented once, each batch's time is observed."""
         if not self.enabled or not results:
             return
-        tags = {"monitor": self.monitor}
+        tags = {"monitor": self.monitor, "run": self.run}
         self._get("batches_evaluated").inc(float(len(results)), tags=tags)
         n = sum(len(r.values) for r in results)
         if n > 0:
@@ -195,7 +198,7 @@ class MonitorMetrics(_Recorder):
     def version(self, version: int) -> None:
         """The model version the monitor now evaluates with."""
         if self.enabled:
-            self._set("model_version", float(version), {"monitor": self.monitor})
+            self._set("model_version", float(version), {"monitor": self.monitor, "run": self.run})
 
 
 class RunMetrics(_Recorder):

@@ -1068,6 +1068,23 @@ def _matrix_lines(summary: Mapping[str, Any]) -> list[str]:
             ["model", *(_short(c) for c in cols)],
             ([lab, *(_f(v) for v in row)] for lab, row in zip(labels, values, strict=True)),
         )
+    metric = _metric(summary)
+    mm = (summary.get("metric_matrices") or {}).get(metric)
+    if metric != "accuracy" and isinstance(mm, Mapping) and mm.get("rows"):
+        am = summary.get("accuracy_matrix") or {}
+        cols = [_regime_name(summary, r) for r in am.get("regimes") or []]
+        hib = mm.get("higher_is_better", True)
+        lines += ["", f"test {metric} per regime ({'higher' if hib else 'lower'} is better; rows: model versions)"]
+        lines += _table(
+            ["model", *(_short(c) for c in cols)],
+            ([str(r.get("label")), *(_f(v) for v in r.get("accuracy") or [])] for r in mm["rows"]),
+        )
+        mcl = mm.get("cl_metrics") or {}
+        if mcl:
+            lines.append(
+                f"final average {metric} {_f(mcl.get('final_average_accuracy'))}   forgetting {_f(mcl.get('forgetting'))}"
+                f"   backward transfer {_f(mcl.get('backward_transfer'), '+.3f')}   (forgetting > 0: worse)"
+            )
     cl = summary.get("cl_metrics") or {}
     if cl:
         lines += [

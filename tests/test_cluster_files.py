@@ -294,3 +294,20 @@ def test_copy_run_outputs_to_a_local_storage_path(tmp_path: Path) -> None:
     assert (store / "demo-1" / "train").is_dir()
     assert copy_run_outputs(run_dir, None) is None
     assert copy_run_outputs(run_dir, str(tmp_path / "runs")) is None  # storage is the runs dir itself
+
+
+def test_every_metric_is_tagged_with_its_run_and_every_panel_filters_by_it() -> None:
+    from raydrift.metrics import METRICS
+
+    assert all("run" in spec.tag_keys for spec in METRICS.values())
+    for expr in grafana_exprs():
+        assert 'run=~"$run"' in expr, expr
+
+
+def test_the_image_copies_every_file_pyproject_names_as_a_license() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    copied = {w for line in dockerfile.splitlines() if line.startswith("COPY") for w in line.split()}
+    assert set(project.get("license-files", [])) <= copied

@@ -222,3 +222,25 @@ def test_callback_manager_names_the_callback_and_hook_that_failed() -> None:
     assert seen == [("ctx", "ev")]
     with pytest.raises(ValueError, match="unknown callback hook"):
         mgr.invoke("on_nothing")
+
+
+def test_cl_metrics_of_a_lower_is_better_metric_point_the_same_way() -> None:
+    from raydrift.pipeline.records import AccuracyRow, MetricMatrix, RegimeStart
+    from raydrift.pipeline.summary import cl_metrics
+
+    s = RunSummary()
+    s.accuracy_matrix.regimes = [0, 1]
+    s.stream.regime_starts = [RegimeStart(0, 0), RegimeStart(1, 10)]
+    rows = [("initial", -1), ("update-1", 10)]
+    for label, b in rows:
+        s.accuracy_matrix.rows.append(AccuracyRow(label, 0, b, [None, None]))
+    # squared error: regime 0 learnt at 0.1, then worse (0.3) after adapting to regime 1 (0.2)
+    se = MetricMatrix("se", False, [AccuracyRow("initial", 0, -1, [0.1, 0.9]), AccuracyRow("update-1", 1, 10, [0.3, 0.2])])
+    acc = MetricMatrix("acc", True, [AccuracyRow("initial", 0, -1, [0.9, 0.1]), AccuracyRow("update-1", 1, 10, [0.7, 0.8])])
+    s.metric_matrices = {"se": se, "acc": acc}
+    cl_metrics(s)
+    assert se.cl_metrics["final_average_accuracy"] == pytest.approx(0.25)
+    assert se.cl_metrics["forgetting"] == pytest.approx(0.2) and acc.cl_metrics["forgetting"] == pytest.approx(0.2)
+    assert se.cl_metrics["backward_transfer"] == pytest.approx(-0.2)
+    assert acc.cl_metrics["backward_transfer"] == pytest.approx(-0.2)
+    assert s.cl_metrics == {}  # no accuracy: the accuracy matrix gives nothing

@@ -14,7 +14,7 @@ import torch
 
 from raydrift.harness import Harness
 from raydrift.learning.loop import evaluate
-from raydrift.pipeline.records import AccuracyRow, RunSummary
+from raydrift.pipeline.records import AccuracyRow, MetricMatrix, RunSummary
 from raydrift.weights import Weights, load_into
 
 __all__ = ["HeldOut"]
@@ -38,12 +38,25 @@ class HeldOut:
         t0 = time.perf_counter()
         if weights is not None:
             load_into(self.model, weights)
-        has_accuracy = "accuracy" in self.harness.metric_directions
-        accs: list[float | None] = []
+        directions = self.harness.metric_directions
+        scores = []
         for r in self.regimes:
             x, y = self.test_sets[r]
-            accs.append(evaluate(self.model, self.harness, x, y)["accuracy"] if has_accuracy else None)
+            scores.append(evaluate(self.model, self.harness, x, y))
+        accs = [sc.get("accuracy") if "accuracy" in directions else None for sc in scores]
         self.summary.accuracy_matrix.rows.append(AccuracyRow(label=label, version=version, batch_id=batch_id, accuracy=accs))
+        matrices = self.summary.metric_matrices
+        for name, higher in directions.items():
+            m = matrices.setdefault(name, MetricMatrix(metric=name, higher_is_better=higher))
+            values = [sc.get(name) for sc in scores]
+            m.rows.append(AccuracyRow(label=label, version=version, batch_id=batch_id, accuracy=values))
         prof = self.summary.profile
         prof["accuracy_matrix_seconds"] = prof.get("accuracy_matrix_seconds", 0.0) + time.perf_counter() - t0
         return accs
+
+    def value(self, metric: str, regime: int, row: int = -1) -> float | None:
+        """``metric`` on ``regime``'s test set in matrix row ``row`` (None: not measured)."""
+        m = self.summary.metric_matrices.get(metric)
+        if m is None or not m.rows or regime not in self.regimes:
+            return None
+        return m.rows[row].accuracy[self.regimes.index(regime)]

@@ -82,7 +82,9 @@ class Loop:
         self.heldout = HeldOut(parts.harness, parts.test_sets, parts.model, s)
         broadcast = Broadcast(to_numpy(parts.model.state_dict()))
         books = Books(s, *parts.writers, parts.tracker, self.run_metrics, log)
-        factory = ActorFactory(cfg, parts.spec, metric, hib, parts.device, parts.harness.metric_domain(metric))
+        factory = ActorFactory(
+            cfg, parts.spec, metric, hib, parts.device, parts.harness.metric_domain(metric), parts.run_dir.name
+        )
         sup = Supervisor(cfg, factory, broadcast, self._restarted, lambda: books.processed, log)
         dispatcher = Dispatcher(cfg, sup, broadcast)
         sup.dispatch = dispatcher

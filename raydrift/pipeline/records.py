@@ -23,6 +23,7 @@ __all__ = [
     "DetectionInfo",
     "DriftEvent",
     "GateDecision",
+    "MetricMatrix",
     "MonitoringStats",
     "NotPromotedRecord",
     "Quarantined",
@@ -275,6 +276,24 @@ class AccuracyRow:
 
 
 @dataclass
+class MetricMatrix:
+    """One harness metric on every regime's held-out set (rows as in the accuracy matrix)."""
+
+    metric: str = ""
+    higher_is_better: bool = True
+    rows: list[AccuracyRow] = field(default_factory=list)
+    """``AccuracyRow.accuracy`` holds this metric's values."""
+    cl_metrics: dict[str, Any] = field(default_factory=dict)
+    """Average, forgetting and backward transfer in this metric's direction (forgetting > 0: worse)."""
+
+
+def _matrices(d: Any) -> dict[str, MetricMatrix]:
+    if not isinstance(d, dict):
+        return {}
+    return {k: _pick(MetricMatrix, v, rows=_list(AccuracyRow)) for k, v in d.items()}
+
+
+@dataclass
 class AccuracyMatrix:
     regimes: list[int] = field(default_factory=list)
     rows: list[AccuracyRow] = field(default_factory=list)
@@ -300,6 +319,8 @@ class RunSummary:
     adaptations: list[AdaptationRecord] = field(default_factory=list)
     """Per drift: the updates it took and whether (and how fast) the monitored metric recovered."""
     accuracy_matrix: AccuracyMatrix = field(default_factory=AccuracyMatrix)
+    metric_matrices: dict[str, MetricMatrix] = field(default_factory=dict)
+    """Every harness metric (the monitored one included) per regime, after each update."""
     cl_metrics: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
@@ -329,6 +350,7 @@ class RunSummary:
             recoveries=_list(RecoveryRecord)(d.get("recoveries")),
             adaptations=_list(AdaptationRecord)(d.get("adaptations")),
             accuracy_matrix=_pick(AccuracyMatrix, d.get("accuracy_matrix"), rows=_list(AccuracyRow)),
+            metric_matrices=_matrices(d.get("metric_matrices")),
             cl_metrics=dict(d.get("cl_metrics") or {}),
             profile=dict(d.get("profile") or {}),
             tracking=dict(d.get("tracking") or {}),

@@ -84,17 +84,27 @@ def end_of_stream(
 
 
 def cl_metrics(summary: RunSummary) -> None:
-    """Average accuracy, forgetting and BWT from the accuracy matrix (see docs/continual_learning.md).
+    """Average accuracy, forgetting and BWT from the accuracy matrix (see docs/continuous_learning.md),
+    and the same for every metric matrix, in each metric's own direction.
 
     Row k was taken at stream position p_k (its drift batch; -1 for the initial model). A regime
     counts as seen at row k if it started at or before p_k; the row that closes regime j is the
     last row taken before the next regime started (the model as it was when regime j ended).
     """
     am = summary.accuracy_matrix
-    rows = [r.accuracy for r in am.rows]
-    starts = summary.stream.regime_starts
+    summary.cl_metrics = _cl(summary, [r.accuracy for r in am.rows], True) or summary.cl_metrics
+    for m in summary.metric_matrices.values():
+        m.cl_metrics = _cl(summary, [r.accuracy for r in m.rows], m.higher_is_better) or {}
+
+
+def _cl(summary: RunSummary, rows: list[list[float | None]], higher_is_better: bool) -> dict[str, Any] | None:
+    """CL metrics of one matrix; a lower-is-better metric is negated for the computation, so forgetting
+    > 0 always means worse and backward transfer > 0 better (the average is in the metric's units)."""
+    am, starts = summary.accuracy_matrix, summary.stream.regime_starts
     if not rows or not starts or any(a is None for a in rows[-1]):
-        return
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    signed = [[None if v is None else sign * v for v in row] for row in rows]
     col = {r: i for i, r in enumerate(am.regimes)}
     pos = [r.batch_id for r in am.rows]
     seen_at = [max(1, len({s.regime for s in starts if s.batch_id <= max(p, 0)})) for p in pos]
@@ -105,9 +115,13 @@ def cl_metrics(summary: RunSummary) -> None:
         if s.regime in col and ks:
             last_row[col[s.regime]] = max(ks)
     try:
-        summary.cl_metrics = cl_summary(rows, seen_at, last_row)  # type: ignore[arg-type]
+        out: dict[str, Any] = dict(cl_summary(signed, seen_at, last_row))
     except Exception as exc:  # noqa: BLE001 - reporting must not fail the run
-        summary.cl_metrics = {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    avg = out.get("final_average_accuracy")
+    if avg is not None:
+        out["final_average_accuracy"] = sign * avg
+    return out
 
 
 def write_outputs(run_dir: Path, summary: RunSummary, plots: bool, warn: Callable[[str], None]) -> dict[str, Any]:

@@ -51,8 +51,9 @@ class ActorFactory:
         higher_is_better: bool,
         device: str,
         metric_domain: str,
+        run: str = "",
     ) -> None:
-        self.cfg, self.spec, self.metric = cfg, spec, metric
+        self.cfg, self.spec, self.metric, self.run = cfg, spec, metric, run
         self.higher_is_better, self.device, self.metric_domain = higher_is_better, device, metric_domain
 
     def name(self, base: str) -> str:
@@ -86,6 +87,7 @@ class ActorFactory:
             mc.num_cpus,
             self.device if mc.num_gpus > 0 else "cpu",
             None if label_free == "none" else label_free,
+            self.run,
         )
 
     def stream(self) -> ActorHandle:

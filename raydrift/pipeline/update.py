@@ -315,13 +315,18 @@ class UpdateLifecycle:
     ) -> str:
         regimes = self.heldout.regimes
         cur = regimes.index(upd.regime) if upd.regime in regimes else None
-        before_s = f"{prev[cur]:.3f}" if cur is not None and prev[cur] is not None else "n/a"
-        after_s = f"{after[cur]:.3f}" if cur is not None and after[cur] is not None else "n/a"
+        name = "accuracy"
+        before, after_v = (None, None) if cur is None else (prev[cur], after[cur])
+        if before is None and after_v is None:  # no accuracy (e.g. regression): the monitored metric
+            name = self.metric
+            before, after_v = self.heldout.value(name, upd.regime, -2), self.heldout.value(name, upd.regime, -1)
+        before_s = "n/a" if before is None else f"{before:.3f}"
+        after_s = "n/a" if after_v is None else f"{after_v:.3f}"
         during = f", {upd.samples_during_update} samples monitored meanwhile" if self.policy.monitors_during_update else ""
         first = max(0, job.upto + 1 - self.cfg.continual_learning.window_batches)
         what = f"follow-up {job.followup} of the drift at batch {upd.drift_batch_id}, " if job.followup else ""
         return (
             f"update v{upd.version} ({what}batches {first}-{job.upto} + memory): waiting {job.t1 - job.t0:.2f}s, "
             f"training {res.training_seconds:.2f}s, gate {res.gating_seconds:.2f}s, "
-            f"broadcasting {broadcast_s:.2f}s{during}; regime {upd.regime} test accuracy {before_s} -> {after_s}"
+            f"broadcasting {broadcast_s:.2f}s{during}; regime {upd.regime} test {name} {before_s} -> {after_s}"
         )
