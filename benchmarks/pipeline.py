@@ -384,12 +384,14 @@ def plain_eval(
                 per_batch.append(1000 * dt / (len(batches) - w))
     finally:
         torch.set_num_threads(prev)
+    # every figure from the same (median) pass, so that they agree with each other on a busy machine
+    k = rates.index(statistics.median_low(rates))
     return {
         "threads": threads,
         "batches": len(batches) - w,
-        "samples_per_second": r(median(rates), 1),
-        "ms_per_batch": r(median(per_batch), 4),
-        "cpu_ms_per_batch": r(median(cpu_per_batch), 4),
+        "samples_per_second": r(rates[k], 1),
+        "ms_per_batch": r(per_batch[k], 4),
+        "cpu_ms_per_batch": r(cpu_per_batch[k], 4),
         "reps": [r(x, 1) for x in rates],
     }
 
@@ -671,6 +673,75 @@ def section_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def transfer_costs(sample: list[Any]) -> dict[str, dict[str, float | None]]:
+    """CPU of ray.put (what the stream reader does per batch) and ray.get (what a monitor does to read
+    its argument) of a batch as raydrift sends it (torch tensors) and as numpy arrays (zero-copy)."""
+    transfer_us: dict[str, dict[str, float | None]] = {}
+    for label, objs in (
+        ("torch", list(sample)),
+        ("numpy", [(b.x.numpy(), b.y.numpy(), b.regime) for b in sample]),
+    ):
+        c0 = time.process_time()
+        refs = [ray.put(o) for o in objs]
+        c1 = time.process_time()
+        for ref in refs:
+            ray.get(ref)
+        c2 = time.process_time()
+        transfer_us[label] = {
+            "put": r(1e6 * (c1 - c0) / len(refs), 1),
+            "get": r(1e6 * (c2 - c1) / len(refs), 1),
+        }
+        del refs
+    return transfer_us
+
+
+def monitors_only(
+    args: argparse.Namespace, spec: dict[str, Any], batches: list[Any], weights: Any, plain: dict[str, Any],
+    model_name: str,
+) -> list[dict[str, Any]]:
+    """The monitors alone, at 1 and N monitors, without the coordinator."""
+    out: list[dict[str, Any]] = []
+    # the monitors alone, at 1 and N monitors: one batch per task and per object (torch tensors, as
+    # raydrift sent them before chunks), and groups of k batches from numpy chunks (as it sends them now)
+    refs = [ray.put(b) for b in batches]
+    chunk = 32
+    chunks = [ray.put([pack_batch(b) for b in batches[i : i + chunk]]) for i in range(0, len(batches), chunk)]
+
+    def chunk_args(group: list[int]) -> list[Any]:
+        return evaluate_many_args([(j, chunks[j // chunk], j % chunk) for j in group])
+
+    wref = ray.put(weights)
+    for m in args.direct_monitors:
+        num_cpus = min(1.0, args.num_cpus / m)
+        actors = start_monitor_actors(spec, wref, m, num_cpus, f"mo-{model_name}")
+        note_monitor_memory(spec["spec"])
+        res = drive(actors, refs, 1, lambda a, g: a.evaluate.remote(g[0], refs[g[0]]))
+        stats = ray.get([a.stats.remote() for a in actors])
+        res["monitor_eval_ms_per_batch"] = r(
+            1000 * sum(s["eval_seconds"] for s in stats) / max(1, sum(s["batches"] for s in stats)), 3
+        )
+        rows = [{"actor": "MonitorActor.evaluate (torch batch per object)", "monitors": m, **res}]
+        for k in args.prototype_k:
+            res = drive(actors, refs, k, lambda a, g: a.evaluate_many.remote(*chunk_args(g)))
+            rows.append({"actor": "MonitorActor.evaluate_many (numpy chunks)", "monitors": m, **res})
+        kill_all(actors)
+        for row in rows:
+            bps = row["batches_per_second"] or 0.0
+            row["samples_per_second"] = r(bps * spec["batch_size"], 1)
+            row["ratio_vs_plain"] = r(row["samples_per_second"] / plain["samples_per_second"], 3)
+            if row.get("cluster_cpu_ms_per_batch"):
+                row["cpu_efficiency_vs_plain"] = r(
+                    plain["cpu_ms_per_batch"] / row["cluster_cpu_ms_per_batch"], 3
+                )
+            out.append(row)
+            log(
+                f"[throughput] {model_name} monitors only, {m} x {row['actor']}, "
+                f"{row['batches_per_task']} batch(es)/task: {row['samples_per_second']:,.0f} samples/s = "
+                f"{row['ratio_vs_plain']:.2f}x plain ({row['wall_ms_per_batch']} ms/batch)"
+            )
+    return out
+
+
 def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int) -> dict[str, Any]:
     """The throughput figures of one model: plain loop, pipeline at 1..N monitors, monitors alone."""
     from raydrift.monitor import Monitor
@@ -695,25 +766,7 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
     # sizes and deserialisation of one batch, as the monitors receive it
     mon = Monitor(harness, "accuracy", weights)
     result = mon.evaluate(0, batches[0])
-    # CPU of ray.put (what the stream reader does per batch) and ray.get (what a monitor does to read
-    # its argument) of a batch as raydrift sends it (torch tensors) and as numpy arrays (zero-copy)
-    transfer_us: dict[str, dict[str, float | None]] = {}
-    sample = batches[:200]
-    for label, objs in (
-        ("torch", list(sample)),
-        ("numpy", [(b.x.numpy(), b.y.numpy(), b.regime) for b in sample]),
-    ):
-        c0 = time.process_time()
-        refs = [ray.put(o) for o in objs]
-        c1 = time.process_time()
-        for ref in refs:
-            ray.get(ref)
-        c2 = time.process_time()
-        transfer_us[label] = {
-            "put": r(1e6 * (c1 - c0) / len(refs), 1),
-            "get": r(1e6 * (c2 - c1) / len(refs), 1),
-        }
-        del refs
+    transfer_us = transfer_costs(batches[:200])
     entry: dict[str, Any] = {
         "batches": len(batches),
         "batch_size": spec["batch_size"],
@@ -759,44 +812,7 @@ def throughput_of(args: argparse.Namespace, tmp: Path, model_name: str, nb: int)
             f"ms/batch, actor start-up {row['actor_startup_seconds']} s"
         )
 
-    # the monitors alone, at 1 and N monitors: one batch per task and per object (torch tensors, as
-    # raydrift sent them before chunks), and groups of k batches from numpy chunks (as it sends them now)
-    refs = [ray.put(b) for b in batches]
-    chunk = 32
-    chunks = [ray.put([pack_batch(b) for b in batches[i : i + chunk]]) for i in range(0, len(batches), chunk)]
-
-    def chunk_args(group: list[int]) -> list[Any]:
-        return evaluate_many_args([(j, chunks[j // chunk], j % chunk) for j in group])
-
-    wref = ray.put(weights)
-    for m in args.direct_monitors:
-        num_cpus = min(1.0, args.num_cpus / m)
-        actors = start_monitor_actors(spec, wref, m, num_cpus, f"mo-{model_name}")
-        note_monitor_memory(spec["spec"])
-        res = drive(actors, refs, 1, lambda a, g: a.evaluate.remote(g[0], refs[g[0]]))
-        stats = ray.get([a.stats.remote() for a in actors])
-        res["monitor_eval_ms_per_batch"] = r(
-            1000 * sum(s["eval_seconds"] for s in stats) / max(1, sum(s["batches"] for s in stats)), 3
-        )
-        rows = [{"actor": "MonitorActor.evaluate (torch batch per object)", "monitors": m, **res}]
-        for k in args.prototype_k:
-            res = drive(actors, refs, k, lambda a, g: a.evaluate_many.remote(*chunk_args(g)))
-            rows.append({"actor": "MonitorActor.evaluate_many (numpy chunks)", "monitors": m, **res})
-        kill_all(actors)
-        for row in rows:
-            bps = row["batches_per_second"] or 0.0
-            row["samples_per_second"] = r(bps * spec["batch_size"], 1)
-            row["ratio_vs_plain"] = r(row["samples_per_second"] / plain["samples_per_second"], 3)
-            if row.get("cluster_cpu_ms_per_batch"):
-                row["cpu_efficiency_vs_plain"] = r(
-                    plain["cpu_ms_per_batch"] / row["cluster_cpu_ms_per_batch"], 3
-                )
-            entry["monitors_only"].append(row)
-            log(
-                f"[throughput] {model_name} monitors only, {m} x {row['actor']}, "
-                f"{row['batches_per_task']} batch(es)/task: {row['samples_per_second']:,.0f} samples/s = "
-                f"{row['ratio_vs_plain']:.2f}x plain ({row['wall_ms_per_batch']} ms/batch)"
-            )
+    entry["monitors_only"] = monitors_only(args, spec, batches, weights, plain, model_name)
     return entry
 
 

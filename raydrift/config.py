@@ -300,6 +300,12 @@ class RayConfig(_Section):
         "service and the metrics export on this machine; this machine's IP (or 'auto': Ray's choice) opens "
         "it to the network on purpose (docs/cluster.md). Ignored when connecting to a cluster",
     )
+    actor_start_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="the run fails if its actors are not all up after this many seconds (a request no node "
+        "can satisfy would otherwise wait forever); what is still waiting is printed every 30 s",
+    )
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(8265, ge=1, le=65535)

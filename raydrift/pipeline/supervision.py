@@ -159,7 +159,33 @@ class Supervisor:
         if stream_state is not None:
             ray.get(self.stream.load_state_dict.remote(stream_state))
             ray.get(self.detector.load_state_dict.remote(detector_state))
-        ray.get([m.stats.remote() for m in self.monitors])  # actors are up
+        self.wait_until_up()
+
+    def wait_until_up(self, say_every: float = 30.0) -> None:
+        """Wait for every monitor to answer; every ``say_every`` s say which are still waiting and what
+        they ask for, and fail after ``ray.actor_start_timeout_s`` (an autoscaling cluster may take
+        minutes to add a node; a request no node type can satisfy never starts)."""
+        names = {m.stats.remote(): f"monitor-{i}" for i, m in enumerate(self.monitors)}
+        pending = list(names)
+        mc, limit = self.cfg.monitor, self.cfg.ray.actor_start_timeout_s
+        ask = {"CPU": mc.num_cpus, **({"GPU": mc.num_gpus} if mc.num_gpus else {}), **dict(mc.resources)}
+        t0 = time.monotonic()
+        while pending:
+            left = limit - (time.monotonic() - t0)
+            if left <= 0:
+                raise RuntimeError(
+                    f"{len(pending)} monitor(s) did not start within ray.actor_start_timeout_s={limit:g} s: each "
+                    f"asks for {ask} and the cluster has {ray.cluster_resources()}; lower monitor.num_cpus/num_gpus/"
+                    "resources or add a node type that has them"
+                )
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(say_every, left))
+            ray.get(ready)  # a monitor that failed to start raises here
+            if pending:
+                waiting = ", ".join(names[r] for r in pending)
+                self.log(
+                    f"waiting for {waiting} to start ({time.monotonic() - t0:.0f} s): each asks for {ask}, "
+                    f"available now {ray.available_resources()}"
+                )
 
     def handles(self) -> list[ActorHandle]:
         return [h for h in [self.stream, self.detector, *self.monitors] if h is not None]

@@ -5,6 +5,7 @@ with every batch id exactly once in ``batches.csv`` and a complete summary."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import sys
@@ -20,6 +21,8 @@ import ray
 from pipeline_runs import run_pipeline
 
 from raydrift.callbacks import Callback, RunContext
+from raydrift.config import build_config
+from raydrift.coordinator import Coordinator
 from raydrift.pipeline.records import DriftEvent
 
 BATCHES = 48
@@ -319,3 +322,16 @@ def test_periodic_checkpoints_respect_the_minimum_interval(ray_cluster: Path, tm
     assert ended == len(s_often["updates"]) + len(s_often["rejected_updates"])
     assert rare.count == ended + 2
     assert often.count > rare.count  # every 8 batches in between
+
+
+def test_a_request_no_node_can_satisfy_fails_the_run_with_what_it_asked_for(ray_cluster: Path, tmp_path: Path) -> None:
+    # with ray.autoscaling the up-front resource check is skipped: a monitor asking for 2 GPUs on a
+    # cluster without any would wait forever; it says what is waiting, then fails the run
+    logs: list[str] = []
+    cfg = build_config(None, [*BASE, "ray.autoscaling=true", "monitor.num_gpus=2", "ray.actor_start_timeout_s=3",
+                              f"logging.runs_dir={tmp_path / 'runs'}"])
+    coord = Coordinator(cfg, run_dir=tmp_path / "run", console=logs.append)
+    with pytest.raises(RuntimeError, match=r"did not start within ray.actor_start_timeout_s=3 s: .*'GPU': 2"):
+        coord.run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["run"]["status"] == "failed" and "actor_start_timeout_s" in summary["run"]["error"]
