@@ -201,6 +201,7 @@ def test_a_killed_train_worker_keeps_the_old_model_and_the_run_goes_on(ray_clust
             "monitor.on_drift=pause",
             "train.max_failures=0",
             "train.epochs=300",
+            "adaptation.until_recovered=false",  # one update: the one whose worker is killed
             callbacks=(kill,),
         )
     assert kill.killed_pid is not None
