@@ -55,13 +55,14 @@ def torch_load_plain(source: str | os.PathLike[str] | IO[bytes], what: str, fix:
     """
     name = f"{what} '{source}'" if isinstance(source, (str, os.PathLike)) else what
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():  # not torch's refusal: a damaged file
-            raise UserError(f"{name} cannot be read (UnpicklingError): it is damaged or not a torch file; {fix}") from None
+        with warnings.catch_warnings():  # a foreign pickle protocol: refused or read, never a warning line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch refused a global, a call, an opcode, or the bytes are garbage
         raise UserError(
-            f"{name} holds objects other than tensors and plain values (it was not written by raydrift or "
-            f"torch.save of a state_dict, or was altered): refusing to read it; {fix}"
+            f"{name} is not a weights-only torch file: it holds objects other than tensors and plain values "
+            f"(not written by raydrift or by torch.save of a state_dict, or altered) or is damaged; "
+            f"refusing to read it; {fix}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any other failure is a damaged or foreign file
         raise UserError(f"{name} cannot be read ({type(exc).__name__}): it is damaged or not a torch file; {fix}") from None
