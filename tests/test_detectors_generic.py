@@ -168,3 +168,15 @@ def test_warning_zone_precedes_a_gradual_drift(name: str) -> None:
             first_alarm = i
             break
     assert first_warning is not None and first_alarm is not None and first_warning < first_alarm
+
+
+def test_adwin_max_buckets_bounds() -> None:
+    # River's compiled ADWIN panics on the first shrink of its window with max_buckets=1
+    from raydrift.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'max_buckets' expects an integer >= 2"):
+        make_detector("adwin", {"max_buckets": 1})
+    det = make_detector("adwin", {"max_buckets": 2})
+    rng = random.Random(0)
+    xs = [float(rng.random() < (0.1 if i < 10000 else 0.6)) for i in range(10200)]
+    assert any(i >= 10000 for i in _alarms(det, xs))  # past the shrink that crashes max_buckets=1
