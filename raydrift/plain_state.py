@@ -179,7 +179,10 @@ def _tensor_to_numpy(data: torch.Tensor, dtype: str, shape: list[Any], where: st
         raise _fail(where, f"has dtype {dtype!r}, not one of {', '.join(ARRAY_DTYPES)}")
     if not all(type(s) is int and s >= 0 for s in shape) or len(shape) > 32:
         raise _fail(where, f"has an invalid shape {shape!r:.80}")
-    out = data.numpy()
+    try:
+        out = data.numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy has no equivalent of (bfloat16, ...)
+        raise _fail(where, f"holds {data.dtype} data, not {dtype}") from None
     if out.dtype.name != dtype:
         raise _fail(where, f"holds {out.dtype.name} data for dtype {dtype}")
     if list(out.shape) != shape:
@@ -206,7 +209,7 @@ def _array_from_plain(value: dict[str, Any], where: str) -> np.ndarray:
 def _generator_from_plain(value: dict[str, Any], where: str) -> np.random.Generator:
     _fields(value, where, {"state": (dict,)})
     state = _from_checked(value["state"], f"{where}['state']", None)
-    name = state.get("bit_generator")
+    name = state.get("bit_generator") if type(state) is dict else None
     if name not in BIT_GENERATORS:
         raise _fail(where, f"names bit generator {name!r:.40}, not one of {', '.join(BIT_GENERATORS)}")
     bitgen = BIT_GENERATORS[name]()

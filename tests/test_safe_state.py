@@ -403,3 +403,89 @@ def test_a_model_checkpoint_that_runs_a_command_exits_2(tmp_path: Path, marker: 
     cfg.write_text(CONFIG.format(extra=f", checkpoint: '{weights}'"))
     for command in ("validate", "run"):
         _assert_refused(_cli(command, str(cfg)), marker, "not a weights-only torch file")
+
+
+# --- the plain form itself ----------------------------------------------------------------------------
+def test_plain_round_trip_of_every_kind() -> None:
+    from collections import deque
+
+    from raydrift.plain_state import to_plain
+
+    gen = np.random.default_rng(7)
+    gen.random(3)
+    rnd = __import__("random").Random(3)
+    value = {
+        "arrays": [np.arange(6).astype(t).reshape(2, 3) for t in ("float32", "float64", "int64", "uint8", "bool")],
+        "scalar0d": np.array(2.5),
+        "npscalars": [np.float64(0.1), np.int64(-3), np.bool_(True), np.float32(1.5)],
+        "tuple": (1, "a", None),
+        "deque": deque([np.ones(2), 2.0], maxlen=5),
+        "set": {3, 1, 2},
+        "int keys": {1: "x", 2: [np.zeros(1)]},
+        "bytes": b"\x00\x01abc",
+        "gen": gen,
+        "rnd": rnd,
+        "nan": float("nan"),
+    }
+    plain = to_plain(value)
+    check_plain(plain)
+    buf = io.BytesIO()
+    torch.save(plain, buf)
+    buf.seek(0)
+    back = from_plain(torch.load(buf, weights_only=True))
+    for a, b in zip(value["arrays"], back["arrays"], strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    assert back["scalar0d"].shape == () and back["scalar0d"] == 2.5
+    assert [type(x) for x in back["npscalars"]] == [type(x) for x in value["npscalars"]]
+    assert back["tuple"] == (1, "a", None) and back["set"] == {1, 2, 3} and back["bytes"] == b"\x00\x01abc"
+    assert back["deque"].maxlen == 5 and np.array_equal(back["deque"][0], np.ones(2))
+    assert back["int keys"][1] == "x" and np.array_equal(back["int keys"][2][0], np.zeros(1))
+    assert np.array_equal(back["gen"].random(4), gen.random(4))  # the generator continues identically
+    assert back["rnd"].random() == rnd.random() and back["nan"] != back["nan"]
+
+
+def test_to_plain_refuses_what_has_no_plain_form() -> None:
+    from raydrift.plain_state import to_plain
+
+    for value, match in [
+        (os.system, "no plain form"),
+        ({"__kind__": "x"}, "reserved key"),
+        (np.array([object()]), "dtype object"),
+        (open, "no plain form"),
+    ]:
+        with pytest.raises(StateError, match=match):
+            to_plain({"field": value})
+
+
+def test_a_river_state_with_a_wrong_attribute_type_is_refused() -> None:
+    det = make_detector("adwin")
+    for _ in range(100):
+        det.update(0.0)
+    state = det.state_dict()
+    helper = state["river"]["attrs"]["_helper"]
+    assert helper[KIND] == "river_native"
+    for attrs, match in [
+        ({"_helper": 1.5}, "_helper: a builtins.float"),
+        ({"_helper": {**helper, "state": {KIND: "bytes", "data": torch.zeros(3, dtype=torch.uint8)}}}, "not a valid"),
+        ({"delta": "0.1"}, "delta: a builtins.str"),
+        ({"extra": 1}, "attributes"),
+    ]:
+        bad = {**state, "river": {**state["river"], "attrs": {**state["river"]["attrs"], **attrs}}}
+        with pytest.raises(StateError, match=match):
+            make_detector("adwin").load_state_dict(bad)
+
+
+def test_a_bad_compiled_river_state_is_one_line_and_prints_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # River's Rust parser panics on bad bytes and prints a backtrace on fd 2: the refusal stays one line
+    eng = _fed_engine()
+    state = eng.state_dict()
+    attrs = state["detector"]["river"]["attrs"]
+    attrs["_helper"] = {**attrs["_helper"], "state": {KIND: "bytes", "data": torch.full((5,), 255, dtype=torch.uint8)}}
+    save_checkpoint(tmp_path, _checkpoint_fields(state))
+    capfd.readouterr()
+    text = _refused_in_one_line(lambda: load_checkpoint(tmp_path, engine=_engine()), (UserError,))
+    assert "not a valid AdaptiveWindowing state" in text
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -16,8 +16,13 @@ as an attribute of a module, or called.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from river import drift, stats
 from river._river_rust import drift as rust_drift
 from river._river_rust import stats as rust_stats
@@ -90,11 +95,28 @@ def _native_from_plain(value: dict[str, Any], cls: type, where: str) -> Any:
     if type(state) is not bytes or len(state) > MAX_NATIVE_BYTES:
         raise StateError(f"{where}['state']: expected bytes (at most {MAX_NATIVE_BYTES})")
     try:
-        obj: Any = cls.__new__(cls, *args)
-        obj.__setstate__(state)
-    except Exception as exc:  # noqa: BLE001 - Rust's parser refused the bytes
+        with _quiet_stderr():  # a Rust panic prints its message and backtrace on fd 2
+            obj: Any = cls.__new__(cls, *args)
+            obj.__setstate__(state)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - Rust's parser refused the bytes (a PanicException)
         raise StateError(f"{where}: not a valid {cls.__qualname__} state ({type(exc).__name__})") from None
     return obj
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null meanwhile (a refused state must stay a one-line error)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _method_from_plain(obj: Any, key: str, name: str, value: Any, where: str) -> Any:
@@ -141,8 +163,8 @@ def river_from_plain(state: Any, where: str = "river", template: Any = None) -> 
     where : str
         The field's name for error messages.
     template : optional
-        A River object of the expected class (the detector's fresh one): the state must be of its class
-        and have its attributes.
+        A River object of the expected class (the detector's fresh one): the rebuilt object must be of
+        its class and have its attributes, with values of compatible types, recursively.
 
     Raises
     ------
@@ -152,11 +174,26 @@ def river_from_plain(state: Any, where: str = "river", template: Any = None) -> 
     """
     if type(state) is not dict or state.get(KIND) not in ("river", "river_native"):
         raise StateError(f"{where}: expected the state of a River detector")
+    obj = from_plain(state, where, _decode)
     if template is not None:
-        if state.get("class") != _key(type(template)):
-            raise StateError(f"{where}: holds a {state.get('class')!r:.80}, expected {_key(type(template))}")
-        attrs = state.get("attrs")
-        if type(attrs) is dict and set(attrs) != set(vars(template)):
-            diff = sorted(set(attrs) ^ set(vars(template)))
-            raise StateError(f"{where}: attributes {diff} differ from those of {_key(type(template))}")
-    return from_plain(state, where, _decode)
+        _check_like(obj, template, where)
+    return obj
+
+
+def _check_like(value: Any, template: Any, where: str, depth: int = 0) -> None:
+    """``value`` has ``template``'s class and, for River's Python objects, the same attributes with
+    values of compatible types (the same type, numbers for numbers, or None on either side), recursively."""
+    numbers = (int, float, np.number, np.bool_)
+    if type(value) is type(template) or value is None or template is None:
+        pass
+    elif isinstance(value, numbers) and isinstance(template, numbers):
+        return
+    else:
+        raise StateError(f"{where}: a {_key(type(value))}, expected a {_key(type(template))}")
+    if type(template) not in _PY_CLASSES or value is None or depth > 8:
+        return
+    attrs, expected = vars(value), vars(template)
+    if set(attrs) != set(expected):
+        raise StateError(f"{where}: attributes {sorted(set(attrs) ^ set(expected))} differ from those of {_key(type(template))}")
+    for name, v in attrs.items():
+        _check_like(v, expected[name], f"{where}.{name}", depth + 1)
