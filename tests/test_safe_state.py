@@ -167,6 +167,8 @@ def corpus(marker: Path) -> list[tuple[str, Any, bool]]:
         path = _path_to_system(module)
         if path is not None:
             items.append((f"{module}:{path}", C(G(module, path), (cmd,)), True))
+        else:  # no attribute path to os.system within 4 steps: a dotted name all the same (not live)
+            items.append((f"{module}:__spec__.loader.load_module", C(G(module, "__spec__.loader.load_module"), (cmd,)), False))
     items += [(f"nested {label}", Nest(tree), live) for label, tree, live in items[:6]]
     return items
 
