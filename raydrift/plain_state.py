@@ -44,8 +44,6 @@ ARRAY_DTYPES = (
     "float16",
     "float32",
     "float64",
-    "complex64",
-    "complex128",
 )
 #: numpy bit generators a ``Generator`` in the state may use (built by this table, not by name lookup)
 BIT_GENERATORS: dict[str, Callable[[], np.random.BitGenerator]] = {
@@ -232,7 +230,7 @@ def _random_from_plain(value: dict[str, Any], where: str) -> random.Random:
 
 
 def _npscalar_from_plain(value: dict[str, Any], where: str) -> Any:
-    _fields(value, where, {"dtype": (str,), "value": (bool, int, float, complex)})
+    _fields(value, where, {"dtype": (str,), "value": (bool, int, float)})
     if value["dtype"] not in ARRAY_DTYPES:
         raise _fail(where, f"has dtype {value['dtype']!r}, not one of {', '.join(ARRAY_DTYPES)}")
     try:

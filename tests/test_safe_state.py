@@ -491,3 +491,11 @@ def test_a_bad_compiled_river_state_is_one_line_and_prints_nothing(
     assert "not a valid AdaptiveWindowing state" in text
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_saved_parameters_the_constructor_refuses_are_refused() -> None:
+    det = make_detector("adwin")
+    state = det.state_dict()
+    for params, match in [({**state["params"], "delta": 5.0}, "not valid parameters"), ({"delta": 0.1}, "parameters")]:
+        with pytest.raises(StateError, match=match):
+            make_detector("adwin").load_state_dict({**state, "params": params})

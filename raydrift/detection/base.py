@@ -175,6 +175,10 @@ class DriftDetector:
         values = from_plain(params, where)
         for key, value in values.items():
             _check_compatible(value, getattr(self, key), f"{where}[{key!r}]")
+        try:  # the constructor's own checks: values it would refuse are refused here too
+            type(self)(**values)
+        except (ValueError, TypeError) as exc:
+            raise StateError(f"{where}: not valid parameters ({str(exc)[:200]})") from None
         for key, value in values.items():
             setattr(self, key, value)
 
