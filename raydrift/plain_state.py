@@ -11,6 +11,7 @@ reserved key ``"__kind__"``) for each value that is not plain itself:
 
 - ``ndarray``: ``{"__kind__": "ndarray", "dtype": "float64", "shape": [n], "data": tensor}``
   (numeric and boolean dtypes only);
+- ``stacked``: a list or deque of arrays of one dtype and shape, as one tensor;
 - ``npscalar`` (a numpy number), ``tuple``, ``deque`` (with its ``maxlen``), ``set``, ``dict``
   with non-``str`` keys (a list of pairs), ``bytes`` (a uint8 tensor);
 - ``generator``: a ``numpy.random.Generator`` as its bit generator's name (from a fixed list) and
@@ -108,6 +109,40 @@ def _array_to_plain(a: np.ndarray, where: str) -> dict[str, Any]:
     return {KIND: "ndarray", "dtype": dtype, "shape": list(a.shape), "data": torch.from_numpy(np.array(a, copy=True))}
 
 
+def _stack(items: list[Any] | deque[Any]) -> dict[str, Any] | None:
+    """A list or deque of arrays of one dtype and shape as one tensor (``stacked``): one tensor to
+    save and load instead of one per array (a two-sample detector's window holds hundreds)."""
+    first = items[0]
+    if type(first) is not np.ndarray or first.dtype.name not in ARRAY_DTYPES:
+        return None
+    if not all(type(a) is np.ndarray and a.dtype == first.dtype and a.shape == first.shape for a in items):
+        return None
+    maxlen = items.maxlen if isinstance(items, deque) else None
+    return {
+        KIND: "stacked",
+        "container": "deque" if isinstance(items, deque) else "list",
+        "maxlen": maxlen,
+        "dtype": first.dtype.name,
+        "shape": list(first.shape),
+        "data": torch.from_numpy(np.stack(list(items))),
+    }
+
+
+def _stacked_from_plain(value: dict[str, Any], where: str) -> list[np.ndarray] | deque[np.ndarray]:
+    fields = {"container": (str,), "maxlen": (int, type(None)), "dtype": (str,), "shape": (list,), "data": (torch.Tensor,)}
+    _fields(value, where, fields)
+    data, maxlen = value["data"], value["maxlen"]
+    if data.dim() < 1 or value["container"] not in ("list", "deque"):
+        raise _fail(where, "is not a stacked list or deque of arrays")
+    arr = _tensor_to_numpy(data, value["dtype"], [int(data.shape[0]), *value["shape"]], where)
+    items = [a.copy() for a in arr]
+    if value["container"] == "list":
+        return items
+    if maxlen is not None and not len(items) <= maxlen <= MAX_ELEMENTS:
+        raise _fail(where, f"has an invalid maxlen {maxlen!r}")
+    return deque(items, maxlen=maxlen)
+
+
 def _generator_to_plain(g: np.random.Generator, where: str) -> dict[str, Any]:
     state = g.bit_generator.state
     if state.get("bit_generator") not in BIT_GENERATORS:
@@ -127,6 +162,10 @@ def to_plain(value: Any, where: str = "state", fallback: Callable[[Any, str], An
     t = type(value)
     if t in _SCALARS:
         return value
+    if (t is list or t is deque) and len(value) >= 2:
+        stacked = _stack(value)
+        if stacked is not None:
+            return stacked
     if t is list:
         return [to_plain(v, f"{where}[{i}]", fallback) for i, v in enumerate(value)]
     if t is dict:
@@ -276,6 +315,8 @@ def _tagged_from_plain(value: dict[str, Any], where: str, fallback: Callable[[di
         return _tensor_to_numpy(value["data"], "uint8", [int(value["data"].numel())], where).tobytes()
     if kind == "ndarray":
         return _array_from_plain(value, where)
+    if kind == "stacked":
+        return _stacked_from_plain(value, where)
     if kind == "npscalar":
         return _npscalar_from_plain(value, where)
     if kind == "generator":

@@ -422,6 +422,8 @@ def test_plain_round_trip_of_every_kind() -> None:
         "npscalars": [np.float64(0.1), np.int64(-3), np.bool_(True), np.float32(1.5)],
         "tuple": (1, "a", None),
         "deque": deque([np.ones(2), 2.0], maxlen=5),
+        "window": deque([np.full(3, i, dtype=np.float32) for i in range(4)], maxlen=10),  # stacked
+        "arrays list": [np.arange(2) + i for i in range(3)],
         "set": {3, 1, 2},
         "int keys": {1: "x", 2: [np.zeros(1)]},
         "bytes": b"\x00\x01abc",
@@ -441,6 +443,10 @@ def test_plain_round_trip_of_every_kind() -> None:
     assert [type(x) for x in back["npscalars"]] == [type(x) for x in value["npscalars"]]
     assert back["tuple"] == (1, "a", None) and back["set"] == {1, 2, 3} and back["bytes"] == b"\x00\x01abc"
     assert back["deque"].maxlen == 5 and np.array_equal(back["deque"][0], np.ones(2))
+    assert plain["window"][KIND] == "stacked" and back["window"].maxlen == 10
+    assert [a.tolist() for a in back["window"]] == [[float(i)] * 3 for i in range(4)]
+    assert back["window"][0].dtype == np.float32 and type(back["arrays list"]) is list
+    assert [a.tolist() for a in back["arrays list"]] == [[i, i + 1] for i in range(3)]
     assert back["int keys"][1] == "x" and np.array_equal(back["int keys"][2][0], np.zeros(1))
     assert np.array_equal(back["gen"].random(4), gen.random(4))  # the generator continues identically
     assert back["rnd"].random() == rnd.random() and back["nan"] != back["nan"]
