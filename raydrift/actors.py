@@ -7,7 +7,6 @@ per-batch work orders of magnitude slower on a busy machine.
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Any
 
 import ray
@@ -18,7 +17,6 @@ from raydrift.harness import build_harness
 from raydrift.learning.loop import UpdateData
 from raydrift.metrics import MonitorMetrics
 from raydrift.monitor import Monitor
-from raydrift.safe_pickle import safe_loads
 from raydrift.stream import BatchMeta, StreamState, pack_batch, unpack_batch
 from raydrift.weights import Weights
 
@@ -209,13 +207,14 @@ class DetectorActor:
     def finish(self) -> list[IntervalRecord]:
         return self.engine.finish()
 
-    def state_dict(self) -> bytes:
-        """The engine's state, pickled (River detectors have no other format; read it back with
-        :meth:`load_state_dict`, which uses raydrift's allowlist unpickler)."""
-        return pickle.dumps(self.engine.state_dict())
+    def state_dict(self) -> dict[str, Any]:
+        """The engine's state as plain values (:mod:`raydrift.plain_state`: no pickle when it is read back)."""
+        return self.engine.state_dict()
 
-    def load_state_dict(self, state: bytes) -> int:
-        self.engine.load_state_dict(safe_loads(state))
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore :meth:`state_dict`'s output; every field is checked first (a one-line
+        :class:`raydrift.plain_state.StateError` otherwise)."""
+        self.engine.load_state_dict(state)
         return self.engine.next_batch
 
     def stats(self) -> dict[str, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from river import drift
 
 from raydrift.detection import (
@@ -17,6 +19,7 @@ from raydrift.detection import (
     make_detector,
     resolve_detector,
 )
+from raydrift.plain_state import check_plain
 
 
 def _cases() -> list[tuple[str, dict[str, Any]]]:
@@ -70,9 +73,12 @@ class TestEveryDetector:
         det = make_detector(name, params)
         _alarms(det, xs[:500])
         state = det.state_dict()
-        pickle.dumps(state)
+        check_plain(state, name)  # plain values only: read back below without building any object
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
         other = make_detector(name, params)
-        other.load_state_dict(state)
+        other.load_state_dict(torch.load(buf, weights_only=True))
         tail_a, tail_b = _alarms(det, xs[500:]), _alarms(other, xs[500:])
         assert tail_a == tail_b
         assert bool(tail_a) == _expects_alarm(det)  # identical, and not trivially (an alarm happened)
@@ -162,3 +168,15 @@ def test_warning_zone_precedes_a_gradual_drift(name: str) -> None:
             first_alarm = i
             break
     assert first_warning is not None and first_alarm is not None and first_warning < first_alarm
+
+
+def test_adwin_max_buckets_bounds() -> None:
+    # River's compiled ADWIN panics on the first shrink of its window with max_buckets=1
+    from raydrift.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'max_buckets' expects an integer >= 2"):
+        make_detector("adwin", {"max_buckets": 1})
+    det = make_detector("adwin", {"max_buckets": 2})
+    rng = random.Random(0)
+    xs = [float(rng.random() < (0.1 if i < 10000 else 0.6)) for i in range(10200)]
+    assert any(i >= 10000 for i in _alarms(det, xs))  # past the shrink that crashes max_buckets=1

@@ -1,12 +1,11 @@
 """Reliability building blocks without Ray: quarantine, stream resume, engine hold/release, the
-allowlist unpickler, checkpoint files (the fault-injection tests are in tests/e2e/test_fault_injection.py)."""
+plain detector state, checkpoint files (the fault-injection tests are in tests/e2e/test_fault_injection.py)."""
 
 from __future__ import annotations
 
-import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from raydrift.detection.registry import DETECTOR_REGISTRY
 from raydrift.errors import UserError
 from raydrift.harness import Batch, build_harness
 from raydrift.monitor import Monitor
-from raydrift.safe_pickle import UnsafePickleError, safe_loads
 from raydrift.stream import StreamState
 from raydrift.weights import to_numpy
 
@@ -165,9 +163,9 @@ def test_resuming_a_different_stream_is_a_clear_error() -> None:
         b.load_state_dict(a.state_dict())
 
 
-# --- state read back from disk cannot run code --------------------------------------------------
+# --- state read back from disk is plain (the hostile corpus is in tests/test_safe_state.py) ---------
 @pytest.mark.parametrize("name", sorted(DETECTOR_REGISTRY))
-def test_every_detector_state_passes_the_allowlist_unpickler(name: str) -> None:
+def test_every_engine_state_is_plain_and_survives_weights_only(name: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for label_free in ("none", "features"):
         cfg = DriftDetectionConfig(detector=name, label_free={"signal": label_free})
@@ -177,35 +175,61 @@ def test_every_detector_state_passes_the_allowlist_unpickler(name: str) -> None:
             feats = rng.normal(size=(32, 3)) if label_free != "none" else None
             if eng.ingest(BatchResult(b, 0, 0, v, {"accuracy": float(v.mean())}, features=feats)).events:
                 eng.resume_after_update(b + 1, 0)
+        eng.ingest(BatchResult(40, 0, 0, np.ones(8, np.float32), {"accuracy": 1.0}))  # buffered, out of order
+        save_checkpoint(tmp_path, checkpoint_state(eng.state_dict()))
         again = DetectionEngine(cfg, "accuracy", True)
-        again.load_state_dict(safe_loads(pickle.dumps(eng.state_dict())))
-        assert again.next_batch == eng.next_batch
+        load_checkpoint(tmp_path, engine=again)  # weights-only, every field checked, loaded into again
+        assert again.next_batch == eng.next_batch and again.buffered == eng.buffered == [40]
+        assert again.state_dict()["stats"] == eng.state_dict()["stats"]
 
 
-class _Evil:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (os.system, ("echo owned",))
-
-
-def test_the_allowlist_unpickler_refuses_code() -> None:
-    with pytest.raises(UnsafePickleError, match="refusing"):
-        safe_loads(pickle.dumps(_Evil()))
-    with pytest.raises(UnsafePickleError):
-        safe_loads(pickle.dumps({"x": [1, 2, _Evil()]}))
+def checkpoint_state(detector: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
+    """A format-2 checkpoint's fields, as the coordinator writes them."""
+    state: dict[str, Any] = {
+        "processed": 3,
+        "version": 1,
+        "weights": {"w": torch.ones(2)},
+        "strategy_state": None,
+        "stream": {"committed": 3},
+        "detector": detector if detector is not None else {},
+        "summary": "{}",
+        "books": {"samples": 10, "monitor_seconds": 1.5, "last_value": 0.5},
+        "metrics_rows": 1,
+        "batches_rows": 3,
+        "tracker": {},
+    }
+    return {**state, **over}
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path)
-    save_checkpoint(tmp_path, {"processed": 3, "weights": {"w": torch.ones(2)}, "detector": b"abc"})
+    save_checkpoint(tmp_path, checkpoint_state())
     state = load_checkpoint(tmp_path)
     assert state["processed"] == 3 and torch.equal(state["weights"]["w"], torch.ones(2))
     checkpoint_path(tmp_path).write_bytes(b"garbage")
     with pytest.raises(UserError, match="damaged"):
         load_checkpoint(tmp_path)
-    # a pickle that would run code is refused by weights_only
-    torch.save({"format": 1, "x": _Evil()}, checkpoint_path(tmp_path))
-    with pytest.raises(UserError, match="cannot be read"):
+    # format 1: the detector state was pickled bytes; refused whatever the bytes are
+    torch.save({**checkpoint_state(), "format": 1, "detector": b"\x80\x04N."}, checkpoint_path(tmp_path))
+    with pytest.raises(UserError, match="format 1 .*start a new run"):
+        load_checkpoint(tmp_path)
+    for bad, match in [
+        ({"processed": -1}, "'processed' is negative"),
+        ({"processed": True}, "'processed' is a bool"),
+        ({"weights": {"w": [1.0]}}, "named tensors"),
+        ({"books": {"samples": 1}}, "'books'"),
+        ({"detector": {"x": (1, 2)}}, "detector state"),
+        ({"extra": 1}, "unexpected fields"),
+    ]:
+        save_checkpoint(tmp_path, checkpoint_state(**bad))
+        with pytest.raises(UserError, match=match) as err:
+            load_checkpoint(tmp_path)
+        assert "\n" not in str(err.value)
+    state = checkpoint_state()
+    del state["books"]
+    save_checkpoint(tmp_path, state)
+    with pytest.raises(UserError, match="misses"):
         load_checkpoint(tmp_path)
 
 

@@ -36,7 +36,8 @@ class ADWINDetector(RiverDetector):
         detect late. ``clock: 1`` tests after every value (about 0.6 us instead of 0.2 us per value in
         River's compiled ADWIN: negligible next to evaluating a model).
     max_buckets : int
-        Buckets of each size kept before two are merged (memory/precision trade-off).
+        Buckets of each size kept before two are merged (memory/precision trade-off); at least 2
+        (River's ADWIN crashes on the first drift with 1).
     min_window_length : int
         Smallest sub-window a split may have.
     grace_period : int
@@ -71,7 +72,8 @@ class ADWINDetector(RiverDetector):
     ) -> None:
         check_param("delta", 0.0 < delta < 1.0, "a number in (0, 1)", delta)
         check_param("clock", clock >= 1, "an integer >= 1", clock)
-        check_param("max_buckets", max_buckets >= 1, "an integer >= 1", max_buckets)
+        # River's compiled ADWIN panics (index out of bounds) when the window shrinks with 1 bucket
+        check_param("max_buckets", max_buckets >= 2, "an integer >= 2", max_buckets)
         check_param("min_window_length", min_window_length >= 1, "an integer >= 1", min_window_length)
         check_param("grace_period", grace_period >= 0, "an integer >= 0", grace_period)
         self.delta = delta

@@ -9,13 +9,13 @@ constructor arguments (one-line config errors), ``state_dict()`` / ``load_state_
 
 from __future__ import annotations
 
-import copy
 import inspect
-import pickle
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from raydrift.safe_pickle import safe_loads
+import numpy as np
+
+from raydrift.plain_state import StateError, check_plain, from_plain, to_plain
 
 __all__ = ["ControlChart", "DriftDetector", "InvalidParam", "NativeDetector", "RiverDetector", "check_param"]
 
@@ -144,12 +144,43 @@ class DriftDetector:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this detector is (picklable)."""
+        """Everything needed to continue exactly where this detector is, as *plain* values only
+        (:func:`raydrift.plain_state.check_plain`: numbers, str, lists, dicts with str keys, tensors;
+        :func:`raydrift.plain_state.to_plain` converts numpy arrays, deques, generators, ...)."""
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict` of a detector of the same class."""
+        """Restore a state produced by :meth:`state_dict` of a detector of the same class.
+
+        The state may come from a file: check every field before use and raise
+        :class:`raydrift.plain_state.StateError` (a ``ValueError``, one line naming the field) for
+        anything this detector would not have written. Never unpickle or call anything it names.
+        """
         raise NotImplementedError
+
+    def _check_state_header(self, state: Any, keys: set[str]) -> None:
+        """``state`` is a plain dict of this detector (its ``name``) with exactly ``keys``."""
+        check_plain(state, f"state of detector '{self.name}'")
+        if type(state) is not dict or state.get("name") != self.name:
+            got = state.get("name") if type(state) is dict else type(state).__name__
+            raise StateError(f"state of detector '{got}' loaded into '{self.name}'")
+        if set(state) != keys:
+            raise StateError(f"state of detector '{self.name}' has fields {sorted(state)}, expected {sorted(keys)}")
+
+    def _load_params(self, params: Any) -> None:
+        """Set the constructor arguments saved in a state, after checking their names and types."""
+        where = f"state of detector '{self.name}'['params']"
+        if type(params) is not dict or set(params) != set(self.param_names()):
+            raise StateError(f"{where}: expected the parameters {self.param_names()}")
+        values = from_plain(params, where)
+        for key, value in values.items():
+            _check_compatible(value, getattr(self, key), f"{where}[{key!r}]")
+        try:  # the constructor's own checks: values it would refuse are refused here too
+            type(self)(**values)
+        except (ValueError, TypeError) as exc:
+            raise StateError(f"{where}: not valid parameters ({str(exc)[:200]})") from None
+        for key, value in values.items():
+            setattr(self, key, value)
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -181,6 +212,17 @@ class DriftDetector:
         return f"{type(self).__name__}({args})"
 
 
+def _check_compatible(value: Any, current: Any, where: str) -> None:
+    """A value read from a state may replace ``current``: the same type, a number for a number, or
+    either is None."""
+    numbers = (int, float, np.number, np.bool_)
+    if type(value) is type(current) or value is None or current is None:
+        return
+    if isinstance(value, numbers) and isinstance(current, numbers):
+        return
+    raise StateError(f"{where}: a {type(value).__name__}, expected a {type(current).__name__}")
+
+
 class RiverDetector(DriftDetector):
     """A :class:`DriftDetector` that wraps a River detector class (``river_cls``).
 
@@ -188,9 +230,9 @@ class RiverDetector(DriftDetector):
     defaults), validate them with :func:`check_param`, store each under the same attribute name and
     call :meth:`_build`. The River object is rebuilt from :meth:`river_params` on :meth:`reset`.
 
-    The state is the pickled River object plus the constructor arguments (River has no other state
-    format); it is read back with :func:`raydrift.safe_pickle.safe_loads`, which only builds River's
-    and numpy's classes, so a checkpoint altered on disk cannot run code.
+    The state is the constructor arguments plus the River object as plain values
+    (:mod:`raydrift.detection.river_state`: its attributes, and only River classes of an exact table
+    are rebuilt), so a checkpoint altered on disk cannot run code.
     """
 
     river_cls: ClassVar[type[Any]]
@@ -233,16 +275,18 @@ class RiverDetector(DriftDetector):
         self._build()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params(), "river": pickle.dumps(self._river)}
+        from raydrift.detection.river_state import river_to_plain
+
+        where = f"detector '{self.name}'"
+        return {"name": self.name, "params": to_plain(self.params(), where), "river": river_to_plain(self._river, where)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
-        for key, value in state["params"].items():
-            setattr(self, key, value)
-        # raydrift's own state, read with an allowlist (River's classes, numpy): a checkpoint file
-        # altered on disk cannot make this call run code (raydrift.safe_pickle)
-        self._river = safe_loads(state["river"])
+        from raydrift.detection.river_state import river_from_plain
+
+        self._check_state_header(state, {"name", "params", "river"})
+        river = river_from_plain(state["river"], f"state of detector '{self.name}'['river']", template=self._river)
+        self._load_params(state["params"])
+        self._river = river
 
 
 class NativeDetector(DriftDetector):
@@ -252,26 +296,34 @@ class NativeDetector(DriftDetector):
     state in ``_private`` attributes set by :meth:`reset` (which ``__init__`` calls after validating
     the arguments). :meth:`state_dict` is then a deep copy of those private attributes, so saving and
     restoring needs no code in the subclass. Like River's detectors, a native detector resets itself
-    on the update that follows an alarm.
+    on the update that follows an alarm. The private attributes must have a plain form
+    (:func:`raydrift.plain_state.to_plain`: numbers, str, lists, dicts, tuples, deques, numpy arrays
+    and generators, ``random.Random``).
     """
 
     def _state_keys(self) -> list[str]:
         return sorted(k for k in vars(self) if k.startswith("_"))
 
     def state_dict(self) -> dict[str, Any]:
+        where = f"detector '{self.name}'"
         return {
             "name": self.name,
-            "params": copy.deepcopy(self.params()),
-            "state": {k: copy.deepcopy(getattr(self, k)) for k in self._state_keys()},
+            "params": to_plain(self.params(), where),
+            "state": {k: to_plain(getattr(self, k), f"{where}.{k}") for k in self._state_keys()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
-        for key, value in state["params"].items():
-            setattr(self, key, copy.deepcopy(value))
-        for key, value in state["state"].items():
-            setattr(self, key, copy.deepcopy(value))
+        self._check_state_header(state, {"name", "params", "state"})
+        where = f"state of detector '{self.name}'['state']"
+        saved = state["state"]
+        if type(saved) is not dict or set(saved) != set(self._state_keys()):
+            raise StateError(f"{where}: expected the attributes {self._state_keys()}")
+        values = {k: from_plain(v, f"{where}[{k!r}]") for k, v in saved.items()}
+        for key, value in values.items():
+            _check_compatible(value, getattr(self, key), f"{where}[{key!r}]")
+        self._load_params(state["params"])
+        for key, value in values.items():
+            setattr(self, key, value)
 
 
 CHART_MODES = ("up", "both")

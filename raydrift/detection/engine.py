@@ -67,7 +67,6 @@ Alarm
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -83,6 +82,7 @@ from raydrift.detection.change_point import split_at_change
 from raydrift.detection.domains import default_metric_domain, fed_domain, sanitize
 from raydrift.detection.registry import make_detector
 from raydrift.detection.two_sided import TwoSidedDetector
+from raydrift.plain_state import StateError, check_plain, from_plain, to_plain
 
 __all__ = [
     "UPDATE_KINDS",
@@ -440,24 +440,19 @@ class _DirectionReference:
 
     def state_dict(self) -> dict[str, Any]:
         x, w = self._kept()
-        history = list(zip(x.tolist(), w.tolist(), strict=True))
-        return {
-            "recent": history[-self._recent_len(w, MIN_RECENT_SAMPLES) :] if history else [],
-            "recent_sum": 0.0,
-            "recent_w": 0.0,
-            "total_sum": self.total_sum,
-            "total_w": self.total_w,
-            "history": history,
-        }
+        return {"x": to_plain(x.copy()), "w": to_plain(w.copy()), "total_sum": self.total_sum, "total_w": self.total_w}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        history = state.get("history", state["recent"])  # states saved before the history was kept
+    def load_state_dict(self, state: dict[str, Any], where: str = "reference") -> None:
+        fields = {"x": (np.ndarray,), "w": (np.ndarray,), "total_sum": _NUMBER, "total_w": _NUMBER}
+        values = _fields_from_plain(state, where, fields)
+        x, w = values["x"], values["w"]
+        floats = (np.float32, np.float64)
+        if x.ndim != 1 or x.shape != w.shape or x.size > CHANGE_HISTORY or x.dtype not in floats or w.dtype not in floats:
+            raise StateError(f"{where}: 'x' and 'w' must be float 1-D arrays of one length <= {CHANGE_HISTORY}")
         self.clear()
-        if history:
-            arr = np.array([(float(x), float(w)) for x, w in history], dtype=np.float64).reshape(-1, 2)
-            self.push_many(arr[:, 0].copy(), arr[:, 1].copy())
-        self.total_sum = float(state["total_sum"])
-        self.total_w = float(state["total_w"])
+        self.push_many(x, w)
+        self.total_sum = float(values["total_sum"])
+        self.total_w = float(values["total_w"])
 
 
 @dataclass
@@ -1080,7 +1075,9 @@ class DetectionEngine:
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly here (a deep copy; picklable)."""
+        """Everything needed to continue exactly here, as plain values (:mod:`raydrift.plain_state`):
+        it goes into the run's checkpoint and is read back without pickle."""
+        carry = self._carry
         state = {
             "metric": self.metric,
             "higher_is_better": self.higher_is_better,
@@ -1091,50 +1088,199 @@ class DetectionEngine:
             "warning_since": self._warning_since,
             "reference": self._reference.state_dict(),
             "next": self._next,
-            "buffer": list(self._buffer.values()),
+            "buffer": [_result_to_plain(r) for r in self._buffer.values()],
             "paused": self._paused,
             "held": self._held,
             "feed_from": self._feed_from,
             "version": self._version,
             "alarms_from": self._alarms_from,
             "alarms_from_sample": self._alarms_from_sample,
-            "carry": list(self._carry) if self._carry is not None else None,
-            "batch_starts": [list(b) for b in self._batch_starts],
+            "carry": [_result_to_plain(carry[0]), carry[1], carry[2]] if carry is not None else None,
+            "batch_starts": [[int(a), int(b)] for a, b in self._batch_starts],
             "recent_samples": self._recent_samples,
-            "interval": asdict(self._interval) if self._interval is not None else None,
+            "interval": to_plain(asdict(self._interval)) if self._interval is not None else None,
             "n_intervals": self._n_intervals,
-            "pending": list(self._pending),
+            "pending": [to_plain(asdict(p)) for p in self._pending],
             "stats": dict(self._stats),
         }
-        return copy.deepcopy(state)
+        check_plain(state, "detection engine state")
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` of an engine built with the same config."""
-        state = copy.deepcopy(state)
-        self.metric = state["metric"]
-        self.higher_is_better = state["higher_is_better"]
-        self.seed = state["seed"]
-        self.start_batch = state["start_batch"]
-        self._detector.load_state_dict(state["detector"])
-        if self._lf_detector is not None and state.get("label_free_detector") is not None:
-            self._lf_detector.load_state_dict(state["label_free_detector"])
-        self._warning_since = state.get("warning_since")
-        self._reference.load_state_dict(state["reference"])
-        self._next = state["next"]
-        self._buffer = {r.batch_id: r for r in state["buffer"]}
-        self._paused = state["paused"]
-        self._held = bool(state.get("held", False))
-        self._feed_from = int(state.get("feed_from", 0))
-        self._version = state["version"]
-        self._alarms_from = state["alarms_from"]
-        self._alarms_from_sample = int(state.get("alarms_from_sample", self._alarms_from_sample))
-        carry = state.get("carry")
-        self._carry = (carry[0], int(carry[1]), int(carry[2])) if carry else None
-        self._batch_starts = deque(
-            ((int(a), int(b)) for a, b in state.get("batch_starts", [])), maxlen=CHANGE_HISTORY
-        )
-        self._recent_samples = state["recent_samples"]
-        self._interval = _OpenInterval(**state["interval"]) if state["interval"] is not None else None
-        self._n_intervals = state["n_intervals"]
-        self._pending = list(state["pending"])
-        self._stats = {**dict.fromkeys(_COUNTERS, 0), **state["stats"]}
+        """Restore a state from :meth:`state_dict` of an engine built with the same config.
+
+        Every field is checked (plain values, types, shapes) before the engine's own fields change.
+
+        Raises
+        ------
+        raydrift.plain_state.StateError
+            One line naming the first field that this engine would not have written.
+        """
+        where = "detection engine state"
+        v = _fields_from_plain(state, where, _ENGINE_FIELDS, raw=_ENGINE_RAW)
+        if v["metric"] != self.metric:
+            raise StateError(f"{where}: saved for metric '{v['metric']}', this run monitors '{self.metric}'")
+        buffer = [_result_from_plain(r, f"{where}['buffer'][{i}]") for i, r in enumerate(v["buffer"])]
+        carry = _carry_from_plain(v["carry"], f"{where}['carry']")
+        starts = _int_pairs(v["batch_starts"], f"{where}['batch_starts']")
+        interval = _interval_from_plain(v["interval"], f"{where}['interval']") if v["interval"] is not None else None
+        pending = [_record_from_plain(p, f"{where}['pending'][{i}]") for i, p in enumerate(v["pending"])]
+        stats = v["stats"]
+        if not set(stats) <= set(_COUNTERS) or not all(type(x) is int for x in stats.values()):
+            raise StateError(f"{where}['stats']: expected integer counters among {', '.join(_COUNTERS)}")
+        if (v["label_free_detector"] is None) != (self._lf_detector is None):
+            saved = "off" if v["label_free_detector"] is None else "on"
+            raise StateError(f"{where}['label_free_detector']: saved with label-free detection {saved}, the config differs")
+        self._reference.load_state_dict(v["reference"], f"{where}['reference']")
+        self._detector.load_state_dict(v["detector"])
+        if self._lf_detector is not None:
+            self._lf_detector.load_state_dict(v["label_free_detector"])
+        self.higher_is_better, self.seed, self.start_batch = v["higher_is_better"], v["seed"], v["start_batch"]
+        self._warning_since, self._next, self._paused, self._held = v["warning_since"], v["next"], v["paused"], v["held"]
+        self._buffer = {r.batch_id: r for r in buffer}
+        self._feed_from, self._version = v["feed_from"], v["version"]
+        self._alarms_from, self._alarms_from_sample = v["alarms_from"], v["alarms_from_sample"]
+        self._carry = carry
+        self._batch_starts = deque(starts, maxlen=CHANGE_HISTORY)
+        self._recent_samples = v["recent_samples"]
+        self._interval, self._n_intervals, self._pending = interval, v["n_intervals"], pending
+        self._stats = {**dict.fromkeys(_COUNTERS, 0), **stats}
+
+
+# --- plain state of the engine's records -------------------------------------------------------------
+_NUMBER: tuple[type, ...] = (int, float)
+_INT: tuple[type, ...] = (int,)
+_OPT_INT: tuple[type, ...] = (int, type(None))
+_OPT_ARRAY: tuple[type, ...] = (np.ndarray, type(None))
+#: engine fields rebuilt by their own readers (the others by from_plain)
+_ENGINE_RAW = ("detector", "label_free_detector", "reference", "buffer", "carry", "interval", "pending")
+_ENGINE_FIELDS: dict[str, tuple[type, ...]] = {
+    "metric": (str,),
+    "higher_is_better": (bool,),
+    "seed": _INT,
+    "start_batch": _INT,
+    "detector": (dict,),
+    "label_free_detector": (dict, type(None)),
+    "warning_since": _OPT_INT,
+    "reference": (dict,),
+    "next": _INT,
+    "buffer": (list,),
+    "paused": (bool,),
+    "held": (bool,),
+    "feed_from": _INT,
+    "version": _INT,
+    "alarms_from": _INT,
+    "alarms_from_sample": _INT,
+    "carry": (list, type(None)),
+    "batch_starts": (list,),
+    "recent_samples": _NUMBER,
+    "interval": (dict, type(None)),
+    "n_intervals": _INT,
+    "pending": (list,),
+    "stats": (dict,),
+}
+_RESULT_FIELDS: dict[str, tuple[type, ...]] = {
+    "batch_id": _INT,
+    "regime": _INT,
+    "version": _INT,
+    "values": (np.ndarray,),
+    "metrics": (dict,),
+    "monitor": (str,),
+    "eval_seconds": _NUMBER,
+    "confidence": _OPT_ARRAY,
+    "entropy": _OPT_ARRAY,
+    "features": _OPT_ARRAY,
+    "quarantined": (str, type(None)),
+}
+_INTERVAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "first_batch": _INT,
+    "last_batch": _INT,
+    "n_batches": _INT,
+    "n_samples": _INT,
+    "batch_means": (list,),
+    "batch_ns": (list,),
+    "metric_sums": (dict,),
+    "metric_ns": (dict,),
+    "regime": _INT,
+    "version": _INT,
+}
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "interval": _INT,
+    "first_batch": _INT,
+    "last_batch": _INT,
+    "n_samples": _INT,
+    "value": _NUMBER,
+    "metrics": (dict,),
+    "regime": _INT,
+    "version": _INT,
+}
+
+
+def _fields_from_plain(
+    state: Any, where: str, fields: dict[str, tuple[type, ...]], raw: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``state``, a plain dict with exactly ``fields``, rebuilt (:func:`from_plain`; ``raw`` fields are
+    only checked to be plain), each of the listed types (``bool`` is not an ``int`` here)."""
+    check_plain(state, where)
+    if type(state) is not dict or set(state) != set(fields):
+        got = sorted(state) if type(state) is dict else type(state).__name__
+        raise StateError(f"{where}: has fields {got}, expected {sorted(fields)}")
+    out = {k: (v if k in raw else from_plain(v, f"{where}[{k!r}]")) for k, v in state.items()}
+    for name, types in fields.items():
+        if type(out[name]) not in types:
+            expected = "/".join(t.__name__ for t in types)
+            raise StateError(f"{where}[{name!r}]: a {type(out[name]).__name__}, expected {expected}")
+    return out
+
+
+def _number_map(value: dict[str, Any], where: str, types: tuple[type, ...] = _NUMBER) -> None:
+    if not all(type(x) in types for x in value.values()):
+        raise StateError(f"{where}: expected a mapping of names to numbers")
+
+
+def _int_pairs(value: list[Any], where: str) -> list[tuple[int, int]]:
+    if not all(type(p) is list and len(p) == 2 and all(type(x) is int for x in p) for p in value):
+        raise StateError(f"{where}: expected a list of [int, int] pairs")
+    return [(a, b) for a, b in value]
+
+
+def _result_to_plain(r: BatchResult) -> dict[str, Any]:
+    return {f: to_plain(getattr(r, f)) for f in _RESULT_FIELDS}
+
+
+def _result_from_plain(value: Any, where: str) -> BatchResult:
+    v = _fields_from_plain(value, where, _RESULT_FIELDS)
+    _number_map(v["metrics"], f"{where}['metrics']")
+    for name in ("values", "confidence", "entropy", "features"):
+        a = v[name]
+        if a is not None and (a.dtype != np.float32 or a.ndim > 2):
+            raise StateError(f"{where}[{name!r}]: expected a float32 array of at most 2 dimensions")
+    try:
+        return BatchResult(**v)
+    except ValueError as exc:
+        raise StateError(f"{where}: {exc}") from None
+
+
+def _carry_from_plain(value: list[Any] | None, where: str) -> tuple[BatchResult, int, int] | None:
+    if value is None:
+        return None
+    if len(value) != 3 or not all(type(x) is int for x in value[1:]):
+        raise StateError(f"{where}: expected [batch result, int, int]")
+    return _result_from_plain(value[0], f"{where}[0]"), value[1], value[2]
+
+
+def _interval_from_plain(value: dict[str, Any], where: str) -> _OpenInterval:
+    v = _fields_from_plain(value, where, _INTERVAL_FIELDS)
+    if not all(type(x) in _NUMBER for x in v["batch_means"]) or not all(type(x) is int for x in v["batch_ns"]):
+        raise StateError(f"{where}: 'batch_means' must be numbers and 'batch_ns' integers")
+    _number_map(v["metric_sums"], f"{where}['metric_sums']")
+    _number_map(v["metric_ns"], f"{where}['metric_ns']", _INT)
+    if set(v["metric_sums"]) != set(v["metric_ns"]) or len(v["batch_means"]) != len(v["batch_ns"]):
+        raise StateError(f"{where}: inconsistent sums and counts")
+    return _OpenInterval(**v)
+
+
+def _record_from_plain(value: Any, where: str) -> IntervalRecord:
+    v = _fields_from_plain(value, where, _RECORD_FIELDS)
+    _number_map(v["metrics"], f"{where}['metrics']")
+    return IntervalRecord(**v)

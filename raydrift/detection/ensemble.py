@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from raydrift.detection.base import DriftDetector, InvalidParam, check_param
 from raydrift.detection.domains import narrowest
 from raydrift.errors import ConfigError
+from raydrift.plain_state import StateError, to_plain
 
 __all__ = ["EnsembleDetector"]
 
@@ -46,7 +47,7 @@ class EnsembleDetector(DriftDetector):
     do), so one change gives one alarm. The warning zone is on while some member is in its warning
     zone or holds a vote, and the ensemble has not alarmed. Members are built with
     :func:`raydrift.detection.make_detector` (the ensemble's ``seed`` is passed on), so they save,
-    restore and pickle as the ensemble does.
+    restore (as plain state) and pickle as the ensemble does.
 
     Parameters
     ----------
@@ -188,7 +189,7 @@ class EnsembleDetector(DriftDetector):
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "params": self.params(),
+            "params": to_plain(self.params()),
             "members": [m.state_dict() for m in self._members],
             "age": list(self._age),
             "drift": self._drift,
@@ -196,15 +197,20 @@ class EnsembleDetector(DriftDetector):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
-        if len(state["members"]) != len(self._members):
-            raise ValueError(f"state of {len(state['members'])} members loaded into {len(self._members)}")
-        for m, s in zip(self._members, state["members"], strict=True):
+        self._check_state_header(state, {"name", "params", "members", "age", "drift", "warning"})
+        n, members, age = len(self._members), state["members"], state["age"]
+        if type(members) is not list or len(members) != n:
+            raise StateError(f"state of {len(members) if type(members) is list else 'no'} members loaded into {n}")
+        if type(age) is not list or len(age) != n or not all(a is None or (type(a) is int and a >= 0) for a in age):
+            raise StateError(f"state of detector 'ensemble'['age']: expected {n} vote ages (null or integers >= 0)")
+        if type(state["drift"]) is not bool or type(state["warning"]) is not bool:
+            raise StateError("state of detector 'ensemble': 'drift' and 'warning' must be booleans")
+        self._load_params(state["params"])
+        for m, s in zip(self._members, members, strict=True):
             m.load_state_dict(s)
-        self._age = list(state["age"])
-        self._drift = bool(state["drift"])
-        self._warning = bool(state["warning"])
+        self._age = list(age)
+        self._drift = state["drift"]
+        self._warning = state["warning"]
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:

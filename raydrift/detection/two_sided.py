@@ -70,7 +70,6 @@ class TwoSidedDetector(DriftDetector):
         return {"name": self.name, "up": self._up.state_dict(), "down": self._down.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"state of detector '{state.get('name')}' loaded into '{self.name}'")
+        self._check_state_header(state, {"name", "up", "down"})
         self._up.load_state_dict(state["up"])
         self._down.load_state_dict(state["down"])
