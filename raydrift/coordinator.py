@@ -25,6 +25,7 @@ import torch
 from raydrift.callbacks import Callback, CallbackManager
 from raydrift.checkpoint import load_checkpoint, truncate_csv
 from raydrift.config import RaydriftConfig, save_config
+from raydrift.detection.engine import DetectionEngine
 from raydrift.errors import UserError
 from raydrift.harness import Harness
 from raydrift.learning.loop import pretrain
@@ -121,7 +122,7 @@ class Coordinator:
         # actors. More threads here slow everything down on a small, busy machine.
         torch.set_num_threads(1)
         pre = check_config(self.cfg)
-        checkpoint = load_checkpoint(self.run_dir) if self.resume else None  # type: ignore[arg-type]
+        checkpoint = self._load_checkpoint(pre) if self.resume else None
         info = self._start_ray()
         # ray.init replaced the SIGTERM handler: a stop must end the run cleanly, not exit the driver
         handlers = install_stop_handlers() if self.session.connected else {}
@@ -148,6 +149,16 @@ class Coordinator:
                 restore_handlers(handlers)
         self.log(format_summary(self.summary.to_dict()))
         return self.summary
+
+    def _load_checkpoint(self, pre: Preflight) -> dict[str, Any]:
+        """The checkpoint to resume from, every field checked before Ray starts: its detector state is
+        loaded into an engine built as the DetectorActor will build it (a one-line error if refused)."""
+        assert self.run_dir is not None
+        engine = DetectionEngine(
+            self.cfg.drift_detection, pre.metric, pre.higher_is_better, seed=self.cfg.seed,
+            domain=pre.harness.metric_domain(pre.metric),
+        )
+        return load_checkpoint(self.run_dir, engine=engine)
 
     def _start_ray(self) -> RayInfo:
         """Start or connect to Ray after checking that the config fits (a local cluster is checked

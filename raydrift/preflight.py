@@ -93,13 +93,11 @@ def check_config(cfg: RaydriftConfig) -> Preflight:
 
 def check_model_checkpoint(cfg: RaydriftConfig, harness: Harness) -> None:
     """``model.checkpoint`` exists, holds tensors only and fits the harness's model."""
-    from raydrift.weights import load_into, load_weights
+    from raydrift.weights import check_weights_file, load_into
 
     path = Path(cfg.model.checkpoint or "")
-    if not path.is_file():
-        raise UserError(f"model.checkpoint '{path}' not found: give the path of a saved state_dict")
+    weights = check_weights_file(path)  # one line: missing, not weights-only, damaged, not tensors
     model = harness_call(cfg.model.harness, "build_model()", harness.build_model)
-    weights = load_weights(path)
     try:
         load_into(model, weights)
     except Exception as exc:  # noqa: BLE001 - any mismatch is the user's file
