@@ -7,7 +7,8 @@ A new strategy is one file in this folder (a subclass of :class:`UpdateStrategy`
 from __future__ import annotations
 
 from raydrift.config import ContinualLearningConfig
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.data import StepContext
+from raydrift.learning.strategies.base import UpdateStrategy
 from raydrift.registry import resolve
 
 __all__ = ["STRATEGY_REGISTRY", "StepContext", "UpdateStrategy", "make_strategy", "resolve_strategy"]

@@ -9,56 +9,17 @@ Hooks are concrete no-ops, called by name, so a new hook never breaks an existin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from raydrift.config import ContinualLearningConfig
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
-
 __all__ = ["StepContext", "UpdateStrategy"]
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """Where one step's shard sits in the global step (what a strategy needs to be distribution-aware).
-
-    Attributes
-    ----------
-    rank, world_size : int
-        This worker and the number of workers. Every rank runs the same step in lockstep.
-    global_n : int
-        Current-window samples in the global batch (all ranks together); this rank holds
-        ``x_cur[rank::world_size]`` of it.
-    global_hist_n : int
-        History samples in the global step (0 when there is no history batch).
-    epoch, step : int
-        Position of the step (``step`` counts from 0 within the epoch).
-    all_reduce : callable or None
-        In-place SUM all-reduce over ranks (``torch.distributed.all_reduce`` under Ray Train); ``None``
-        when ``world_size == 1``. A strategy whose loss is not a mean over samples (a penalty on a
-        quantity of the whole global batch, e.g. a directional derivative) uses it to combine
-        per-rank partial results before the nonlinearity.
-    hist_index : Tensor or None
-        Row indices into ``UpdateData.memory_*`` of this rank's history samples (``x_hist[i]`` is
-        memory row ``hist_index[i]``), for strategies that keep per-sample memory state (DER++'s
-        logits). ``None`` when there is no history batch or the caller did not give them.
-    """
-
-    rank: int
-    world_size: int
-    global_n: int
-    global_hist_n: int
-    epoch: int
-    step: int
-    all_reduce: Callable[[Tensor], Any] | None = None
-    hist_index: Tensor | None = None
 
 
 class UpdateStrategy:
@@ -76,7 +37,7 @@ class UpdateStrategy:
     -----
     A strategy object lives for one update (it is built in every trainer worker). Anything it learns
     in :meth:`setup` or :meth:`teardown` (e.g. an EWC Fisher matrix) is computed identically on every
-    rank from the full, unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should
+    rank from the full, unsharded :class:`~raydrift.data.UpdateData`. State that should
     outlive one update goes through :meth:`state_dict` / :meth:`load_state_dict`: the Ray Train
     ``train_func`` loads the previous update's state (config key ``strategy_state``) before
     :meth:`setup` and returns the new one (rank 0) with the updated weights.

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
-
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
+from raydrift.learning.strategies.base import UpdateStrategy
 
 __all__ = ["DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
 

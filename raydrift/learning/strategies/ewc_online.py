@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from raydrift.data import UpdateData
 from raydrift.harness import Harness
 from raydrift.learning.strategies.base import UpdateStrategy
-
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
 
 __all__ = ["OnlineEWCUpdate", "diagonal_fisher"]
 

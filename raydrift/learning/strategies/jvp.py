@@ -17,18 +17,16 @@ anyway: the current loss is back-propagated first and its gradient read from ``p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.learning.strategies.base import UpdateStrategy
 from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, logit_replay_sum
-
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
 
 __all__ = [
     "JVPRegularizedUpdate",
