@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harnesses.mnist import MNISTHarness  # noqa: E402
-from raydrift.config import ContinualLearningConfig  # noqa: E402
 from raydrift.learning.loop import compute_step_gradients  # noqa: E402
-from raydrift.learning.strategies.jvp import JVPRegularizedUpdate  # noqa: E402
+from raydrift.learning.strategies.jvp import JVPOptions, JVPRegularizedUpdate  # noqa: E402
 from raydrift.learning.strategies.replay import ReplayUpdate  # noqa: E402
 
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--kappa", type=float, default=0.0, help="jvp_input_scale of the JVP step")
+    p.add_argument("--kappa", type=float, default=0.0, help="params.input_scale (kappa) of the JVP step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -61,11 +60,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     yc = d.train_y[: a.batch]
     xh = harness.prepare(d.train_x[a.batch : 2 * a.batch], 0)
     yh = d.train_y[a.batch : 2 * a.batch]
-    cfg = ContinualLearningConfig.model_validate({"jvp_input_scale": a.kappa})
+    options = JVPOptions(input_scale=a.kappa)
     steps = {
-        "replay": ReplayUpdate(cfg),
-        "jvp": JVPRegularizedUpdate(cfg),
-        "jvp (naive: 2nd pass for g_c)": NaiveJVP(cfg),
+        "replay": ReplayUpdate(),
+        "jvp": JVPRegularizedUpdate(options=options),
+        "jvp (naive: 2nd pass for g_c)": NaiveJVP(options=options),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}
 

@@ -26,7 +26,7 @@ from raydrift.learning.strategies.jvp import (
     input_tangent,
     penalty,
 )
-from raydrift.learning.strategies.replay import ReplayUpdate
+from raydrift.learning.strategies.replay import ReplayOptions, ReplayUpdate
 
 DIM = 3
 
@@ -57,8 +57,9 @@ def task(n: int, which: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, (x @ w > 0).long()
 
 
-def clcfg(**kw: Any) -> ContinualLearningConfig:
-    return ContinualLearningConfig.model_validate(kw)
+def clcfg(**params: Any) -> ContinualLearningConfig:
+    """A ``continual_learning:`` section for strategy jvp with these ``params``."""
+    return ContinualLearningConfig.model_validate({"strategy": "jvp", "params": params})
 
 
 def params_of(model: nn.Module) -> dict[str, Tensor]:
@@ -148,10 +149,10 @@ def test_grad_of_d_equals_double_backward_hvp(kappa: float) -> None:
 @pytest.mark.parametrize(
     "params",
     [
-        {"jvp_penalty": "square"},
-        {"jvp_penalty": "square", "jvp_input_scale": 0.5, "replay_weight": 0.3},
-        {"jvp_penalty": "hinge", "jvp_input_scale": 0.5},
-        {"jvp_penalty": "identity", "jvp_sign": 1, "jvp_lambda": 2.0},
+        {"penalty": "square"},
+        {"penalty": "square", "input_scale": 0.5, "replay_weight": 0.3},
+        {"penalty": "hinge", "input_scale": 0.5},
+        {"penalty": "identity", "sign": 1, "penalty_weight": 2.0},
     ],
 )
 def test_fast_backward_equals_reference_loss_gradient(params: dict[str, Any]) -> None:
@@ -178,7 +179,7 @@ def test_penalty_forms() -> None:
     assert penalty(d, "square").tolist() == [4.0, 0.0, 9.0]
     assert penalty(d, "hinge").tolist() == [0.0, 0.0, 3.0]
     assert penalty(d, "identity").tolist() == [-2.0, 0.0, 3.0]
-    with pytest.raises(ValueError, match="jvp_penalty"):
+    with pytest.raises(ValueError, match="unknown penalty"):
         penalty(d, "cube")
 
 
@@ -227,11 +228,12 @@ def test_jvp_step_forgets_less_than_replay_on_conflicting_gradients() -> None:
     assert cos < -0.3
 
     batches = (xc, yc, xh, yh)
-    cfg = clcfg(jvp_lambda=10.0, replay_weight=1.0, jvp_penalty="square", jvp_sign=-1)
+    cfg = clcfg(penalty_weight=10.0, replay_weight=1.0, penalty="square", sign=-1)
+    replay = ReplayUpdate(options=ReplayOptions(replay_weight=1.0))
     lr = 0.5
-    after_replay, len_replay = sgd_step(model, ReplayUpdate(cfg), harness, batches, lr)
+    after_replay, len_replay = sgd_step(model, replay, harness, batches, lr)
     after_jvp, len_jvp = sgd_step(model, JVPRegularizedUpdate(cfg), harness, batches, lr)
-    after_same_len, _ = sgd_step(model, ReplayUpdate(cfg), harness, batches, lr * len_jvp / len_replay)
+    after_same_len, _ = sgd_step(model, replay, harness, batches, lr * len_jvp / len_replay)
     with torch.no_grad():
         before = float(harness.loss(model(xh), yh))
         h_replay = float(harness.loss(after_replay(xh), yh))
@@ -322,7 +324,7 @@ def test_n_workers_equal_one_worker(world: int, penalty_kind: str) -> None:
     # input term κ = 0.5 and logit replay α = 0.5 on) by `world` lockstep ranks with the emulated
     # all-reduce equals the 1-worker update: weights within 1e-9 (float64). g_c, the batch norms
     # of v_x and D are all-reduced before they are used, so the nonlinear penalty sees the global D.
-    cfg = clcfg(jvp_penalty=penalty_kind, jvp_lambda=5.0, jvp_input_scale=0.5, jvp_logit_weight=0.5)
+    cfg = clcfg(penalty=penalty_kind, penalty_weight=5.0, input_scale=0.5, logit_weight=0.5)
     wx, wy = task(40, 1, seed=7)
     mx, my = task(24, 0, seed=8)
     data = UpdateData(wx, wy, mx, my, memory_ids=torch.arange(100, 124))

@@ -104,7 +104,16 @@ def test_memory_strategies_forget_less_than_naive() -> None:
     losses = {}
     for name in ("naive", "replay", "der++", "jvp", "ewc_online"):
         model = copy.deepcopy(base)
-        train_update(model, harness, make_strategy(name, clcfg(ewc_lambda=1000.0)), data, TRAIN, seed=1)
+        train_update(
+            model,
+            harness,
+            make_strategy(
+                name, clcfg(strategy=name, params={"penalty_weight": 1000.0} if name == "ewc_online" else {})
+            ),
+            data,
+            TRAIN,
+            seed=1,
+        )
         losses[name] = loss_on(model, harness, hx, hy)
     for name in ("replay", "der++", "jvp", "ewc_online"):
         assert losses[name] < losses["naive"], losses
@@ -118,7 +127,7 @@ def test_ewc_penalty_zero_at_anchor_and_quadratic() -> None:
     harness = SmallHarness(seed=0)
     model = trained_on_task0(harness)
     mx, my = task(0, 40, seed=3)
-    ewc = OnlineEWCUpdate(clcfg(ewc_lambda=2.0))
+    ewc = OnlineEWCUpdate(clcfg(params={"penalty_weight": 2.0}))
     ewc.setup(model, harness, UpdateData(mx[:0], my[:0], mx, my))  # no state: Fisher on the memory
     assert ewc.fisher is not None and ewc.anchor is not None
     assert float(ewc.penalty(model)) == 0.0
@@ -155,7 +164,7 @@ def test_ewc_state_persists_and_decays_across_updates() -> None:
     # (teardown), anchored at the final weights. Update 2 loaded from that state: F2 = γ F1 + F_new.
     harness = SmallHarness(seed=0)
     model = trained_on_task0(harness)
-    cfg = clcfg(ewc_decay=0.5, ewc_lambda=10.0)
+    cfg = clcfg(params={"decay": 0.5, "penalty_weight": 10.0})
     wx, wy = task(1, 48, seed=2)
     mx, my = task(0, 40, seed=3)
     data = UpdateData(wx, wy, mx, my)
@@ -217,7 +226,7 @@ def test_derpp_loss_terms() -> None:
     xc, yc = task(1, 8, seed=1)
     xh, yh = task(0, 8, seed=2)
     z = torch.randn(8, CLASSES)
-    der = DERPPUpdate(clcfg(der_alpha=0.3, der_beta=0.7))
+    der = DERPPUpdate(clcfg(params={"alpha": 0.3, "beta": 0.7}))
     der._z = z
     ctx = StepContext(0, 1, 8, 8, 0, 0, hist_index=torch.arange(8))
     got = der.backward(model, harness, xc, yc, xh, yh, ctx)
@@ -350,3 +359,41 @@ def test_train_func_passes_strategy_state(tmp_path: Any) -> None:
     assert state["updates"] == previous.updates + 1  # continued from the state passed in
     assert 0.0 <= out["metrics"]["window_accuracy"] <= 1.0
     assert 0.0 <= out["metrics"]["memory_accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# options models
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_REGISTRY))
+def test_every_strategy_owns_a_documented_options_model(name: str) -> None:
+    # Every option has a default and a description (raydrift keys and the docs list them from the
+    # model), the model refuses unknown keys, and each _unit_test_params entry validates.
+    from raydrift.errors import ConfigError
+    from raydrift.learning.strategies import StrategyOptions, resolve_strategy
+
+    cls = resolve_strategy(name)
+    assert issubclass(cls.Options, StrategyOptions)
+    for key, field in cls.Options.model_fields.items():
+        assert field.description, f"{name}: option '{key}' has no description"
+        assert not field.is_required(), f"{name}: option '{key}' has no default"
+    for params in cls._unit_test_params():
+        assert cls(clcfg(strategy=name, params=params)).options == cls.Options(**params)
+    with pytest.raises(ConfigError, match="unknown key 'continual_learning.params.no_such_option'"):
+        make_strategy(name, clcfg(strategy=name, params={"no_such_option": 1}))
+
+
+def test_params_belong_to_the_configured_strategy() -> None:
+    # make_strategy with another name than continual_learning.strategy (the coordinator's naive
+    # fine-tuning update) gives that strategy its defaults instead of refusing the params.
+    from raydrift.learning.strategies.jvp import JVPOptions, JVPRegularizedUpdate
+    from raydrift.learning.strategies.naive import NaiveUpdate
+
+    cfg = clcfg(strategy="jvp", params={"penalty_weight": 0.0, "logit_weight": 0.0})
+    jvp = make_strategy("jvp", cfg)
+    assert isinstance(jvp, JVPRegularizedUpdate) and jvp.options.penalty_weight == 0.0
+    assert isinstance(make_strategy("naive", cfg), NaiveUpdate)
+    assert make_strategy("der++", cfg).options.alpha == 0.5  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="takes JVPOptions"):
+        JVPRegularizedUpdate(options=NaiveUpdate.Options())
+    assert JVPRegularizedUpdate(options=JVPOptions(sign=1)).options.sign == 1

@@ -13,25 +13,40 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from raydrift.config import ContinualLearningConfig
+from raydrift.config import ContinualLearningConfig, _schema_keys, format_validation_error
 from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 
-__all__ = ["StepContext", "UpdateStrategy"]
+__all__ = ["StepContext", "StrategyOptions", "UpdateStrategy"]
+
+
+class StrategyOptions(BaseModel):
+    """Base of a strategy's options model: the keys of ``continual_learning.params``.
+
+    A strategy with hyper-parameters subclasses it (every field with a default and a ``description``:
+    ``raydrift keys`` and the docs list them from the model) and names it as its ``Options``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class UpdateStrategy:
     """Base class of continual-learning update strategies.
 
-    Subclasses set ``name`` (their registry name) and implement :meth:`loss`. A new strategy is one
-    file under ``raydrift/learning/strategies/`` plus one entry in ``STRATEGY_REGISTRY``.
+    Subclasses set ``name`` (their registry name), ``Options`` (a :class:`StrategyOptions` model of
+    their hyper-parameters, the keys of ``continual_learning.params``) and implement :meth:`loss`. A
+    new strategy is one file under ``raydrift/learning/strategies/`` plus one entry in
+    ``STRATEGY_REGISTRY``.
 
     Parameters
     ----------
-    cfg : ContinualLearningConfig
-        The ``continual_learning:`` section (strategy-specific fields are read from it).
+    cfg : ContinualLearningConfig, optional
+        The ``continual_learning:`` section.
+    options : StrategyOptions, optional
+        The strategy's options; default: ``cfg.params`` validated against :attr:`Options`.
 
     Notes
     -----
@@ -47,9 +62,41 @@ class UpdateStrategy:
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    options: StrategyOptions
 
-    def __init__(self, cfg: ContinualLearningConfig | None = None) -> None:
+    def __init__(
+        self, cfg: ContinualLearningConfig | None = None, options: StrategyOptions | None = None
+    ) -> None:
         self.cfg = cfg if cfg is not None else ContinualLearningConfig.model_validate({})
+        if options is not None and not isinstance(options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.Options.__name__}, got {type(options).__name__}"
+            )
+        self.options = options if options is not None else self.options_from(self.cfg.params)
+
+    @classmethod
+    def options_from(cls, params: dict[str, Any], name: str | None = None) -> StrategyOptions:
+        """``params`` (``continual_learning.params``) validated against :attr:`Options`.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the key (``continual_learning.params.<key>``) and what is wrong, an unknown
+            key with the closest valid one.
+        """
+        from raydrift.errors import ConfigError
+
+        try:
+            return cls.Options.model_validate(params)
+        except ValidationError as exc:
+            prefix = "continual_learning.params"
+            valid = [f"{prefix}.{k}" for k in _schema_keys(cls.Options)]
+            where = f"strategy '{name or cls.name or cls.__name__}'"
+            msg = format_validation_error(exc, valid, where, loc_prefix=tuple(prefix.split(".")))
+            if not valid:
+                msg += " (this strategy takes no params)"
+            raise ConfigError(msg) from None
 
     # --- hooks (no-ops by default) ---------------------------------------------------------------
     def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
@@ -125,7 +172,7 @@ class UpdateStrategy:
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
-        """``continual_learning:`` overrides the generic strategy checks construct this class with."""
+        """``continual_learning.params`` the generic strategy checks construct this class with."""
         yield {}
 
     def __repr__(self) -> str:

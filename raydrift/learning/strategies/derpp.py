@@ -6,13 +6,21 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import UpdateStrategy
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 
-__all__ = ["DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
+__all__ = ["DERPPOptions", "DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
+
+
+class DERPPOptions(StrategyOptions):
+    """``continual_learning.params`` of ``der++``."""
+
+    alpha: float = Field(0.5, ge=0, description="alpha: weight of the logit (squared-error) replay term")
+    beta: float = Field(0.5, ge=0, description="beta: weight of the label (harness loss) replay term")
 
 
 class LogitBank:
@@ -119,16 +127,18 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
     """DER++: ``L_c + α · ‖f_θ(x_h) − z_h‖² + β · ℓ(f_θ(x_h), y_h)``.
 
     ``z_h`` are the logits recorded for the history samples (see :class:`LogitBank` for when they are
-    recorded), ``α`` is ``continual_learning.der_alpha`` and ``β`` is ``continual_learning.der_beta``.
+    recorded), ``α`` is ``params.alpha`` and ``β`` is ``params.beta`` (:class:`DERPPOptions`).
     Unlike the paper, which draws two independent memory batches for the two terms, one history batch
     serves both (one forward pass; the loop's history batch). The squared error is the mean over logits,
     averaged over the history batch (rows without logits count as 0).
     """
 
     name: ClassVar[str] = "der++"
+    Options: ClassVar[type[StrategyOptions]] = DERPPOptions
+    options: DERPPOptions
 
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any = None, options: StrategyOptions | None = None) -> None:
+        super().__init__(cfg, options)
         self.bank = LogitBank()
         self._z: Tensor | None = None
 
@@ -173,7 +183,7 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
         if x_hist is None or y_hist is None or len(x_hist) == 0:
             return harness.loss(model(x_cur), y_cur)
         lc, ce_sum, _ = self._terms(model, harness, x_cur, y_cur, x_hist, y_hist, None)
-        return lc + self.cfg.der_beta * ce_sum / len(y_hist)
+        return lc + self.options.beta * ce_sum / len(y_hist)
 
     def backward(
         self,
@@ -193,7 +203,7 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
         lc, ce_sum, mse_sum = self._terms(model, harness, x_cur, y_cur, x_hist, y_hist, z)
         total = (
             lc * (len(x_cur) / max(1, ctx.global_n))
-            + (self.cfg.der_beta * ce_sum + self.cfg.der_alpha * mse_sum) / ctx.global_hist_n
+            + (self.options.beta * ce_sum + self.options.alpha * mse_sum) / ctx.global_hist_n
         )
         total.backward()
         return total.detach()
@@ -201,4 +211,4 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"der_alpha": 1.0, "der_beta": 0.0}
+        yield {"alpha": 1.0, "beta": 0.0}

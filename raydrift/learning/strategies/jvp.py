@@ -17,18 +17,20 @@ anyway: the current loss is back-propagated first and its gradient read from ``p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import UpdateStrategy
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, logit_replay_sum
 
 __all__ = [
+    "JVPOptions",
     "JVPRegularizedUpdate",
     "directional_derivative",
     "input_tangent",
@@ -39,6 +41,27 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+class JVPOptions(StrategyOptions):
+    """``continual_learning.params`` of ``jvp``."""
+
+    penalty_weight: float = Field(
+        1.0, ge=0, description="lambda: weight of the penalty phi(D) (0: the JVP term off)"
+    )
+    input_scale: float = Field(
+        0.0, ge=0, description="kappa: scale of the input tangent v_x (0 turns the input term off)"
+    )
+    sign: Literal[-1, 1] = Field(
+        -1, description="s in v_theta = s*g_c/|g_c| (-1: the descent step about to be taken)"
+    )
+    penalty: Literal["square", "hinge", "identity"] = Field(
+        "square", description="phi(D) = D^2 | max(D, 0) | D (identity with sign -1 is unbounded below)"
+    )
+    logit_weight: float = Field(
+        0.5, ge=0, description="alpha: weight of DER-style logit replay on the history batch (0: off)"
+    )
+    replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
+
+
 def penalty(d: Tensor, kind: str) -> Tensor:
     """``φ(D)``: ``square`` → D², ``hinge`` → max(D, 0), ``identity`` → D."""
     if kind == "square":
@@ -47,7 +70,7 @@ def penalty(d: Tensor, kind: str) -> Tensor:
         return torch.clamp(d, min=0.0)
     if kind == "identity":
         return d
-    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+    raise ValueError(f"unknown penalty {kind!r} (jvp params.penalty): use square, hinge or identity")
 
 
 def penalty_derivative(d: Tensor, kind: str) -> Tensor:
@@ -58,7 +81,7 @@ def penalty_derivative(d: Tensor, kind: str) -> Tensor:
         return (d > 0).to(d.dtype)
     if kind == "identity":
         return torch.ones_like(d)
-    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+    raise ValueError(f"unknown penalty {kind!r} (jvp params.penalty): use square, hinge or identity")
 
 
 def _paired(x_cur: Tensor, n: int) -> Tensor:
@@ -137,13 +160,13 @@ def directional_derivative(
     return lh, d, out
 
 
-class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (jvp_logit_weight > 0)
+class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (logit_weight > 0)
     """Replay with a penalty on the predicted first-order rise of the history loss (the JVP update).
 
     ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) + α · ‖f_θ(x_h) − z_h‖²`` (module docstring).
-    Config (``continual_learning:``): ``jvp_lambda`` (λ), ``jvp_input_scale`` (κ), ``replay_weight``
-    (β), ``jvp_sign`` (s), ``jvp_penalty`` (φ: ``square`` | ``hinge`` | ``identity``) and
-    ``jvp_logit_weight`` (α; logits recorded as for DER++, see
+    Options (``continual_learning.params``, :class:`JVPOptions`): ``penalty_weight`` (λ),
+    ``input_scale`` (κ), ``replay_weight`` (β), ``sign`` (s), ``penalty`` (φ: ``square`` | ``hinge`` |
+    ``identity``) and ``logit_weight`` (α; logits recorded as for DER++, see
     :class:`~raydrift.learning.strategies.derpp.LogitBank`).
 
     Cost of a step: a forward and backward pass on the current batch (giving ``g_c``), one JVP on the
@@ -164,15 +187,17 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
     """
 
     name: ClassVar[str] = "jvp"
+    Options: ClassVar[type[StrategyOptions]] = JVPOptions
+    options: JVPOptions
 
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any = None, options: StrategyOptions | None = None) -> None:
+        super().__init__(cfg, options)
         self.bank = LogitBank()
         self._z: Tensor | None = None
 
     # --- hooks ------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
-        self._z = self.bank.prepare(model, data) if self.cfg.jvp_logit_weight > 0 else None
+        self._z = self.bank.prepare(model, data) if self.options.logit_weight > 0 else None
 
     def teardown(self, model: nn.Module, harness: Harness) -> None:
         self._z = None
@@ -183,11 +208,11 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
 
     def _v_theta(self, params: dict[str, Tensor], grads: list[Tensor]) -> dict[str, Tensor]:
         norm = torch.sqrt(sum((g.double() * g.double()).sum() for g in grads))  # type: ignore[arg-type]
-        scale = float(self.cfg.jvp_sign) / float(norm) if float(norm) > 0 else 0.0
+        scale = float(self.options.sign) / float(norm) if float(norm) > 0 else 0.0
         return {k: (g * scale).detach() for k, g in zip(params, grads, strict=True)}
 
     def _logit_term(self, out: Tensor, hist_index: Tensor | None) -> Tensor:
-        if self.cfg.jvp_logit_weight <= 0 or self._z is None or hist_index is None:
+        if self.options.logit_weight <= 0 or self._z is None or hist_index is None:
             return out.sum() * 0.0
         return logit_replay_sum(out, self._z[hist_index.cpu()].to(out.device))
 
@@ -215,10 +240,14 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)
         ]
         v = self._v_theta(params, grads_t)
-        kappa = self.cfg.jvp_input_scale
+        kappa = self.options.input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
         lh, d, _ = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
-        return lc + self.cfg.replay_weight * lh + self.cfg.jvp_lambda * penalty(d, self.cfg.jvp_penalty)
+        return (
+            lc
+            + self.options.replay_weight * lh
+            + self.options.penalty_weight * penalty(d, self.options.penalty)
+        )
 
     # --- the step the loop takes ----------------------------------------------------------------------
     def backward(
@@ -256,7 +285,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         v = self._v_theta(params, grads)
         has_local = x_hist is not None and y_hist is not None and len(x_hist) > 0
         # 2. input tangent, with the global batch norms
-        kappa = self.cfg.jvp_input_scale
+        kappa = self.options.input_scale
         v_x = None
         if kappa > 0:
             if has_local and len(x_cur) > 0:
@@ -286,10 +315,10 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             reduce(d_global)
         d_all = d_global[0]
         kind, lam, beta, alpha = (
-            self.cfg.jvp_penalty,
-            self.cfg.jvp_lambda,
-            self.cfg.replay_weight,
-            self.cfg.jvp_logit_weight,
+            self.options.penalty,
+            self.options.penalty_weight,
+            self.options.replay_weight,
+            self.options.logit_weight,
         )
         if has_local:
             surrogate = (
@@ -303,5 +332,5 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"jvp_penalty": "hinge", "jvp_input_scale": 1.0}
-        yield {"jvp_penalty": "identity", "jvp_sign": 1, "jvp_logit_weight": 0.5}
+        yield {"penalty": "hinge", "input_scale": 1.0}
+        yield {"penalty": "identity", "sign": 1, "logit_weight": 0.5}
