@@ -397,3 +397,129 @@ def test_params_belong_to_the_configured_strategy() -> None:
     with pytest.raises(TypeError, match="takes JVPOptions"):
         JVPRegularizedUpdate(options=NaiveUpdate.Options())
     assert JVPRegularizedUpdate(options=JVPOptions(sign=1)).options.sign == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# any output shape: (n,), (n, 1), (n, k); classification and regression
+
+# case -> (output size k of the last layer, output shape after the model, task kind)
+SHAPES: dict[str, tuple[int, str, str]] = {
+    "classification (n, k)": (CLASSES, "nk", "classification"),
+    "classification (n,)": (1, "n", "classification"),
+    "classification (n, 1)": (1, "n1", "classification"),
+    "regression (n,)": (1, "n", "regression"),
+    "regression (n, 1)": (1, "n1", "regression"),
+    "regression (n, k)": (3, "nk", "regression"),
+}
+
+
+class _Squeeze(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.squeeze(-1)
+
+
+class ShapeHarness(Harness):
+    """A 6-16-k MLP whose output is ``(n,)``, ``(n, 1)`` or ``(n, k)``: cross-entropy (k classes),
+    binary cross-entropy on one logit, or squared error on ``k`` regression targets."""
+
+    name = "shapes"
+
+    def __init__(self, case: str, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.k, self.form, self.kind = SHAPES[case]
+
+    def build_model(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            layers: list[nn.Module] = [nn.Linear(DIM, 16), nn.ReLU(), nn.Linear(16, self.k)]
+            if self.form == "n":
+                layers.append(_Squeeze())
+            return nn.Sequential(*layers)
+
+    def loss(self, outputs: Tensor, y: Tensor) -> Tensor:
+        if self.kind == "regression":
+            return nn.functional.mse_loss(outputs, y)
+        if self.form == "nk":
+            return nn.functional.cross_entropy(outputs, y)
+        return nn.functional.binary_cross_entropy_with_logits(outputs.reshape(len(y)), y.float())
+
+    def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.kind == "regression":
+            return {"se": ((outputs - y) ** 2).reshape(len(y), -1).mean(dim=1)}
+        if self.form == "nk":
+            return super().metrics(outputs, y)
+        return {"accuracy": ((outputs.reshape(len(y)) > 0).long() == y).float()}
+
+    def stream(self) -> Iterator[Batch]:
+        yield from ()
+
+    def test_sets(self) -> dict[int, tuple[Tensor, Tensor]]:
+        return {}
+
+    def data(self, t: int, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """Task ``t``'s inputs and the targets this case's loss takes."""
+        x, labels = task(t, n, seed)
+        if self.kind == "classification":
+            return x, labels if self.form == "nk" else labels % 2
+        w = torch.linspace(-1.0, 1.0, DIM * self.k).reshape(DIM, self.k) * (1.0 if t == 0 else -1.0)
+        y = torch.tanh(x @ w)
+        return x, (y[:, 0] if self.form == "n" else y)
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize("name", sorted(STRATEGY_REGISTRY))
+def test_every_strategy_takes_every_output_shape(name: str, case: str) -> None:
+    # Two updates (task 1, then back to task 0, the state carried from the first to the second as
+    # the pipeline does) with a replay memory that stores the case's targets: the first lowers task 1's
+    # loss on held-out data by at least 10%, both train to a finite loss, and the strategies that
+    # replay outputs record one row per memory sample of the model's output size (1 for (n,) and
+    # (n, 1), k for (n, k)).
+    harness = ShapeHarness(case)
+    model = harness.build_model()
+    x0, y0 = harness.data(0, 200, seed=1)
+    train_update(model, harness, make_strategy("naive"), UpdateData(x0, y0, x0[:0], y0[:0]), TRAIN, seed=0)
+    memory = ReplayMemory(40, seed=0)
+    memory.add(x0[:40], y0[:40])
+    state: dict[str, Any] = {}
+    for update, t in enumerate((1, 0)):
+        wx, wy = harness.data(t, 64, seed=2 + update)
+        tx, ty = harness.data(t, 300, seed=4 + update)
+        before = loss_on(model, harness, tx, ty)
+        strategy = make_strategy(name, clcfg(strategy=name))
+        strategy.load_state_dict(state)
+        mx, my = memory.tensors()
+        assert my.shape[1:] == y0.shape[1:] and my.dtype == y0.dtype
+        data = UpdateData(wx, wy, mx, my, memory_ids=memory.ids())
+        out = train_update(model, harness, strategy, data, TRAIN, seed=1 + update)
+        after = loss_on(model, harness, tx, ty)
+        assert np.isfinite(out["train_loss"]), out
+        if update == 0:
+            assert after < 0.9 * before, (before, after)
+        state = pickle.loads(pickle.dumps(strategy.state_dict()))
+        memory.add(wx[:20], wy[:20])
+        if name in ("der++", "jvp"):
+            logits = state["bank"]["logits"]
+            assert logits.shape == (len(mx), harness.k) and not torch.isnan(logits).any()
+
+
+def test_memory_keeps_regression_targets() -> None:
+    # Float targets (n,) and (n, k) are stored as given (not cast to class labels), survive a state
+    # round trip, and a mismatched target shape or a class-balanced memory of float targets is refused.
+    g = torch.Generator().manual_seed(0)
+    for shape in ((50,), (50, 3)):
+        x, y = torch.randn(50, DIM, generator=g), torch.randn(*shape, generator=g) * 0.1
+        memory = ReplayMemory(20, seed=1)
+        memory.add(x[:30], y[:30])
+        memory.add(x[30:], y[30:])
+        mx, my = memory.tensors()
+        assert my.dtype == torch.float32 and my.shape == (20, *shape[1:])
+        rows = [int(torch.nonzero((x == r).all(dim=1))[0]) for r in mx]
+        torch.testing.assert_close(my, y[rows])  # each target still belongs to its input
+        again = ReplayMemory(0)
+        again.load_state_dict(pickle.loads(pickle.dumps(memory.state_dict())))
+        torch.testing.assert_close(again.tensors()[1], my)
+        assert memory.class_counts() == {}
+    with pytest.raises(ValueError, match="targets of shape"):
+        memory.add(x[:2], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="use 'reservoir' for regression targets"):
+        ReplayMemory(10, policy="class_balanced").add(x[:4], torch.zeros(4))

@@ -13,7 +13,7 @@ from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 
-__all__ = ["DERPPOptions", "DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
+__all__ = ["DERPPOptions", "DERPPUpdate", "LogitBank", "LogitReplayState", "as_rows", "logit_replay_sum"]
 
 
 class DERPPOptions(StrategyOptions):
@@ -48,12 +48,18 @@ class LogitBank:
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, data: UpdateData, batch_size: int = 256) -> Tensor | None:
-        """The logits of every memory row, ``(len(memory), C)`` (``None`` for an empty memory)."""
+        """The logits of every memory row, ``(len(memory), C)`` (``None`` for an empty memory).
+
+        Outputs of any shape are kept as rows: ``(n,)`` gives ``C = 1``, ``(n, k)`` gives ``C = k``,
+        ``(n, a, b)`` gives ``C = a * b`` (:func:`logit_replay_sum` compares them row by row).
+        """
         m = len(data.memory_y)
         self.recorded = 0
         if m == 0:
             return None
-        z: Tensor | None = data.memory_logits.clone().float() if data.memory_logits is not None else None
+        z: Tensor | None = (
+            as_rows(data.memory_logits).clone().float() if data.memory_logits is not None else None
+        )
         ids = data.memory_ids
         if ids is not None and self.ids is not None and self.logits is not None:
             known = {int(v): k for k, v in enumerate(self.ids.tolist())}
@@ -72,7 +78,7 @@ class LogitBank:
             model.eval()
             try:
                 parts = [
-                    model(data.memory_x[missing[i : i + batch_size]].to(device)).float().cpu()
+                    as_rows(model(data.memory_x[missing[i : i + batch_size]].to(device))).float().cpu()
                     for i in range(0, len(missing), batch_size)
                 ]
             finally:
@@ -96,12 +102,26 @@ class LogitBank:
         self.ids, self.logits = state.get("ids"), state.get("logits")
 
 
+def as_rows(t: Tensor) -> Tensor:
+    """``t`` as one row per sample, ``(n, C)``: ``(n,)`` -> ``(n, 1)``, ``(n, a, b)`` -> ``(n, a * b)``."""
+    return t.reshape(len(t), -1)
+
+
 def logit_replay_sum(out: Tensor, z: Tensor) -> Tensor:
     """``Σ_i mean_k (out[i, k] − z[i, k])²`` over the rows with recorded logits (NaN rows skipped).
 
-    Divided by the global history batch size by the caller, so that rows without logits count as 0
-    and the shards of N workers sum to the 1-worker value.
+    ``out`` is the model's output on the history batch, of any shape ``(n, ...)`` (``(n,)`` for a
+    single-logit classifier or a scalar regression); ``z`` its recorded rows, ``(n, C)`` with ``C``
+    the output's size per sample (see :func:`as_rows`). Divided by the global history batch size by
+    the caller, so that rows without logits count as 0 and the shards of N workers sum to the
+    1-worker value.
     """
+    out, z = as_rows(out), as_rows(z)
+    if out.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"logit replay: the model gives {out.shape[1]} outputs per sample, the recorded logits have "
+            f"{z.shape[1]} (did the model's output change between updates?)"
+        )
     valid = ~torch.isnan(z).any(dim=1)
     if not bool(valid.any()):
         return out.sum() * 0.0
