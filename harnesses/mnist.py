@@ -101,8 +101,8 @@ def parse_regime(name: str) -> RegimeTransform:
     Parameters
     ----------
     name
-        One of the forms in :data:`REGIME_FORMS`: ``identity``; ``rotate_<deg>`` (counter-clockwise);
-        ``shear_<deg>`` (horizontal shear); ``scale_<factor>`` (zoom about the centre);
+        One of the forms in :data:`REGIME_FORMS`: ``identity``; ``rotate_<deg>`` (clockwise, as
+        torchvision's ``affine``); ``shear_<deg>`` (horizontal shear); ``scale_<factor>`` (zoom about the centre);
         ``translate_<pixels>`` (right and down); ``affine_<deg>_<shear deg>_<scale>``;
         ``shear_affine`` (a fixed rotation + shear + zoom); ``invert`` (white background).
 

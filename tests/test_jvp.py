@@ -114,6 +114,45 @@ def test_jvp_equals_finite_difference(kappa: float) -> None:
     assert float(d) == pytest.approx(one_sided, rel=1e-4)
 
 
+@pytest.mark.parametrize("kappa", [0.0, 0.5])
+def test_output_jvp_equals_finite_difference(kappa: float) -> None:
+    # target outputs: the outputs' tangent from one JVP of (θ, x) ↦ f_θ(x) vs the central difference
+    # of the outputs (ε = 1e-5, float64): agree to 1e-7 absolute (entries of size ~0.1); the primal
+    # equals the plain forward pass to 1e-12; the penalty is the mean squared tangent entry.
+    from raydrift.learning.strategies.jvp import output_change_sum, output_directional_derivative
+
+    harness = MLPHarness(seed=0)
+    model = harness.build_model()
+    xh, _ = task(32, 0, seed=1)
+    xc, _ = task(32, 1, seed=2)
+    v = random_tangent(model, seed=3)
+    v_x = input_tangent(xc, xh, kappa) if kappa > 0 else None
+    out, dout = output_directional_derivative(model, xh, v, v_x)
+    torch.testing.assert_close(out, model(xh), atol=1e-12, rtol=0)
+    eps = 1e-5
+    dx = v_x if v_x is not None else torch.zeros_like(xh)
+
+    def outputs_at(e: float) -> Tensor:
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in m.named_parameters():
+                p += e * v[k]
+            return m(xh + e * dx)
+
+    central = (outputs_at(eps) - outputs_at(-eps)) / (2 * eps)
+    assert float(dout.abs().max()) > 1e-2
+    torch.testing.assert_close(dout, central, atol=1e-7, rtol=0)
+    assert float(output_change_sum(dout)) == pytest.approx(float((dout * dout).mean(dim=1).sum()), rel=1e-12)
+
+
+def test_outputs_target_takes_the_square_penalty_only() -> None:
+    from raydrift.errors import ConfigError
+    from raydrift.learning import make_strategy
+
+    with pytest.raises(ConfigError, match="use penalty 'square'"):
+        make_strategy("jvp", clcfg(target="outputs", penalty="hinge"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. ∇θ D is the double-backward Hessian-vector product
 
@@ -153,6 +192,8 @@ def test_grad_of_d_equals_double_backward_hvp(kappa: float) -> None:
         {"penalty": "square", "input_scale": 0.5, "replay_weight": 0.3},
         {"penalty": "hinge", "input_scale": 0.5},
         {"penalty": "identity", "sign": 1, "penalty_weight": 2.0},
+        {"target": "outputs"},
+        {"target": "outputs", "input_scale": 0.5, "replay_weight": 0.3, "penalty_weight": 3.0},
     ],
 )
 def test_fast_backward_equals_reference_loss_gradient(params: dict[str, Any]) -> None:
@@ -318,13 +359,15 @@ def run_world(
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("penalty_kind", ["square", "hinge"])
+@pytest.mark.parametrize("penalty_kind", ["square", "hinge", "outputs"])
 def test_n_workers_equal_one_worker(world: int, penalty_kind: str) -> None:
     # A full update (Adam, 2 epochs, 40 window samples in global batches of 16 -> uneven last shards;
     # input term κ = 0.5 and logit replay α = 0.5 on) by `world` lockstep ranks with the emulated
     # all-reduce equals the 1-worker update: weights within 1e-9 (float64). g_c, the batch norms
     # of v_x and D are all-reduced before they are used, so the nonlinear penalty sees the global D.
-    cfg = clcfg(penalty=penalty_kind, penalty_weight=5.0, input_scale=0.5, logit_weight=0.5)
+    # ("outputs": the function-space target, a mean over history samples, summed over the shards.)
+    target = {"target": "outputs"} if penalty_kind == "outputs" else {"penalty": penalty_kind}
+    cfg = clcfg(**target, penalty_weight=5.0, input_scale=0.5, logit_weight=0.5)
     wx, wy = task(40, 1, seed=7)
     mx, my = task(24, 0, seed=8)
     data = UpdateData(wx, wy, mx, my, memory_ids=torch.arange(100, 124))

@@ -12,6 +12,10 @@ One step minimises ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) [+ �
 ``torch.func.functional_call``); back-propagating through it gives ``∇θ D = H_θθ v_θ + H_θx v_x``
 (a Hessian-vector product) and ``∇θ L_h`` in the same pass. ``g_c`` is the gradient the step computes
 anyway: the current loss is back-propagated first and its gradient read from ``p.grad``.
+
+``target: outputs`` (function space) penalises the first-order change of the memory *outputs* along
+the same tangent instead, ``P(θ) = mean_i mean_k (J_θ f_θ(x_h,i) v_θ + J_x f_θ(x_h,i) v_x)_k²``: one
+JVP of ``(θ, x) ↦ f_θ(x)`` gives the outputs (for ``L_h`` and the logit replay) and their tangent.
 """
 
 from __future__ import annotations
@@ -20,20 +24,21 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
-from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, logit_replay_sum
+from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, as_rows, logit_replay_sum
 
 __all__ = [
     "JVPOptions",
     "JVPRegularizedUpdate",
     "directional_derivative",
     "input_tangent",
+    "output_directional_derivative",
     "penalty",
     "penalty_derivative",
 ]
@@ -60,6 +65,19 @@ class JVPOptions(StrategyOptions):
         0.5, ge=0, description="alpha: weight of DER-style logit replay on the history batch (0: off)"
     )
     replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
+    target: Literal["loss", "outputs"] = Field(
+        "loss",
+        description="what the JVP differentiates along the update: the history 'loss' (phi(D)) or the "
+        "memory 'outputs' (mean squared output change; penalty square only)",
+    )
+
+    @model_validator(mode="after")
+    def _outputs_take_square(self) -> JVPOptions:
+        if self.target == "outputs" and self.penalty != "square":
+            raise ValueError(
+                f"target 'outputs' penalises the squared output change: use penalty 'square', not {self.penalty!r}"
+            )
+        return self
 
 
 def penalty(d: Tensor, kind: str) -> Tensor:
@@ -160,6 +178,31 @@ def directional_derivative(
     return lh, d, out
 
 
+def output_directional_derivative(
+    model: nn.Module, x_hist: Tensor, v_theta: dict[str, Tensor], v_x: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(f_θ(x_h), J f_θ(x_h) · (v_θ, v_x))`` from one forward-mode JVP of ``(θ, x) ↦ f_θ(x)``.
+
+    The outputs keep their shape; the tangent has the outputs' shape (differentiable in θ, like
+    :func:`directional_derivative`'s ``D``).
+    """
+    named = dict(model.named_parameters())
+    params = {k: named[k] for k in v_theta}
+    result: Any
+    if v_x is None:
+        result = jvp(lambda p: functional_call(model, p, (x_hist,)), (params,), (v_theta,))
+    else:
+        result = jvp(lambda p, x: functional_call(model, p, (x,)), (params, x_hist), (v_theta, v_x))
+    out, dout = result  # (primal, tangent)
+    return out, dout
+
+
+def output_change_sum(dout: Tensor) -> Tensor:
+    """``Σ_i mean_k dout[i, k]²``: the squared first-order output change, summed over samples."""
+    rows = as_rows(dout)
+    return (rows * rows).mean(dim=1).sum()
+
+
 class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (logit_weight > 0)
     """Replay with a penalty on the predicted first-order rise of the history loss (the JVP update).
 
@@ -242,6 +285,14 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         v = self._v_theta(params, grads_t)
         kappa = self.options.input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
+        if self.options.target == "outputs":
+            out, dout = output_directional_derivative(model, x_hist, v, v_x)
+            pen = output_change_sum(dout) / len(x_hist)
+            return (
+                lc
+                + self.options.replay_weight * harness.loss(out, y_hist)
+                + self.options.penalty_weight * pen
+            )
         lh, d, _ = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
         return (
             lc
@@ -263,7 +314,6 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         params = self._trainable(model)
         plist = list(params.values())
         device = plist[0].device if plist else torch.device("cpu")
-        reduce = ctx.all_reduce
         # 1. current loss: forward + backward; its gradient (this rank's share) is g_c's share.
         lc = torch.zeros((), device=device)
         if len(x_cur) > 0 and ctx.global_n > 0:
@@ -271,6 +321,22 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             lc.backward()
         if ctx.global_hist_n == 0:  # no history anywhere: a naive step (same branch on every rank)
             return lc.detach()
+        v = self._global_v_theta(params, plist, ctx.all_reduce)
+        local = x_hist is not None and y_hist is not None and len(x_hist) > 0
+        hist = (x_hist, y_hist) if local and x_hist is not None and y_hist is not None else None
+        # 2. input tangent, with the global batch norms
+        v_x = self._global_input_tangent(x_cur, x_hist if local else None, ctx, device)
+        # 3. one JVP on the history shard, and one backward pass through it
+        if self.options.target == "outputs":
+            extra = self._outputs_step(model, harness, hist, v, v_x, ctx, device)
+        else:
+            extra = self._loss_step(model, harness, hist, v, v_x, ctx, device)
+        return (lc + extra).detach()
+
+    def _global_v_theta(
+        self, params: dict[str, Tensor], plist: list[Tensor], reduce: Callable[[Tensor], Any] | None
+    ) -> dict[str, Tensor]:
+        """``v_θ`` from the global ``g_c`` (this rank's share is in ``p.grad``; summed over ranks)."""
         for p in plist:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -282,55 +348,86 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
                 c.view_as(g)
                 for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)
             ]
-        v = self._v_theta(params, grads)
-        has_local = x_hist is not None and y_hist is not None and len(x_hist) > 0
-        # 2. input tangent, with the global batch norms
+        return self._v_theta(params, grads)
+
+    def _global_input_tangent(
+        self, x_cur: Tensor, x_hist: Tensor | None, ctx: StepContext, device: torch.device
+    ) -> Tensor | None:
+        """``v_x`` for this rank's history shard with the global batch norms (``None``: κ = 0)."""
         kappa = self.options.input_scale
-        v_x = None
-        if kappa > 0:
-            if has_local and len(x_cur) > 0:
-                assert x_hist is not None
-                xc = _paired(x_cur, len(x_hist))
-                sq = torch.stack([(xc * xc).sum(), (x_hist * x_hist).sum()])
-            else:
-                sq = torch.zeros(2, device=device, dtype=x_cur.dtype)
-            if reduce is not None:
-                reduce(sq)
-            if has_local and len(x_cur) > 0:
-                assert x_hist is not None
-                v_x = input_tangent(x_cur, x_hist, kappa, (sq[0], sq[1])).detach()
-            elif has_local:
-                assert x_hist is not None
-                v_x = torch.zeros_like(x_hist)
-        # 3. one JVP on the history shard: L_h, D and the outputs
-        w = (len(x_hist) if has_local and x_hist is not None else 0) / ctx.global_hist_n
+        if kappa <= 0:
+            return None
+        if x_hist is not None and len(x_cur) > 0:
+            xc = _paired(x_cur, len(x_hist))
+            sq = torch.stack([(xc * xc).sum(), (x_hist * x_hist).sum()])
+        else:
+            sq = torch.zeros(2, device=device, dtype=x_cur.dtype)
+        if ctx.all_reduce is not None:
+            ctx.all_reduce(sq)
+        if x_hist is None:
+            return None
+        if len(x_cur) == 0:
+            return torch.zeros_like(x_hist)
+        return input_tangent(x_cur, x_hist, kappa, (sq[0], sq[1])).detach()
+
+    def _loss_step(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        hist: tuple[Tensor, Tensor] | None,
+        v: dict[str, Tensor],
+        v_x: Tensor | None,
+        ctx: StepContext,
+        device: torch.device,
+    ) -> Tensor:
+        """``β L_h + λ φ(D) + α logits`` (target ``loss``): back-propagated; returns this rank's share."""
+        o = self.options
         lh_share = d_share = logit_share = torch.zeros((), device=device)
-        if has_local:
-            assert x_hist is not None and y_hist is not None
-            lh, d, out = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
+        if hist is not None:
+            w = len(hist[0]) / ctx.global_hist_n
+            lh, d, out = directional_derivative(model, harness.loss, hist[0], hist[1], v, v_x)
             lh_share, d_share = lh * w, d * w
             logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
         d_global = d_share.detach().clone().reshape(1)
-        if reduce is not None:
-            reduce(d_global)
+        if ctx.all_reduce is not None:  # φ sees the global D (the same on every rank)
+            ctx.all_reduce(d_global)
         d_all = d_global[0]
-        kind, lam, beta, alpha = (
-            self.options.penalty,
-            self.options.penalty_weight,
-            self.options.replay_weight,
-            self.options.logit_weight,
-        )
-        if has_local:
+        if hist is not None:
             surrogate = (
-                beta * lh_share + lam * penalty_derivative(d_all, kind) * d_share + alpha * logit_share
+                o.replay_weight * lh_share
+                + o.penalty_weight * penalty_derivative(d_all, o.penalty) * d_share
+                + o.logit_weight * logit_share
             )
             surrogate.backward()
-        world = ctx.world_size
-        reported = lc + beta * lh_share + alpha * logit_share + lam * penalty(d_all, kind) / world
-        return reported.detach()
+        pen = o.penalty_weight * penalty(d_all, o.penalty) / ctx.world_size
+        return o.replay_weight * lh_share + o.logit_weight * logit_share + pen
+
+    def _outputs_step(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        hist: tuple[Tensor, Tensor] | None,
+        v: dict[str, Tensor],
+        v_x: Tensor | None,
+        ctx: StepContext,
+        device: torch.device,
+    ) -> Tensor:
+        """``β L_h + λ P + α logits`` (target ``outputs``): a mean over history samples, so each rank
+        back-propagates its shard's share and no collective is needed; returns this rank's share."""
+        if hist is None:
+            return torch.zeros((), device=device)
+        o = self.options
+        out, dout = output_directional_derivative(model, hist[0], v, v_x)
+        lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
+        pen_share = output_change_sum(dout) / ctx.global_hist_n
+        logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
+        total = o.replay_weight * lh_share + o.penalty_weight * pen_share + o.logit_weight * logit_share
+        total.backward()
+        return total.detach()
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
         yield {"penalty": "hinge", "input_scale": 1.0}
         yield {"penalty": "identity", "sign": 1, "logit_weight": 0.5}
+        yield {"target": "outputs", "input_scale": 0.5}
