@@ -14,7 +14,7 @@ evaluated on every task's test digits: the accuracy matrix, from which ``final a
 model on all five tasks at once for ``--pretrain-epochs + --epochs`` epochs (an upper bound).
 
 ``--per-task N`` gives each task its own N digits instead (disjoint slices: the older, harder
-protocol); ``--model cnn`` uses the MNIST harness's CNN instead of the MLP.
+protocol); ``--model cnn`` uses the MNIST harness's CNN instead of the MLP (``data.model``).
 
 Usage::
 
@@ -47,7 +47,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harnesses.mnist import MNISTHarness, seeded_init  # noqa: E402
+from harnesses.mnist import MNISTHarness  # noqa: E402
 from raydrift.config import ContinualLearningConfig, TrainConfig  # noqa: E402
 from raydrift.learning import ReplayMemory, UpdateData, evaluate, make_strategy, pretrain, train_update  # noqa: E402
 from raydrift.learning.metrics import cl_summary  # noqa: E402
@@ -78,22 +78,6 @@ ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class MLPNet(nn.Sequential):
-    """784-256-256-10 ReLU MLP on flattened 28x28 images (the standard rotated-MNIST model)."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
-
-
-class MNISTMLPHarness(MNISTHarness):
-    """The MNIST harness with the protocol's MLP instead of the CNN."""
-
-    def build_model(self) -> nn.Module:
-        return seeded_init(self.seed, MLPNet)
-
-
 def task_data(harness: MNISTHarness, per_task: int | None, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each task's training digits under its rotation: all of them (``per_task`` None, the standard
     protocol), or disjoint slices of ``per_task`` digits."""
@@ -112,9 +96,8 @@ def accuracy_row(model: nn.Module, harness: MNISTHarness) -> list[float]:
 
 
 def _harness(args: dict[str, Any]) -> MNISTHarness:
-    cls = MNISTMLPHarness if args["model"] == "mlp" else MNISTHarness
-    options = {"regimes": REGIMES, "test_samples": args["test_samples"]}
-    return cls(options, seed=args["seed"], batch_size=args["batch_size"])
+    options = {"regimes": REGIMES, "test_samples": args["test_samples"], "model": args["model"]}
+    return MNISTHarness(options, seed=args["seed"], batch_size=args["batch_size"])
 
 
 def _joint(args: dict[str, Any], harness: MNISTHarness, model: nn.Module, tasks: list[Any]) -> dict[str, Any]:
