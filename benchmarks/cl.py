@@ -61,19 +61,21 @@ MAIN: dict[str, tuple[str, dict[str, Any]]] = {
     "replay": ("replay", {}),
     "ewc_online": ("ewc_online", {}),
     "der++": ("der++", {}),
-    "jvp (default: λ=1, logits α=0.5)": ("jvp", {}),
+    "jvp target=loss λ=1 + logits": ("jvp", {"target": "loss"}),
     "jvp λ=0 (JVP term off: replay + logits)": ("jvp", {"penalty_weight": 0.0}),
-    "jvp λ=1, no logits": ("jvp", {"logit_weight": 0.0}),
-    "jvp target=outputs λ=1 + logits": ("jvp", {"target": "outputs"}),
+    "jvp target=loss λ=1, no logits": ("jvp", {"target": "loss", "logit_weight": 0.0}),
+    "jvp target=outputs λ=1 + logits (default)": ("jvp", {}),
 }
+CLOSED_LOOP = ["naive", "replay", "ewc_online", "der++", "jvp target=outputs λ=1 + logits (default)"]
+_LOSS = {"target": "loss"}
 ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
-    "jvp λ=0.1 + logits": ("jvp", {"penalty_weight": 0.1}),
-    "jvp λ=10 + logits": ("jvp", {"penalty_weight": 10.0}),
-    "jvp hinge + logits": ("jvp", {"penalty": "hinge"}),
-    "jvp κ=1 + logits": ("jvp", {"input_scale": 1.0}),
-    "jvp target=outputs λ=0.1 + logits": ("jvp", {"target": "outputs", "penalty_weight": 0.1}),
-    "jvp target=outputs λ=10 + logits": ("jvp", {"target": "outputs", "penalty_weight": 10.0}),
-    "jvp target=outputs λ=1, no logits": ("jvp", {"target": "outputs", "logit_weight": 0.0}),
+    "jvp target=loss λ=0.1 + logits": ("jvp", {**_LOSS, "penalty_weight": 0.1}),
+    "jvp target=loss λ=10 + logits": ("jvp", {**_LOSS, "penalty_weight": 10.0}),
+    "jvp target=loss hinge + logits": ("jvp", {**_LOSS, "penalty": "hinge"}),
+    "jvp target=loss κ=1 + logits": ("jvp", {**_LOSS, "input_scale": 1.0}),
+    "jvp target=outputs λ=0.1 + logits": ("jvp", {"penalty_weight": 0.1}),
+    "jvp target=outputs λ=10 + logits": ("jvp", {"penalty_weight": 10.0}),
+    "jvp target=outputs λ=1, no logits": ("jvp", {"logit_weight": 0.0}),
     "jvp λ=0, no logits (= replay)": ("jvp", {"penalty_weight": 0.0, "logit_weight": 0.0}),
 }
 
@@ -120,7 +122,7 @@ def run_one(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     if name == "joint":
         out = _joint(args, harness, model, tasks)
-        return {"label": args["label"], "seed": seed, **out, "wall_seconds": time.perf_counter() - t0}
+        return {"label": args["label"], "seed": seed, "params": params, **out, "wall_seconds": time.perf_counter() - t0}
     x0, y0 = tasks[0]
     pretrain(model, harness, x0, y0, args["pretrain_epochs"], args["lr"], args["batch_size"], seed)
     rows = [accuracy_row(model, harness)]
@@ -147,6 +149,7 @@ def run_one(args: dict[str, Any]) -> dict[str, Any]:
     return {
         "label": args["label"],
         "seed": seed,
+        "params": params,
         "rows": rows,
         **summary,
         "seconds_per_step": statistics.median(step_seconds),
@@ -181,15 +184,19 @@ def table(results: list[dict[str, Any]], labels: list[str]) -> str:
     return "\n".join(lines)
 
 
-def closed_loop(strategies: list[str], quick: bool, seed: int) -> list[dict[str, Any]]:
-    """Run the raydrift pipeline (Coordinator) once per strategy on the MNIST drift stream."""
+def closed_loop(
+    configs: dict[str, tuple[str, dict[str, Any]]], quick: bool, seed: int
+) -> list[dict[str, Any]]:
+    """Run the raydrift pipeline (Coordinator) once per ``label -> (strategy, params)`` on the MNIST
+    drift stream of ``configs/mnist.yaml``."""
     from raydrift.config import build_config
     from raydrift.coordinator import Coordinator
 
     out = []
-    for name in strategies:
+    for label, (name, params) in configs.items():
         overrides = [
             f"continual_learning.strategy={name}",
+            *(f"continual_learning.params.{k}={v}" for k, v in params.items()),
             "logging.backend=none",
             "logging.plots=false",
             "verbosity=0",
@@ -206,7 +213,9 @@ def closed_loop(strategies: list[str], quick: bool, seed: int) -> list[dict[str,
         metrics = summary["cl_metrics"]
         out.append(
             {
+                "label": label,
                 "strategy": name,
+                "params": params,
                 **{k: metrics.get(k) for k in ("final_average_accuracy", "forgetting", "backward_transfer")},
                 "updates": len(summary["updates"]),
                 "recovery_batches": [u.get("recovery_batches") for u in summary["updates"]],
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`{cmd.strip()}` took {wall:.0f}s\n"
     )
     print(table(results, labels))
-    closed = closed_loop(["naive", "replay", "ewc_online", "der++", "jvp"], a.quick, 0) if a.closed_loop else []
+    closed = closed_loop({k: MAIN[k] for k in CLOSED_LOOP}, a.quick, 0) if a.closed_loop else []
     record_args = {k: str(v) for k, v in vars(a).items()}
     payload = {"args": record_args, "command": cmd.strip(), "wall_seconds": wall, "results": results}
     a.out.write_text(json.dumps({**payload, "closed_loop": closed}, indent=1), encoding="utf-8")

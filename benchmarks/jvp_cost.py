@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     yc = d.train_y[: a.batch]
     xh = harness.prepare(d.train_x[a.batch : 2 * a.batch], 0)
     yh = d.train_y[a.batch : 2 * a.batch]
-    options = JVPOptions(input_scale=a.kappa)
+    options = JVPOptions(input_scale=a.kappa, target="loss")
     steps = {
         "replay": ReplayUpdate(),
         "der++": DERPPUpdate(),

@@ -178,6 +178,10 @@ LEGACY_STRATEGY_KEYS: dict[str, dict[str, str]] = {
 }
 
 
+#: Options an old config of a strategy implies (what the strategy did when the old keys existed).
+LEGACY_IMPLIED: dict[str, dict[str, Any]] = {"jvp": {"target": "loss"}}
+
+
 def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a raw ``continual_learning:`` mapping) with the old prefixed keys moved or dropped."""
     import warnings
@@ -197,6 +201,11 @@ def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
             continue
         moved.append(f"'continual_learning.{key}' -> 'continual_learning.params.{new}'")
         params.setdefault(new, data[key])  # an explicit params entry wins
+    if moved:
+        for key, value in LEGACY_IMPLIED.get(strategy, {}).items():
+            if key not in params:
+                params[key] = value
+                moved.append(f"(implied) 'continual_learning.params.{key}: {value}'")
     if moved or "params" in out:
         out["params"] = params
     if moved:

@@ -231,8 +231,12 @@ def test_old_prefixed_strategy_keys_are_mapped_with_a_warning(tmp_path: Path) ->
         cfg = build_config(write(tmp_path, text))
     msg = str(record[0].message)
     assert "'continual_learning.jvp_lambda' -> 'continual_learning.params.penalty_weight'" in msg
-    assert "der_alpha" in msg and "ignored" in msg
-    assert cfg.continual_learning.params == {"penalty_weight": 0.0, "replay_weight": 0.5}
+    assert (
+        "der_alpha" in msg
+        and "ignored" in msg
+        and "(implied) 'continual_learning.params.target: loss'" in msg
+    )
+    assert cfg.continual_learning.params == {"penalty_weight": 0.0, "replay_weight": 0.5, "target": "loss"}
     assert validate_strategy_options(cfg).penalty_weight == 0.0
     # --set and the environment take the old keys too; an explicit params entry wins
     with pytest.warns(FutureWarning, match="params.alpha"):

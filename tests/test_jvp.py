@@ -58,7 +58,9 @@ def task(n: int, which: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def clcfg(**params: Any) -> ContinualLearningConfig:
-    """A ``continual_learning:`` section for strategy jvp with these ``params``."""
+    """A ``continual_learning:`` section for strategy jvp with these ``params`` (target ``loss``, the
+    spec's D, unless they say otherwise)."""
+    params.setdefault("target", "loss")
     return ContinualLearningConfig.model_validate({"strategy": "jvp", "params": params})
 
 
@@ -149,7 +151,7 @@ def test_outputs_target_takes_the_square_penalty_only() -> None:
     from raydrift.errors import ConfigError
     from raydrift.learning import make_strategy
 
-    with pytest.raises(ConfigError, match="use penalty 'square'"):
+    with pytest.raises(ConfigError, match="applies to target 'loss'"):
         make_strategy("jvp", clcfg(target="outputs", penalty="hinge"))
 
 

@@ -65,17 +65,18 @@ class JVPOptions(StrategyOptions):
         0.5, ge=0, description="alpha: weight of DER-style logit replay on the history batch (0: off)"
     )
     replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
-    target: Literal["loss", "outputs"] = Field(
-        "loss",
-        description="what the JVP differentiates along the update: the history 'loss' (phi(D)) or the "
-        "memory 'outputs' (mean squared output change; penalty square only)",
+    target: Literal["outputs", "loss"] = Field(
+        "outputs",
+        description="what the JVP differentiates along the update: the memory 'outputs' (mean squared "
+        "output change; penalty square only) or the history 'loss' (phi(D), penalty and sign apply)",
     )
 
     @model_validator(mode="after")
     def _outputs_take_square(self) -> JVPOptions:
         if self.target == "outputs" and self.penalty != "square":
             raise ValueError(
-                f"target 'outputs' penalises the squared output change: use penalty 'square', not {self.penalty!r}"
+                f"penalty {self.penalty!r} applies to target 'loss' (set params.target: loss); target "
+                "'outputs' penalises the squared output change (penalty 'square')"
             )
         return self
 
@@ -428,6 +429,6 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"penalty": "hinge", "input_scale": 1.0}
-        yield {"penalty": "identity", "sign": 1, "logit_weight": 0.5}
-        yield {"target": "outputs", "input_scale": 0.5}
+        yield {"target": "loss", "penalty": "hinge", "input_scale": 1.0}
+        yield {"target": "loss", "penalty": "identity", "sign": 1, "logit_weight": 0.5}
+        yield {"input_scale": 0.5, "logit_weight": 0.0}
