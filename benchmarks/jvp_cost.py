@@ -1,15 +1,17 @@
 """Cost of one JVP-regularized step vs one replay step on the same batch (spec point 5: target <= 2x).
 
 Both steps run through :func:`raydrift.learning.loop.compute_step_gradients` (what the training loop
-does per step, without the optimizer) on the MNIST harness's CNN, with a current and a history batch
-of ``--batch`` samples each. Also times the naive JVP implementation the spec warns about (a second
-forward/backward pass for ``g_c``, then the JVP), to show what reusing the step's own gradient saves.
-Steps are interleaved and the median of ``--repeats`` is reported, which keeps the ratio meaningful
-on a busy machine.
+does per step, without the optimizer) on the rotated-MNIST protocol's MLP 784-256-256-10 (``--model
+mlp``, the default) or the MNIST harness's CNN (``--model cnn``), with a current and a history batch of
+``--batch`` samples each. The JVP steps replay recorded logits (α = 0.5, the default) like DER++;
+both targets are timed (``loss``: φ(D) of the history loss; ``outputs``: the memory outputs' change).
+Also times the naive JVP implementation the spec warns about (a second forward/backward pass for
+``g_c``, then the JVP), to show what reusing the step's own gradient saves. Steps are interleaved and
+the median of ``--repeats`` is reported, which keeps the ratio meaningful on a busy machine.
 
 Usage::
 
-    python benchmarks/jvp_cost.py [--batch 32] [--repeats 30] [--threads 1]
+    python benchmarks/jvp_cost.py [--model mlp] [--batch 64] [--repeats 50] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harnesses.mnist import MNISTHarness  # noqa: E402
-from raydrift.config import ContinualLearningConfig  # noqa: E402
+from raydrift.data import UpdateData  # noqa: E402
 from raydrift.learning.loop import compute_step_gradients  # noqa: E402
-from raydrift.learning.strategies.jvp import JVPRegularizedUpdate  # noqa: E402
+from raydrift.learning.strategies.derpp import DERPPUpdate  # noqa: E402
+from raydrift.learning.strategies.jvp import JVPOptions, JVPRegularizedUpdate  # noqa: E402
 from raydrift.learning.strategies.replay import ReplayUpdate  # noqa: E402
 
 
@@ -46,14 +49,15 @@ class NaiveJVP(JVPRegularizedUpdate):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--kappa", type=float, default=0.0, help="jvp_input_scale of the JVP step")
+    p.add_argument("--kappa", type=float, default=0.0, help="params.input_scale (kappa) of the JVP step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    harness = MNISTHarness(seed=0)
+    harness = MNISTHarness({"model": a.model}, seed=0)
     model = harness.build_model().to(a.device)
     model.train()
     d = harness.digits()
@@ -61,12 +65,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     yc = d.train_y[: a.batch]
     xh = harness.prepare(d.train_x[a.batch : 2 * a.batch], 0)
     yh = d.train_y[a.batch : 2 * a.batch]
-    cfg = ContinualLearningConfig.model_validate({"jvp_input_scale": a.kappa})
+    options = JVPOptions(input_scale=a.kappa, target="loss")
     steps = {
-        "replay": ReplayUpdate(cfg),
-        "jvp": JVPRegularizedUpdate(cfg),
-        "jvp (naive: 2nd pass for g_c)": NaiveJVP(cfg),
+        "replay": ReplayUpdate(),
+        "der++": DERPPUpdate(),
+        "jvp (target loss)": JVPRegularizedUpdate(options=options),
+        "jvp (target outputs)": JVPRegularizedUpdate(options=JVPOptions(input_scale=a.kappa, target="outputs")),
+        "jvp (naive: 2nd pass for g_c)": NaiveJVP(options=options),
     }
+    memory = UpdateData(xc, yc, xh, yh, memory_ids=torch.arange(len(yh)))
+    for strategy in steps.values():
+        strategy.setup(model, harness, memory)  # records the memory's logits (der++, jvp)
+    hist_index = torch.arange(len(yh))
     times: dict[str, list[float]] = {k: [] for k in steps}
 
     def sync() -> None:
@@ -77,13 +87,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name, strategy in steps.items():
             sync()
             t0 = time.perf_counter()
-            compute_step_gradients(model, harness, strategy, xc, yc, xh, yh)
+            compute_step_gradients(model, harness, strategy, xc, yc, xh, yh, hist_index=hist_index)
             sync()
             if i >= 3:  # warm-up
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"one step, current + history batches of {a.batch}, MNIST CNN, {a.device}, {a.threads} thread(s), "
+        f"one step, current + history batches of {a.batch}, MNIST {a.model}, {a.device}, {a.threads} thread(s), "
         f"median of {a.repeats}:"
     )
     for name, t in med.items():

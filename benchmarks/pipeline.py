@@ -992,7 +992,6 @@ def bare_fit(num_workers: int, tmp: Path) -> float:
 
 def in_process_update(cfg: Any, spec: dict[str, Any], rec: dict[str, Any], reps: int = 1) -> dict[str, Any]:
     """The same gradient steps as the recorded update, in this process (1 torch thread)."""
-    from raydrift.config import ContinualLearningConfig
     from raydrift.learning import make_strategy, seed_everything, train_update
 
     harness = build_harness(**spec)
@@ -1000,7 +999,6 @@ def in_process_update(cfg: Any, spec: dict[str, Any], rec: dict[str, Any], reps:
     state_ref = rec.get("strategy_state_ref")
     state = ray.get(state_ref) if isinstance(state_ref, ray.ObjectRef) else state_ref
     strategy = rec.get("strategy") or cfg.continual_learning.strategy
-    cl = ContinualLearningConfig.model_validate({**cfg.continual_learning.model_dump(), "strategy": strategy})
     version, seed = int(rec["version"]), cfg.seed
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -1009,7 +1007,7 @@ def in_process_update(cfg: Any, spec: dict[str, Any], rec: dict[str, Any], reps:
         for _ in range(reps):
             model = harness.build_model()
             load_into(model, weights)
-            strat = make_strategy(strategy, cl)
+            strat = make_strategy(strategy, cfg.continual_learning)  # another strategy: its defaults
             if state:
                 strat.load_state_dict(state)
             seed_everything(seed + version)

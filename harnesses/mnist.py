@@ -101,8 +101,8 @@ def parse_regime(name: str) -> RegimeTransform:
     Parameters
     ----------
     name
-        One of the forms in :data:`REGIME_FORMS`: ``identity``; ``rotate_<deg>`` (counter-clockwise);
-        ``shear_<deg>`` (horizontal shear); ``scale_<factor>`` (zoom about the centre);
+        One of the forms in :data:`REGIME_FORMS`: ``identity``; ``rotate_<deg>`` (clockwise, as
+        torchvision's ``affine``); ``shear_<deg>`` (horizontal shear); ``scale_<factor>`` (zoom about the centre);
         ``translate_<pixels>`` (right and down); ``affine_<deg>_<shear deg>_<scale>``;
         ``shear_affine`` (a fixed rotation + shear + zoom); ``invert`` (white background).
 
@@ -167,6 +167,21 @@ class MNISTNet(nn.Module):
         return self.fc2(x)
 
 
+class MNISTMLP(nn.Sequential):
+    """784-256-256-10 ReLU MLP on flattened images: the standard rotated-MNIST continual-learning model
+    (``data.model: mlp``; ``benchmarks/cl.py``)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(784, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+
+
 def seeded_init(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
     """``factory()`` with its parameters initialised from ``seed``, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -214,6 +229,9 @@ class MNISTOptions(BaseModel):
         None, ge=1, description="training digits to pre-train on (default: all)"
     )
     normalize: bool = Field(True, description="standardise pixels with the MNIST mean and std")
+    model: Literal["cnn", "mlp"] = Field(
+        "cnn", description="'cnn': the small CNN (MNISTNet); 'mlp': the 784-256-256-10 MLP of the CL benchmarks"
+    )
 
     @field_validator("regimes")
     @classmethod
@@ -237,7 +255,7 @@ class _Digits:
 
 
 class MNISTHarness(Harness):
-    """MNIST digits through a sequence of transforms; a small CNN (:class:`MNISTNet`).
+    """MNIST digits through a sequence of transforms; a small CNN (:class:`MNISTNet`) or an MLP.
 
     Parameters
     ----------
@@ -273,7 +291,9 @@ class MNISTHarness(Harness):
     # --- model -----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         """A fresh :class:`MNISTNet` initialised from ``self.seed``, in channels-last memory format
-        (about twice as fast on CPU for these convolutions)."""
+        (about twice as fast on CPU for these convolutions); :class:`MNISTMLP` with ``model: mlp``."""
+        if self.opts.model == "mlp":
+            return seeded_init(self.seed, MNISTMLP)
         model = seeded_init(self.seed, MNISTNet)
         return model.to(memory_format=torch.channels_last)
 

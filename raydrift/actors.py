@@ -12,9 +12,9 @@ from typing import Any
 import ray
 import torch
 
+from raydrift.data import UpdateData
 from raydrift.detection.engine import BatchResult, DetectionEngine, DetectionOutput, IntervalRecord
 from raydrift.harness import build_harness
-from raydrift.learning.loop import UpdateData
 from raydrift.metrics import MonitorMetrics
 from raydrift.monitor import Monitor
 from raydrift.stream import BatchMeta, StreamState, pack_batch, unpack_batch

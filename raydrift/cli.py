@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     val.add_argument("--show", action="store_true", help="print the resolved config")
 
-    sub.add_parser("keys", help="list every config key with its default")
+    sub.add_parser("keys", help="list every config key with its default (and each strategy's params)")
     sub.add_parser("detectors", help="list the drift detectors with their parameters and defaults")
 
     rep = sub.add_parser(
@@ -193,6 +193,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
             node = node.get(part) if isinstance(node, dict) else None  # type: ignore[assignment]
         if not isinstance(node, dict) or not node:
             print(f"{key} = {node!r}")
+    from raydrift.learning.strategies import list_strategy_options
+
+    # each strategy's options, from its Options model: the keys of continual_learning.params
+    for strategy, key, default, description in list_strategy_options():
+        print(f"continual_learning.params.{key} = {default!r}  [strategy {strategy}] {description}".rstrip())
     return 0
 
 

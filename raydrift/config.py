@@ -159,14 +159,74 @@ class DriftDetectionConfig(_Section):
     label_free: LabelFreeConfig = Field(default_factory=LabelFreeConfig)
 
 
+#: The strategy fields the shared schema had before each strategy owned an options model:
+#: old key -> (strategy -> its key under ``continual_learning.params``). Old configs keep working: a key
+#: of the chosen strategy moves to ``params`` (with a FutureWarning naming the new key); a key of
+#: another strategy is dropped (saved run configs hold every old key).
+LEGACY_STRATEGY_KEYS: dict[str, dict[str, str]] = {
+    "replay_weight": {"replay": "replay_weight", "jvp": "replay_weight"},
+    "jvp_lambda": {"jvp": "penalty_weight"},
+    "jvp_input_scale": {"jvp": "input_scale"},
+    "jvp_sign": {"jvp": "sign"},
+    "jvp_penalty": {"jvp": "penalty"},
+    "jvp_logit_weight": {"jvp": "logit_weight"},
+    "der_alpha": {"der++": "alpha"},
+    "der_beta": {"der++": "beta"},
+    "ewc_lambda": {"ewc_online": "penalty_weight"},
+    "ewc_decay": {"ewc_online": "decay"},
+    "ewc_fisher_samples": {"ewc_online": "fisher_samples"},
+}
+
+
+#: Options an old config of a strategy implies (what the strategy did when the old keys existed).
+LEGACY_IMPLIED: dict[str, dict[str, Any]] = {"jvp": {"target": "loss"}}
+
+
+def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a raw ``continual_learning:`` mapping) with the old prefixed keys moved or dropped."""
+    import warnings
+
+    old = [k for k in data if k in LEGACY_STRATEGY_KEYS]
+    if not old:
+        return data
+    out = {k: v for k, v in data.items() if k not in LEGACY_STRATEGY_KEYS}
+    strategy = str(out.get("strategy", "replay"))
+    params = out.get("params")
+    params = dict(params) if isinstance(params, Mapping) else {}
+    moved, dropped = [], []
+    for key in old:
+        new = LEGACY_STRATEGY_KEYS[key].get(strategy)
+        if new is None:
+            dropped.append(key)
+            continue
+        moved.append(f"'continual_learning.{key}' -> 'continual_learning.params.{new}'")
+        params.setdefault(new, data[key])  # an explicit params entry wins
+    if moved:
+        for key, value in LEGACY_IMPLIED.get(strategy, {}).items():
+            if key not in params:
+                params[key] = value
+                moved.append(f"(implied) 'continual_learning.params.{key}: {value}'")
+    if moved or "params" in out:
+        out["params"] = params
+    if moved:
+        msg = f"old continual_learning keys for strategy '{strategy}': write {', '.join(moved)}"
+        if dropped:
+            msg += f"; ignored (options of other strategies): {', '.join(dropped)}"
+        warnings.warn(msg, FutureWarning, stacklevel=2)
+    return out
+
+
 class ContinualLearningConfig(_Section):
-    strategy: str = "replay"
+    strategy: str = Field("replay", description="update strategy: registry name or 'package.module:ClassName'")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the strategy's options (its Options model; list them with 'raydrift keys')",
+    )
     memory_size: int = Field(500, ge=0, description="replay memory capacity in samples")
     window_batches: int = Field(8, ge=1, description="recent batches trained on (ending at the window's last batch)")
     post_drift_batches: int = Field(
         4, ge=0, description="batches evaluated after a drift (old weights) to complete the window before training"
     )
-    replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
     memory_policy: Literal["reservoir", "class_balanced"] = Field(
         "reservoir",
         description="replay memory policy: 'reservoir' (uniform over the stream) or 'class_balanced' (CBRS)",
@@ -174,28 +234,11 @@ class ContinualLearningConfig(_Section):
     memory_max_bytes: int | None = Field(
         None, ge=1, description="replay memory bound in bytes (inputs, labels, ids, logits); None: samples only"
     )
-    jvp_lambda: float = Field(1.0, ge=0, description="jvp: lambda, weight of the penalty phi(D)")
-    jvp_input_scale: float = Field(
-        0.0, ge=0, description="jvp: kappa, scale of the input tangent v_x (0 turns the input term off)"
-    )
-    jvp_sign: Literal[-1, 1] = Field(
-        -1, description="jvp: s in v_theta = s*g_c/|g_c| (-1: the descent step about to be taken)"
-    )
-    jvp_penalty: Literal["square", "hinge", "identity"] = Field(
-        "square", description="jvp: phi(D) = D^2 | max(D, 0) | D (identity with jvp_sign -1 is unbounded below)"
-    )
-    jvp_logit_weight: float = Field(
-        0.5, ge=0, description="jvp: alpha, weight of DER-style logit replay on the history batch (0: off)"
-    )
-    der_alpha: float = Field(0.5, ge=0, description="der++: alpha, weight of the logit (MSE) replay term")
-    der_beta: float = Field(0.5, ge=0, description="der++: beta, weight of the label (cross-entropy) replay term")
-    ewc_lambda: float = Field(100.0, ge=0, description="ewc_online: lambda, weight of the quadratic penalty")
-    ewc_decay: float = Field(
-        0.9, ge=0, le=1, description="ewc_online: gamma, Fisher decay per update (F <- gamma*F + F_new)"
-    )
-    ewc_fisher_samples: int = Field(
-        512, ge=1, description="ewc_online: samples the diagonal Fisher is estimated on after an update"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        return _move_legacy_strategy_keys(data) if isinstance(data, dict) else data
 
 
 class TrainConfig(_Section):
@@ -377,7 +420,17 @@ class RaydriftConfig(BaseModel):
 
 
 # Sections whose values are free-form dicts: keys below them are not checked against the schema here.
-_FREE_FORM = {("data",), ("drift_detection", "params"), ("drift_detection", "label_free", "params")}
+_FREE_FORM = {
+    ("data",),
+    ("drift_detection", "params"),
+    ("drift_detection", "label_free", "params"),
+    ("continual_learning", "params"),
+}
+
+
+def _is_legacy(key: str) -> bool:
+    section, _, leaf = key.partition(".")
+    return section == "continual_learning" and leaf in LEGACY_STRATEGY_KEYS
 
 
 def _is_free_form(key: str) -> bool:
@@ -564,7 +617,7 @@ def build_config(
     valid = _schema_keys(RaydriftConfig)
     for source, pairs in (("environment", env_overrides(environ)), ("--set", set_overrides(overrides))):
         for key, value in pairs:
-            if key not in valid and not _is_free_form(key):
+            if key not in valid and not _is_free_form(key) and not _is_legacy(key):
                 close = closest_key(key, valid)
                 hint = f"did you mean '{close}'?" if close else "list the valid keys with 'raydrift keys'"
                 name = f"{ENV_PREFIX}{key.upper().replace('.', '__')}" if source == "environment" else key
@@ -593,6 +646,15 @@ def validate_harness_options(cfg: RaydriftConfig) -> Any:
         valid = [f"data.{k}" for k in _schema_keys(cls.Options)]
         msg = format_validation_error(exc, valid, f"harness '{cfg.model.harness}'", loc_prefix=("data",))
         raise ConfigError(msg) from None
+
+
+def validate_strategy_options(cfg: RaydriftConfig) -> Any:
+    """Validate ``continual_learning.params`` against the strategy's ``Options`` model; returns the
+    options object (raises a one-line :class:`ConfigError`)."""
+    from raydrift.learning.strategies import resolve_strategy
+
+    cl = cfg.continual_learning
+    return resolve_strategy(cl.strategy).options_from(cl.params, cl.strategy)
 
 
 def all_keys() -> list[str]:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydrift.data import UpdateData
 from raydrift.harness import Batch
-from raydrift.learning.loop import UpdateData
 from raydrift.learning.memory import ReplayMemory
 from raydrift.weights import shared_tensors
 

@@ -140,7 +140,8 @@ class Updater:
             "train": tc.model_dump(),
             "continual_learning": {
                 **self.cfg.continual_learning.model_dump(),
-                **({"strategy": strategy} if strategy else {}),
+                # another strategy than the configured one (naive fine-tuning) takes its default options
+                **({"strategy": strategy, "params": {}} if strategy and strategy != self.cfg.continual_learning.strategy else {}),
             },
             "weights_ref": weights_ref,
             "data_ref": data_ref,

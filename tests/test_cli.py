@@ -62,6 +62,10 @@ def test_validate_ok_and_show(capsys: pytest.CaptureFixture[str]) -> None:
 def test_keys_and_detectors(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "keys")
     assert code == 0 and "monitor.num_monitors = 1" in out
+    # each strategy's options, from its Options model
+    assert "continual_learning.params.penalty_weight = 1.0  [strategy jvp]" in out
+    assert "continual_learning.params.alpha = 0.5  [strategy der++]" in out
+    assert "jvp_lambda" not in out
     code, out, _ = cli(capsys, "detectors")
     assert code == 0 and all(name in out for name in ("adwin", "kswin", "page_hinkley"))
 

@@ -16,6 +16,7 @@ from raydrift.config import (
     parse_scalar,
     save_config,
     validate_harness_options,
+    validate_strategy_options,
 )
 
 
@@ -183,3 +184,107 @@ def test_shipped_configs_validate() -> None:
 def test_all_keys_lists_nested_keys() -> None:
     keys = all_keys()
     assert "monitor.num_monitors" in keys and "drift_detection.granularity" in keys and "seed" in keys
+
+
+# ---------------------------------------------------------------------------------------------------
+# continual_learning.params: the strategy's own options
+
+
+def test_strategy_params_are_validated_against_the_strategys_model() -> None:
+    cfg = build_config(
+        None, ["continual_learning.strategy=jvp", "continual_learning.params.penalty_weight=0"]
+    )
+    options = validate_strategy_options(cfg)
+    assert options.penalty_weight == 0.0 and options.logit_weight == 0.5
+    cases = [
+        (
+            ["continual_learning.strategy=der++", "continual_learning.params.alpa=1"],
+            "unknown key 'continual_learning.params.alpa': did you mean 'continual_learning.params.alpha'?",
+        ),
+        (
+            ["continual_learning.strategy=ewc_online", "continual_learning.params.decay=2"],
+            "'continual_learning.params.decay' expects a value <= 1.0, got 2",
+        ),
+        (
+            ["continual_learning.strategy=jvp", "continual_learning.params.sign=0"],
+            "'continual_learning.params.sign' expects one of -1 or 1",
+        ),
+        (
+            ["continual_learning.strategy=naive", "continual_learning.params.replay_weight=1"],
+            "strategy 'naive': unknown key 'continual_learning.params.replay_weight'",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as info:
+            validate_strategy_options(build_config(None, overrides))
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_old_prefixed_strategy_keys_are_mapped_with_a_warning(tmp_path: Path) -> None:
+    # An old config: the chosen strategy's prefixed keys move under params (the warning names the new
+    # key); the other strategies' keys (a saved run config holds all of them) are dropped.
+    text = (
+        "continual_learning:\n  strategy: jvp\n  jvp_lambda: 0.0\n  replay_weight: 0.5\n"
+        "  der_alpha: 0.9\n  ewc_lambda: 5.0\n"
+    )
+    with pytest.warns(FutureWarning) as record:
+        cfg = build_config(write(tmp_path, text))
+    msg = str(record[0].message)
+    assert "'continual_learning.jvp_lambda' -> 'continual_learning.params.penalty_weight'" in msg
+    assert (
+        "der_alpha" in msg
+        and "ignored" in msg
+        and "(implied) 'continual_learning.params.target: loss'" in msg
+    )
+    assert cfg.continual_learning.params == {"penalty_weight": 0.0, "replay_weight": 0.5, "target": "loss"}
+    assert validate_strategy_options(cfg).penalty_weight == 0.0
+    # --set and the environment take the old keys too; an explicit params entry wins
+    with pytest.warns(FutureWarning, match="params.alpha"):
+        cfg = build_config(
+            None,
+            ["continual_learning.strategy=der++", "continual_learning.der_alpha=0.1"],
+            {"RAYDRIFT_CONTINUAL_LEARNING__PARAMS__BETA": "0.2"},
+        )
+    assert cfg.continual_learning.params == {"alpha": 0.1, "beta": 0.2}
+    with pytest.warns(FutureWarning):
+        cfg = build_config(
+            None,
+            [
+                "continual_learning.params.alpha=0.3",
+                "continual_learning.der_alpha=0.1",
+                "continual_learning.strategy=der++",
+            ],
+        )
+    assert cfg.continual_learning.params == {"alpha": 0.3}
+
+
+def test_a_saved_old_run_config_still_loads(tmp_path: Path) -> None:
+    # What save_config wrote before the options models: every old key at its default.
+    old = {
+        "strategy": "replay",
+        "memory_size": 500,
+        "window_batches": 8,
+        "post_drift_batches": 4,
+        "replay_weight": 1.0,
+        "memory_policy": "reservoir",
+        "memory_max_bytes": None,
+        "jvp_lambda": 1.0,
+        "jvp_input_scale": 0.0,
+        "jvp_sign": -1,
+        "jvp_penalty": "square",
+        "jvp_logit_weight": 0.5,
+        "der_alpha": 0.5,
+        "der_beta": 0.5,
+        "ewc_lambda": 100.0,
+        "ewc_decay": 0.9,
+        "ewc_fisher_samples": 512,
+    }
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump({"continual_learning": old}), encoding="utf-8")
+    with pytest.warns(FutureWarning):
+        cfg = build_config(p)
+    assert cfg.continual_learning.params == {"replay_weight": 1.0}
+    validate_strategy_options(cfg)
+    save_config(cfg, tmp_path / "again.yaml")  # the new form has no old keys
+    saved = yaml.safe_load((tmp_path / "again.yaml").read_text())["continual_learning"]
+    assert "jvp_lambda" not in saved and saved["params"] == {"replay_weight": 1.0}

@@ -23,6 +23,9 @@ EXPECTED = {
     "unknown_detector.yaml": "unknown drift_detection.detector 'adwinn': did you mean 'adwin'?",
     "bad_detector_param.yaml": "'delta' expects a number in (0, 1), got 5.0",
     "unknown_strategy.yaml": "unknown continual_learning.strategy 'magic'",
+    "unknown_strategy_param.yaml": "unknown key 'continual_learning.params.alpa': did you mean "
+    "'continual_learning.params.alpha'?",
+    "bad_strategy_param.yaml": "'continual_learning.params.penalty' expects one of 'square', 'hinge' or 'identity'",
     "bad_choice.yaml": "'monitor.on_drift' expects one of 'continue' or 'pause', got 'sometimes'",
     "unknown_harness_option.yaml": "unknown key 'data.sorce': did you mean 'data.source'?",
     "missing_data_path.yaml": "MNIST not found in '/nonexistent/mnist' and data.download is false",

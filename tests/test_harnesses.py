@@ -345,3 +345,15 @@ def test_synthetic_regimes_keep_apart_and_permute_labels() -> None:
 
 def test_synthetic_zero_pretrain_size_means_no_pretraining() -> None:
     assert GaussianDriftHarness({"pretrain_size": 0}).pretrain_data() is None
+
+
+def test_mnist_mlp_model_option() -> None:
+    # data.model: mlp builds the 784-256-256-10 MLP of the CL benchmarks, seeded like the CNN.
+    harness = MNISTHarness({"model": "mlp", "test_samples": 8}, seed=3)
+    model = harness.build_model()
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(256, 784), (256,), (256, 256), (256,), (10, 256), (10,)]
+    x, _ = harness.test_sets()[0]
+    assert model(x).shape == (8, 10)
+    again = MNISTHarness({"model": "mlp"}, seed=3).build_model()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True))

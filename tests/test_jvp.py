@@ -26,7 +26,7 @@ from raydrift.learning.strategies.jvp import (
     input_tangent,
     penalty,
 )
-from raydrift.learning.strategies.replay import ReplayUpdate
+from raydrift.learning.strategies.replay import ReplayOptions, ReplayUpdate
 
 DIM = 3
 
@@ -57,8 +57,11 @@ def task(n: int, which: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, (x @ w > 0).long()
 
 
-def clcfg(**kw: Any) -> ContinualLearningConfig:
-    return ContinualLearningConfig.model_validate(kw)
+def clcfg(**params: Any) -> ContinualLearningConfig:
+    """A ``continual_learning:`` section for strategy jvp with these ``params`` (target ``loss``, the
+    spec's D, unless they say otherwise)."""
+    params.setdefault("target", "loss")
+    return ContinualLearningConfig.model_validate({"strategy": "jvp", "params": params})
 
 
 def params_of(model: nn.Module) -> dict[str, Tensor]:
@@ -113,6 +116,45 @@ def test_jvp_equals_finite_difference(kappa: float) -> None:
     assert float(d) == pytest.approx(one_sided, rel=1e-4)
 
 
+@pytest.mark.parametrize("kappa", [0.0, 0.5])
+def test_output_jvp_equals_finite_difference(kappa: float) -> None:
+    # target outputs: the outputs' tangent from one JVP of (θ, x) ↦ f_θ(x) vs the central difference
+    # of the outputs (ε = 1e-5, float64): agree to 1e-7 absolute (entries of size ~0.1); the primal
+    # equals the plain forward pass to 1e-12; the penalty is the mean squared tangent entry.
+    from raydrift.learning.strategies.jvp import output_change_sum, output_directional_derivative
+
+    harness = MLPHarness(seed=0)
+    model = harness.build_model()
+    xh, _ = task(32, 0, seed=1)
+    xc, _ = task(32, 1, seed=2)
+    v = random_tangent(model, seed=3)
+    v_x = input_tangent(xc, xh, kappa) if kappa > 0 else None
+    out, dout = output_directional_derivative(model, xh, v, v_x)
+    torch.testing.assert_close(out, model(xh), atol=1e-12, rtol=0)
+    eps = 1e-5
+    dx = v_x if v_x is not None else torch.zeros_like(xh)
+
+    def outputs_at(e: float) -> Tensor:
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in m.named_parameters():
+                p += e * v[k]
+            return m(xh + e * dx)
+
+    central = (outputs_at(eps) - outputs_at(-eps)) / (2 * eps)
+    assert float(dout.abs().max()) > 1e-2
+    torch.testing.assert_close(dout, central, atol=1e-7, rtol=0)
+    assert float(output_change_sum(dout)) == pytest.approx(float((dout * dout).mean(dim=1).sum()), rel=1e-12)
+
+
+def test_outputs_target_takes_the_square_penalty_only() -> None:
+    from raydrift.errors import ConfigError
+    from raydrift.learning import make_strategy
+
+    with pytest.raises(ConfigError, match="applies to target 'loss'"):
+        make_strategy("jvp", clcfg(target="outputs", penalty="hinge"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. ∇θ D is the double-backward Hessian-vector product
 
@@ -148,10 +190,12 @@ def test_grad_of_d_equals_double_backward_hvp(kappa: float) -> None:
 @pytest.mark.parametrize(
     "params",
     [
-        {"jvp_penalty": "square"},
-        {"jvp_penalty": "square", "jvp_input_scale": 0.5, "replay_weight": 0.3},
-        {"jvp_penalty": "hinge", "jvp_input_scale": 0.5},
-        {"jvp_penalty": "identity", "jvp_sign": 1, "jvp_lambda": 2.0},
+        {"penalty": "square"},
+        {"penalty": "square", "input_scale": 0.5, "replay_weight": 0.3},
+        {"penalty": "hinge", "input_scale": 0.5},
+        {"penalty": "identity", "sign": 1, "penalty_weight": 2.0},
+        {"target": "outputs"},
+        {"target": "outputs", "input_scale": 0.5, "replay_weight": 0.3, "penalty_weight": 3.0},
     ],
 )
 def test_fast_backward_equals_reference_loss_gradient(params: dict[str, Any]) -> None:
@@ -178,7 +222,7 @@ def test_penalty_forms() -> None:
     assert penalty(d, "square").tolist() == [4.0, 0.0, 9.0]
     assert penalty(d, "hinge").tolist() == [0.0, 0.0, 3.0]
     assert penalty(d, "identity").tolist() == [-2.0, 0.0, 3.0]
-    with pytest.raises(ValueError, match="jvp_penalty"):
+    with pytest.raises(ValueError, match="unknown penalty"):
         penalty(d, "cube")
 
 
@@ -227,11 +271,12 @@ def test_jvp_step_forgets_less_than_replay_on_conflicting_gradients() -> None:
     assert cos < -0.3
 
     batches = (xc, yc, xh, yh)
-    cfg = clcfg(jvp_lambda=10.0, replay_weight=1.0, jvp_penalty="square", jvp_sign=-1)
+    cfg = clcfg(penalty_weight=10.0, replay_weight=1.0, penalty="square", sign=-1)
+    replay = ReplayUpdate(options=ReplayOptions(replay_weight=1.0))
     lr = 0.5
-    after_replay, len_replay = sgd_step(model, ReplayUpdate(cfg), harness, batches, lr)
+    after_replay, len_replay = sgd_step(model, replay, harness, batches, lr)
     after_jvp, len_jvp = sgd_step(model, JVPRegularizedUpdate(cfg), harness, batches, lr)
-    after_same_len, _ = sgd_step(model, ReplayUpdate(cfg), harness, batches, lr * len_jvp / len_replay)
+    after_same_len, _ = sgd_step(model, replay, harness, batches, lr * len_jvp / len_replay)
     with torch.no_grad():
         before = float(harness.loss(model(xh), yh))
         h_replay = float(harness.loss(after_replay(xh), yh))
@@ -316,13 +361,15 @@ def run_world(
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("penalty_kind", ["square", "hinge"])
+@pytest.mark.parametrize("penalty_kind", ["square", "hinge", "outputs"])
 def test_n_workers_equal_one_worker(world: int, penalty_kind: str) -> None:
     # A full update (Adam, 2 epochs, 40 window samples in global batches of 16 -> uneven last shards;
     # input term κ = 0.5 and logit replay α = 0.5 on) by `world` lockstep ranks with the emulated
     # all-reduce equals the 1-worker update: weights within 1e-9 (float64). g_c, the batch norms
     # of v_x and D are all-reduced before they are used, so the nonlinear penalty sees the global D.
-    cfg = clcfg(jvp_penalty=penalty_kind, jvp_lambda=5.0, jvp_input_scale=0.5, jvp_logit_weight=0.5)
+    # ("outputs": the function-space target, a mean over history samples, summed over the shards.)
+    target = {"target": "outputs"} if penalty_kind == "outputs" else {"penalty": penalty_kind}
+    cfg = clcfg(**target, penalty_weight=5.0, input_scale=0.5, logit_weight=0.5)
     wx, wy = task(40, 1, seed=7)
     mx, my = task(24, 0, seed=8)
     data = UpdateData(wx, wy, mx, my, memory_ids=torch.arange(100, 124))

@@ -224,7 +224,7 @@ def test_step_gradient_sharding_matches_single_worker() -> None:
     # One global step of 7 current + 7 history samples: the gradients of 2 (and 3) ranks, summed as
     # the all-reduce does, equal the 1-rank gradient. Tolerance 1e-6 (float32 summation order).
     harness = TinyHarness(seed=0)
-    strategy = ReplayUpdate(clcfg(replay_weight=0.7))
+    strategy = ReplayUpdate(clcfg(params={"replay_weight": 0.7}))
     x, y = task_data(1, 7, seed=5)
     xh, yh = task_data(0, 7, seed=6)
     model = harness.build_model()
@@ -466,7 +466,7 @@ def test_registered_strategies_generic_checks(name: str) -> None:
     x, y = task_data(1, 6, seed=0)
     xh, yh = task_data(0, 6, seed=0)
     for params in cls._unit_test_params():
-        strategy = cls(clcfg(**params))
+        strategy = cls(clcfg(strategy=name, params=params))
         for hist in ((xh, yh), (None, None)):
             loss = strategy.loss(model, harness, x, y, *hist)
             assert loss.ndim == 0 and torch.isfinite(loss)
@@ -483,7 +483,7 @@ def test_replay_loss_is_weighted_sum() -> None:
     xh, yh = task_data(0, 5, seed=0)
     lc = harness.loss(model(x), y)
     lh = harness.loss(model(xh), yh)
-    got = ReplayUpdate(clcfg(replay_weight=0.3)).loss(model, harness, x, y, xh, yh)
+    got = ReplayUpdate(clcfg(params={"replay_weight": 0.3})).loss(model, harness, x, y, xh, yh)
     torch.testing.assert_close(got, lc + 0.3 * lh)
     torch.testing.assert_close(ReplayUpdate(clcfg()).loss(model, harness, x, y, None, None), lc)
     assert NaiveUpdate(clcfg()).history_batch_size(32) == 0

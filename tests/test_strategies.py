@@ -104,7 +104,16 @@ def test_memory_strategies_forget_less_than_naive() -> None:
     losses = {}
     for name in ("naive", "replay", "der++", "jvp", "ewc_online"):
         model = copy.deepcopy(base)
-        train_update(model, harness, make_strategy(name, clcfg(ewc_lambda=1000.0)), data, TRAIN, seed=1)
+        train_update(
+            model,
+            harness,
+            make_strategy(
+                name, clcfg(strategy=name, params={"penalty_weight": 1000.0} if name == "ewc_online" else {})
+            ),
+            data,
+            TRAIN,
+            seed=1,
+        )
         losses[name] = loss_on(model, harness, hx, hy)
     for name in ("replay", "der++", "jvp", "ewc_online"):
         assert losses[name] < losses["naive"], losses
@@ -118,7 +127,7 @@ def test_ewc_penalty_zero_at_anchor_and_quadratic() -> None:
     harness = SmallHarness(seed=0)
     model = trained_on_task0(harness)
     mx, my = task(0, 40, seed=3)
-    ewc = OnlineEWCUpdate(clcfg(ewc_lambda=2.0))
+    ewc = OnlineEWCUpdate(clcfg(params={"penalty_weight": 2.0}))
     ewc.setup(model, harness, UpdateData(mx[:0], my[:0], mx, my))  # no state: Fisher on the memory
     assert ewc.fisher is not None and ewc.anchor is not None
     assert float(ewc.penalty(model)) == 0.0
@@ -155,7 +164,7 @@ def test_ewc_state_persists_and_decays_across_updates() -> None:
     # (teardown), anchored at the final weights. Update 2 loaded from that state: F2 = γ F1 + F_new.
     harness = SmallHarness(seed=0)
     model = trained_on_task0(harness)
-    cfg = clcfg(ewc_decay=0.5, ewc_lambda=10.0)
+    cfg = clcfg(params={"decay": 0.5, "penalty_weight": 10.0})
     wx, wy = task(1, 48, seed=2)
     mx, my = task(0, 40, seed=3)
     data = UpdateData(wx, wy, mx, my)
@@ -217,7 +226,7 @@ def test_derpp_loss_terms() -> None:
     xc, yc = task(1, 8, seed=1)
     xh, yh = task(0, 8, seed=2)
     z = torch.randn(8, CLASSES)
-    der = DERPPUpdate(clcfg(der_alpha=0.3, der_beta=0.7))
+    der = DERPPUpdate(clcfg(params={"alpha": 0.3, "beta": 0.7}))
     der._z = z
     ctx = StepContext(0, 1, 8, 8, 0, 0, hist_index=torch.arange(8))
     got = der.backward(model, harness, xc, yc, xh, yh, ctx)
@@ -350,3 +359,167 @@ def test_train_func_passes_strategy_state(tmp_path: Any) -> None:
     assert state["updates"] == previous.updates + 1  # continued from the state passed in
     assert 0.0 <= out["metrics"]["window_accuracy"] <= 1.0
     assert 0.0 <= out["metrics"]["memory_accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# options models
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_REGISTRY))
+def test_every_strategy_owns_a_documented_options_model(name: str) -> None:
+    # Every option has a default and a description (raydrift keys and the docs list them from the
+    # model), the model refuses unknown keys, and each _unit_test_params entry validates.
+    from raydrift.errors import ConfigError
+    from raydrift.learning.strategies import StrategyOptions, resolve_strategy
+
+    cls = resolve_strategy(name)
+    assert issubclass(cls.Options, StrategyOptions)
+    for key, field in cls.Options.model_fields.items():
+        assert field.description, f"{name}: option '{key}' has no description"
+        assert not field.is_required(), f"{name}: option '{key}' has no default"
+    for params in cls._unit_test_params():
+        assert cls(clcfg(strategy=name, params=params)).options == cls.Options(**params)
+    with pytest.raises(ConfigError, match="unknown key 'continual_learning.params.no_such_option'"):
+        make_strategy(name, clcfg(strategy=name, params={"no_such_option": 1}))
+
+
+def test_params_belong_to_the_configured_strategy() -> None:
+    # make_strategy with another name than continual_learning.strategy (the coordinator's naive
+    # fine-tuning update) gives that strategy its defaults instead of refusing the params.
+    from raydrift.learning.strategies.jvp import JVPOptions, JVPRegularizedUpdate
+    from raydrift.learning.strategies.naive import NaiveUpdate
+
+    cfg = clcfg(strategy="jvp", params={"penalty_weight": 0.0, "logit_weight": 0.0})
+    jvp = make_strategy("jvp", cfg)
+    assert isinstance(jvp, JVPRegularizedUpdate) and jvp.options.penalty_weight == 0.0
+    assert isinstance(make_strategy("naive", cfg), NaiveUpdate)
+    assert make_strategy("der++", cfg).options.alpha == 0.5  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="takes JVPOptions"):
+        JVPRegularizedUpdate(options=NaiveUpdate.Options())
+    assert JVPRegularizedUpdate(options=JVPOptions(sign=1)).options.sign == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# any output shape: (n,), (n, 1), (n, k); classification and regression
+
+# case -> (output size k of the last layer, output shape after the model, task kind)
+SHAPES: dict[str, tuple[int, str, str]] = {
+    "classification (n, k)": (CLASSES, "nk", "classification"),
+    "classification (n,)": (1, "n", "classification"),
+    "classification (n, 1)": (1, "n1", "classification"),
+    "regression (n,)": (1, "n", "regression"),
+    "regression (n, 1)": (1, "n1", "regression"),
+    "regression (n, k)": (3, "nk", "regression"),
+}
+
+
+class _Squeeze(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.squeeze(-1)
+
+
+class ShapeHarness(Harness):
+    """A 6-16-k MLP whose output is ``(n,)``, ``(n, 1)`` or ``(n, k)``: cross-entropy (k classes),
+    binary cross-entropy on one logit, or squared error on ``k`` regression targets."""
+
+    name = "shapes"
+
+    def __init__(self, case: str, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.k, self.form, self.kind = SHAPES[case]
+
+    def build_model(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            layers: list[nn.Module] = [nn.Linear(DIM, 16), nn.ReLU(), nn.Linear(16, self.k)]
+            if self.form == "n":
+                layers.append(_Squeeze())
+            return nn.Sequential(*layers)
+
+    def loss(self, outputs: Tensor, y: Tensor) -> Tensor:
+        if self.kind == "regression":
+            return nn.functional.mse_loss(outputs, y)
+        if self.form == "nk":
+            return nn.functional.cross_entropy(outputs, y)
+        return nn.functional.binary_cross_entropy_with_logits(outputs.reshape(len(y)), y.float())
+
+    def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.kind == "regression":
+            return {"se": ((outputs - y) ** 2).reshape(len(y), -1).mean(dim=1)}
+        if self.form == "nk":
+            return super().metrics(outputs, y)
+        return {"accuracy": ((outputs.reshape(len(y)) > 0).long() == y).float()}
+
+    def stream(self) -> Iterator[Batch]:
+        yield from ()
+
+    def test_sets(self) -> dict[int, tuple[Tensor, Tensor]]:
+        return {}
+
+    def data(self, t: int, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """Task ``t``'s inputs and the targets this case's loss takes."""
+        x, labels = task(t, n, seed)
+        if self.kind == "classification":
+            return x, labels if self.form == "nk" else labels % 2
+        w = torch.linspace(-1.0, 1.0, DIM * self.k).reshape(DIM, self.k) * (1.0 if t == 0 else -1.0)
+        y = torch.tanh(x @ w)
+        return x, (y[:, 0] if self.form == "n" else y)
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize("name", sorted(STRATEGY_REGISTRY))
+def test_every_strategy_takes_every_output_shape(name: str, case: str) -> None:
+    # Two updates (task 1, then back to task 0, the state carried from the first to the second as
+    # the pipeline does) with a replay memory that stores the case's targets: the first lowers task 1's
+    # loss on held-out data by at least 10%, both train to a finite loss, and the strategies that
+    # replay outputs record one row per memory sample of the model's output size (1 for (n,) and
+    # (n, 1), k for (n, k)).
+    harness = ShapeHarness(case)
+    model = harness.build_model()
+    x0, y0 = harness.data(0, 200, seed=1)
+    train_update(model, harness, make_strategy("naive"), UpdateData(x0, y0, x0[:0], y0[:0]), TRAIN, seed=0)
+    memory = ReplayMemory(40, seed=0)
+    memory.add(x0[:40], y0[:40])
+    state: dict[str, Any] = {}
+    for update, t in enumerate((1, 0)):
+        wx, wy = harness.data(t, 64, seed=2 + update)
+        tx, ty = harness.data(t, 300, seed=4 + update)
+        before = loss_on(model, harness, tx, ty)
+        strategy = make_strategy(name, clcfg(strategy=name))
+        strategy.load_state_dict(state)
+        mx, my = memory.tensors()
+        assert my.shape[1:] == y0.shape[1:] and my.dtype == y0.dtype
+        data = UpdateData(wx, wy, mx, my, memory_ids=memory.ids())
+        out = train_update(model, harness, strategy, data, TRAIN, seed=1 + update)
+        after = loss_on(model, harness, tx, ty)
+        assert np.isfinite(out["train_loss"]), out
+        if update == 0:
+            assert after < 0.9 * before, (before, after)
+        state = pickle.loads(pickle.dumps(strategy.state_dict()))
+        memory.add(wx[:20], wy[:20])
+        if name in ("der++", "jvp"):
+            logits = state["bank"]["logits"]
+            assert logits.shape == (len(mx), harness.k) and not torch.isnan(logits).any()
+
+
+def test_memory_keeps_regression_targets() -> None:
+    # Float targets (n,) and (n, k) are stored as given (not cast to class labels), survive a state
+    # round trip, and a mismatched target shape or a class-balanced memory of float targets is refused.
+    g = torch.Generator().manual_seed(0)
+    for shape in ((50,), (50, 3)):
+        x, y = torch.randn(50, DIM, generator=g), torch.randn(*shape, generator=g) * 0.1
+        memory = ReplayMemory(20, seed=1)
+        memory.add(x[:30], y[:30])
+        memory.add(x[30:], y[30:])
+        mx, my = memory.tensors()
+        assert my.dtype == torch.float32 and my.shape == (20, *shape[1:])
+        rows = [int(torch.nonzero((x == r).all(dim=1))[0]) for r in mx]
+        torch.testing.assert_close(my, y[rows])  # each target still belongs to its input
+        again = ReplayMemory(0)
+        again.load_state_dict(pickle.loads(pickle.dumps(memory.state_dict())))
+        torch.testing.assert_close(again.tensors()[1], my)
+        assert memory.class_counts() == {}
+    with pytest.raises(ValueError, match="targets of shape"):
+        memory.add(x[:2], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="use 'reservoir' for regression targets"):
+        ReplayMemory(10, policy="class_balanced").add(x[:4], torch.zeros(4))

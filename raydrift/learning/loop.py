@@ -35,12 +35,14 @@ import torch
 from torch import Tensor, nn
 
 from raydrift.config import ContinualLearningConfig, TrainConfig
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 from raydrift.learning.memory import sample_indices
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.learning.strategies.base import UpdateStrategy
 from raydrift.weights import load_weights
 
 __all__ = [
+    "StepContext",
     "UpdateData",
     "all_reduce_gradients",
     "compute_step_gradients",
@@ -57,35 +59,6 @@ AllReduce = Callable[[Tensor], Any]
 # Stream tags of the derived seeds, so the permutation and history draws never share a stream.
 _PERMUTATION = 1
 _HISTORY = 2
-
-
-@dataclass
-class UpdateData:
-    """What an update trains on (CPU tensors; sent to every trainer worker through the object store).
-
-    Attributes
-    ----------
-    window_x, window_y : Tensor
-        The recent window of the stream (current regime), ``(n, ...)`` and ``(n,)``.
-    memory_x, memory_y : Tensor
-        The replay memory's contents (:meth:`ReplayMemory.tensors`); may be empty (length 0).
-    memory_ids : Tensor, optional
-        The memory samples' ids (:meth:`ReplayMemory.ids`): stable keys that let a strategy's state
-        (e.g. DER++'s recorded logits) follow a sample across updates.
-    memory_logits : Tensor, optional
-        Recorded logits of the memory samples (:meth:`ReplayMemory.logits`; NaN rows: none recorded).
-    holdout_x, holdout_y : Tensor, optional
-        The newest window batches, held out of training for the promotion gate (not trained on).
-    """
-
-    window_x: Tensor
-    window_y: Tensor
-    memory_x: Tensor
-    memory_y: Tensor
-    memory_ids: Tensor | None = None
-    memory_logits: Tensor | None = None
-    holdout_x: Tensor | None = None
-    holdout_y: Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:

@@ -68,7 +68,8 @@ class ReplayMemory:
     Notes
     -----
     Samples are stored on the CPU, detached: ``x`` keeps the dtype and trailing shape of the first
-    batch added (later batches must match), ``y`` is stored as ``int64``. Storage grows by doubling
+    batch added (later batches must match); integer labels ``y`` are stored as ``int64``, float
+    (regression) targets keep their dtype and trailing shape. Storage grows by doubling
     up to the capacity, so a large capacity costs nothing until it is used.
 
     Examples
@@ -118,8 +119,11 @@ class ReplayMemory:
         if self._x is None:
             return 0
         row = int(np.prod(self._x.shape[1:], dtype=np.int64)) * self._x.element_size()
+        label = 8
+        if self._y is not None:
+            label = int(np.prod(self._y.shape[1:], dtype=np.int64)) * self._y.element_size()
         logits = self._logits.shape[1] * 4 if self._logits is not None else 0
-        return row + 8 + 8 + logits
+        return row + label + 8 + logits
 
     def _update_cap(self) -> None:
         cap = self.capacity
@@ -136,23 +140,40 @@ class ReplayMemory:
 
     # --- adding -----------------------------------------------------------------------------------
     def add(self, x: Tensor, y: Tensor) -> None:
-        """Offer a batch of samples (``x[i]``, ``y[i]``) to the memory, in order."""
-        if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
+        """Offer a batch of samples (``x[i]``, ``y[i]``) to the memory, in order.
+
+        ``y`` is what the harness loss takes: class labels ``(n,)`` (stored as ``int64``) or
+        regression targets ``(n,)`` / ``(n, k)`` (stored with their dtype). ``class_balanced`` needs
+        integer class labels ``(n,)``.
+        """
+        if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
             raise ValueError(
-                f"ReplayMemory.add expects x of shape (n, ...) and y of shape (n,), got "
+                f"ReplayMemory.add expects x of shape (n, ...) and y of shape (n,) or (n, k), got "
                 f"{tuple(x.shape)} and {tuple(y.shape)}"
             )
         x = x.detach().cpu()
-        y = y.detach().cpu().to(torch.int64)
+        y = y.detach().cpu()
+        if not y.is_floating_point() and not y.is_complex():
+            y = y.to(torch.int64)
+        if self.policy == "class_balanced" and (y.ndim != 1 or y.is_floating_point()):
+            raise ValueError(
+                f"ReplayMemory policy 'class_balanced' needs integer class labels of shape (n,), got "
+                f"{tuple(y.shape)} {y.dtype}: use 'reservoir' for regression targets"
+            )
         if self._x is None:
             self._x = torch.empty((0, *x.shape[1:]), dtype=x.dtype)
-            self._y = torch.empty(0, dtype=torch.int64)
+            self._y = torch.empty((0, *y.shape[1:]), dtype=y.dtype)
             self._ids = torch.empty(0, dtype=torch.int64)
             self._update_cap()
         elif x.shape[1:] != self._x.shape[1:] or x.dtype != self._x.dtype:
             raise ValueError(
                 f"ReplayMemory.add: samples of shape {tuple(x.shape[1:])} and dtype {x.dtype} do not match "
                 f"the stored {tuple(self._x.shape[1:])} and {self._x.dtype}"
+            )
+        elif self._y is not None and (y.shape[1:] != self._y.shape[1:] or y.dtype != self._y.dtype):
+            raise ValueError(
+                f"ReplayMemory.add: targets of shape {tuple(y.shape[1:])} and dtype {y.dtype} do not match "
+                f"the stored {tuple(self._y.shape[1:])} and {self._y.dtype}"
             )
         n = len(x)
         if n == 0:
@@ -248,7 +269,7 @@ class ReplayMemory:
             return
         new_len = min(self._cap, max(n, 2 * len(self._x), 16))
         x = torch.empty((new_len, *self._x.shape[1:]), dtype=self._x.dtype)
-        y = torch.empty(new_len, dtype=torch.int64)
+        y = torch.empty((new_len, *self._y.shape[1:]), dtype=self._y.dtype)
         ids = torch.empty(new_len, dtype=torch.int64)
         x[: self._size] = self._x[: self._size]
         y[: self._size] = self._y[: self._size]
@@ -338,8 +359,8 @@ class ReplayMemory:
         return x[idx], y[idx]
 
     def class_counts(self) -> dict[int, int]:
-        """Stored samples per label."""
-        if self._y is None or self._size == 0:
+        """Stored samples per label (``{}`` for regression targets)."""
+        if self._y is None or self._size == 0 or self._y.ndim != 1 or self._y.is_floating_point():
             return {}
         labels, counts = torch.unique(self._y[: self._size], return_counts=True)
         return {int(a): int(b) for a, b in zip(labels, counts, strict=True)}
@@ -383,7 +404,8 @@ class ReplayMemory:
         self._logits = None
         if state["initialized"]:
             self._x = state["x"].clone()
-            self._y = state["y"].clone().to(torch.int64)
+            y = state["y"].clone()
+            self._y = y if y.is_floating_point() else y.to(torch.int64)
             self._size = len(self._x)
             ids = state.get("ids")
             # states saved before ids existed: reservoir slots filled in order carry no id; number them

@@ -9,74 +9,50 @@ Hooks are concrete no-ops, called by name, so a new hook never breaks an existin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from raydrift.config import ContinualLearningConfig
+from raydrift.config import ContinualLearningConfig, _schema_keys, format_validation_error
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
 
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
-
-__all__ = ["StepContext", "UpdateStrategy"]
+__all__ = ["StepContext", "StrategyOptions", "UpdateStrategy"]
 
 
-@dataclass(frozen=True)
-class StepContext:
-    """Where one step's shard sits in the global step (what a strategy needs to be distribution-aware).
+class StrategyOptions(BaseModel):
+    """Base of a strategy's options model: the keys of ``continual_learning.params``.
 
-    Attributes
-    ----------
-    rank, world_size : int
-        This worker and the number of workers. Every rank runs the same step in lockstep.
-    global_n : int
-        Current-window samples in the global batch (all ranks together); this rank holds
-        ``x_cur[rank::world_size]`` of it.
-    global_hist_n : int
-        History samples in the global step (0 when there is no history batch).
-    epoch, step : int
-        Position of the step (``step`` counts from 0 within the epoch).
-    all_reduce : callable or None
-        In-place SUM all-reduce over ranks (``torch.distributed.all_reduce`` under Ray Train); ``None``
-        when ``world_size == 1``. A strategy whose loss is not a mean over samples (a penalty on a
-        quantity of the whole global batch, e.g. a directional derivative) uses it to combine
-        per-rank partial results before the nonlinearity.
-    hist_index : Tensor or None
-        Row indices into ``UpdateData.memory_*`` of this rank's history samples (``x_hist[i]`` is
-        memory row ``hist_index[i]``), for strategies that keep per-sample memory state (DER++'s
-        logits). ``None`` when there is no history batch or the caller did not give them.
+    A strategy with hyper-parameters subclasses it (every field with a default and a ``description``:
+    ``raydrift keys`` and the docs list them from the model) and names it as its ``Options``.
     """
 
-    rank: int
-    world_size: int
-    global_n: int
-    global_hist_n: int
-    epoch: int
-    step: int
-    all_reduce: Callable[[Tensor], Any] | None = None
-    hist_index: Tensor | None = None
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class UpdateStrategy:
     """Base class of continual-learning update strategies.
 
-    Subclasses set ``name`` (their registry name) and implement :meth:`loss`. A new strategy is one
-    file under ``raydrift/learning/strategies/`` plus one entry in ``STRATEGY_REGISTRY``.
+    Subclasses set ``name`` (their registry name), ``Options`` (a :class:`StrategyOptions` model of
+    their hyper-parameters, the keys of ``continual_learning.params``) and implement :meth:`loss`. A
+    new strategy is one file under ``raydrift/learning/strategies/`` plus one entry in
+    ``STRATEGY_REGISTRY``.
 
     Parameters
     ----------
-    cfg : ContinualLearningConfig
-        The ``continual_learning:`` section (strategy-specific fields are read from it).
+    cfg : ContinualLearningConfig, optional
+        The ``continual_learning:`` section.
+    options : StrategyOptions, optional
+        The strategy's options; default: ``cfg.params`` validated against :attr:`Options`.
 
     Notes
     -----
     A strategy object lives for one update (it is built in every trainer worker). Anything it learns
     in :meth:`setup` or :meth:`teardown` (e.g. an EWC Fisher matrix) is computed identically on every
-    rank from the full, unsharded :class:`~raydrift.learning.loop.UpdateData`. State that should
+    rank from the full, unsharded :class:`~raydrift.data.UpdateData`. State that should
     outlive one update goes through :meth:`state_dict` / :meth:`load_state_dict`: the Ray Train
     ``train_func`` loads the previous update's state (config key ``strategy_state``) before
     :meth:`setup` and returns the new one (rank 0) with the updated weights.
@@ -86,9 +62,41 @@ class UpdateStrategy:
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    options: StrategyOptions
 
-    def __init__(self, cfg: ContinualLearningConfig | None = None) -> None:
+    def __init__(
+        self, cfg: ContinualLearningConfig | None = None, options: StrategyOptions | None = None
+    ) -> None:
         self.cfg = cfg if cfg is not None else ContinualLearningConfig.model_validate({})
+        if options is not None and not isinstance(options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.Options.__name__}, got {type(options).__name__}"
+            )
+        self.options = options if options is not None else self.options_from(self.cfg.params)
+
+    @classmethod
+    def options_from(cls, params: dict[str, Any], name: str | None = None) -> StrategyOptions:
+        """``params`` (``continual_learning.params``) validated against :attr:`Options`.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the key (``continual_learning.params.<key>``) and what is wrong, an unknown
+            key with the closest valid one.
+        """
+        from raydrift.errors import ConfigError
+
+        try:
+            return cls.Options.model_validate(params)
+        except ValidationError as exc:
+            prefix = "continual_learning.params"
+            valid = [f"{prefix}.{k}" for k in _schema_keys(cls.Options)]
+            where = f"strategy '{name or cls.name or cls.__name__}'"
+            msg = format_validation_error(exc, valid, where, loc_prefix=tuple(prefix.split(".")))
+            if not valid:
+                msg += " (this strategy takes no params)"
+            raise ConfigError(msg) from None
 
     # --- hooks (no-ops by default) ---------------------------------------------------------------
     def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
@@ -164,7 +172,7 @@ class UpdateStrategy:
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
-        """``continual_learning:`` overrides the generic strategy checks construct this class with."""
+        """``continual_learning.params`` the generic strategy checks construct this class with."""
         yield {}
 
     def __repr__(self) -> str:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
+__all__ = ["DERPPOptions", "DERPPUpdate", "LogitBank", "LogitReplayState", "as_rows", "logit_replay_sum"]
 
-__all__ = ["DERPPUpdate", "LogitBank", "LogitReplayState", "logit_replay_sum"]
+
+class DERPPOptions(StrategyOptions):
+    """``continual_learning.params`` of ``der++``."""
+
+    alpha: float = Field(0.5, ge=0, description="alpha: weight of the logit (squared-error) replay term")
+    beta: float = Field(0.5, ge=0, description="beta: weight of the label (harness loss) replay term")
 
 
 class LogitBank:
@@ -42,12 +48,18 @@ class LogitBank:
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, data: UpdateData, batch_size: int = 256) -> Tensor | None:
-        """The logits of every memory row, ``(len(memory), C)`` (``None`` for an empty memory)."""
+        """The logits of every memory row, ``(len(memory), C)`` (``None`` for an empty memory).
+
+        Outputs of any shape are kept as rows: ``(n,)`` gives ``C = 1``, ``(n, k)`` gives ``C = k``,
+        ``(n, a, b)`` gives ``C = a * b`` (:func:`logit_replay_sum` compares them row by row).
+        """
         m = len(data.memory_y)
         self.recorded = 0
         if m == 0:
             return None
-        z: Tensor | None = data.memory_logits.clone().float() if data.memory_logits is not None else None
+        z: Tensor | None = (
+            as_rows(data.memory_logits).clone().float() if data.memory_logits is not None else None
+        )
         ids = data.memory_ids
         if ids is not None and self.ids is not None and self.logits is not None:
             known = {int(v): k for k, v in enumerate(self.ids.tolist())}
@@ -66,7 +78,7 @@ class LogitBank:
             model.eval()
             try:
                 parts = [
-                    model(data.memory_x[missing[i : i + batch_size]].to(device)).float().cpu()
+                    as_rows(model(data.memory_x[missing[i : i + batch_size]].to(device))).float().cpu()
                     for i in range(0, len(missing), batch_size)
                 ]
             finally:
@@ -90,12 +102,26 @@ class LogitBank:
         self.ids, self.logits = state.get("ids"), state.get("logits")
 
 
+def as_rows(t: Tensor) -> Tensor:
+    """``t`` as one row per sample, ``(n, C)``: ``(n,)`` -> ``(n, 1)``, ``(n, a, b)`` -> ``(n, a * b)``."""
+    return t.reshape(len(t), -1)
+
+
 def logit_replay_sum(out: Tensor, z: Tensor) -> Tensor:
     """``Σ_i mean_k (out[i, k] − z[i, k])²`` over the rows with recorded logits (NaN rows skipped).
 
-    Divided by the global history batch size by the caller, so that rows without logits count as 0
-    and the shards of N workers sum to the 1-worker value.
+    ``out`` is the model's output on the history batch, of any shape ``(n, ...)`` (``(n,)`` for a
+    single-logit classifier or a scalar regression); ``z`` its recorded rows, ``(n, C)`` with ``C``
+    the output's size per sample (see :func:`as_rows`). Divided by the global history batch size by
+    the caller, so that rows without logits count as 0 and the shards of N workers sum to the
+    1-worker value.
     """
+    out, z = as_rows(out), as_rows(z)
+    if out.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"logit replay: the model gives {out.shape[1]} outputs per sample, the recorded logits have "
+            f"{z.shape[1]} (did the model's output change between updates?)"
+        )
     valid = ~torch.isnan(z).any(dim=1)
     if not bool(valid.any()):
         return out.sum() * 0.0
@@ -121,16 +147,18 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
     """DER++: ``L_c + α · ‖f_θ(x_h) − z_h‖² + β · ℓ(f_θ(x_h), y_h)``.
 
     ``z_h`` are the logits recorded for the history samples (see :class:`LogitBank` for when they are
-    recorded), ``α`` is ``continual_learning.der_alpha`` and ``β`` is ``continual_learning.der_beta``.
+    recorded), ``α`` is ``params.alpha`` and ``β`` is ``params.beta`` (:class:`DERPPOptions`).
     Unlike the paper, which draws two independent memory batches for the two terms, one history batch
     serves both (one forward pass; the loop's history batch). The squared error is the mean over logits,
     averaged over the history batch (rows without logits count as 0).
     """
 
     name: ClassVar[str] = "der++"
+    Options: ClassVar[type[StrategyOptions]] = DERPPOptions
+    options: DERPPOptions
 
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any = None, options: StrategyOptions | None = None) -> None:
+        super().__init__(cfg, options)
         self.bank = LogitBank()
         self._z: Tensor | None = None
 
@@ -175,7 +203,7 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
         if x_hist is None or y_hist is None or len(x_hist) == 0:
             return harness.loss(model(x_cur), y_cur)
         lc, ce_sum, _ = self._terms(model, harness, x_cur, y_cur, x_hist, y_hist, None)
-        return lc + self.cfg.der_beta * ce_sum / len(y_hist)
+        return lc + self.options.beta * ce_sum / len(y_hist)
 
     def backward(
         self,
@@ -195,7 +223,7 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
         lc, ce_sum, mse_sum = self._terms(model, harness, x_cur, y_cur, x_hist, y_hist, z)
         total = (
             lc * (len(x_cur) / max(1, ctx.global_n))
-            + (self.cfg.der_beta * ce_sum + self.cfg.der_alpha * mse_sum) / ctx.global_hist_n
+            + (self.options.beta * ce_sum + self.options.alpha * mse_sum) / ctx.global_hist_n
         )
         total.backward()
         return total.detach()
@@ -203,4 +231,4 @@ class DERPPUpdate(LogitReplayState, UpdateStrategy):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"der_alpha": 1.0, "der_beta": 0.0}
+        yield {"alpha": 1.0, "beta": 0.0}

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from raydrift.data import UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import UpdateStrategy
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
+__all__ = ["OnlineEWCOptions", "OnlineEWCUpdate", "diagonal_fisher"]
 
-__all__ = ["OnlineEWCUpdate", "diagonal_fisher"]
+
+class OnlineEWCOptions(StrategyOptions):
+    """``continual_learning.params`` of ``ewc_online``."""
+
+    penalty_weight: float = Field(100.0, ge=0, description="lambda: weight of the quadratic penalty")
+    decay: float = Field(0.9, ge=0, le=1, description="gamma: Fisher decay per update (F <- gamma*F + F_new)")
+    fisher_samples: int = Field(
+        512, ge=1, description="samples the diagonal Fisher is estimated on after an update"
+    )
 
 
 def diagonal_fisher(
@@ -51,8 +60,8 @@ class OnlineEWCUpdate(UpdateStrategy):
 
     ``θ*`` (the anchor) is the model at the end of the previous update; ``F`` is a running diagonal
     Fisher, ``F ← γ · F + F_new``, where ``F_new`` is the empirical Fisher of the model at the end of
-    an update on (at most ``ewc_fisher_samples`` of) the window it was trained on. ``λ`` is
-    ``continual_learning.ewc_lambda``, ``γ`` is ``ewc_decay``. No replay: the memory is not trained on.
+    an update on (at most ``params.fisher_samples`` of) the window it was trained on. ``λ`` is
+    ``params.penalty_weight``, ``γ`` is ``params.decay`` (:class:`OnlineEWCOptions`). No replay: the memory is not trained on.
 
     Where the state lives
     ---------------------
@@ -65,9 +74,11 @@ class OnlineEWCUpdate(UpdateStrategy):
     """
 
     name: ClassVar[str] = "ewc_online"
+    Options: ClassVar[type[StrategyOptions]] = OnlineEWCOptions
+    options: OnlineEWCOptions
 
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any = None, options: StrategyOptions | None = None) -> None:
+        super().__init__(cfg, options)
         self.fisher: dict[str, Tensor] | None = None
         self.anchor: dict[str, Tensor] | None = None
         self.updates = 0  # Fisher terms accumulated
@@ -77,7 +88,7 @@ class OnlineEWCUpdate(UpdateStrategy):
         return 0
 
     def _subset(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        k = self.cfg.ewc_fisher_samples
+        k = self.options.fisher_samples
         if len(y) <= k:
             return x, y
         g = torch.Generator().manual_seed(len(y))
@@ -100,7 +111,7 @@ class OnlineEWCUpdate(UpdateStrategy):
         if data is None or len(data.window_y) == 0:
             return
         new = diagonal_fisher(model, harness, *self._subset(data.window_x, data.window_y))
-        gamma = self.cfg.ewc_decay
+        gamma = self.options.decay
         if self.fisher is None:
             self.fisher = new
         else:
@@ -117,7 +128,7 @@ class OnlineEWCUpdate(UpdateStrategy):
         for k, p in model.named_parameters():
             if k in self.fisher:
                 total = total + (self.fisher[k] * (p - self.anchor[k]) ** 2).sum()
-        return 0.5 * self.cfg.ewc_lambda * total
+        return 0.5 * self.options.penalty_weight * total
 
     def loss(
         self,
@@ -153,4 +164,4 @@ class OnlineEWCUpdate(UpdateStrategy):
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"ewc_lambda": 0.0, "ewc_decay": 1.0}
+        yield {"penalty_weight": 0.0, "decay": 1.0}

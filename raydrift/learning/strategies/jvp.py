@@ -12,33 +12,73 @@ One step minimises ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) [+ �
 ``torch.func.functional_call``); back-propagating through it gives ``∇θ D = H_θθ v_θ + H_θx v_x``
 (a Hessian-vector product) and ``∇θ L_h`` in the same pass. ``g_c`` is the gradient the step computes
 anyway: the current loss is back-propagated first and its gradient read from ``p.grad``.
+
+``target: outputs`` (function space) penalises the first-order change of the memory *outputs* along
+the same tangent instead, ``P(θ) = mean_i mean_k (J_θ f_θ(x_h,i) v_θ + J_x f_θ(x_h,i) v_x)_k²``: one
+JVP of ``(θ, x) ↦ f_θ(x)`` gives the outputs (for ``L_h`` and the logit replay) and their tangent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import StepContext, UpdateStrategy
-from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, logit_replay_sum
-
-if TYPE_CHECKING:
-    from raydrift.learning.loop import UpdateData
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
+from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, as_rows, logit_replay_sum
 
 __all__ = [
+    "JVPOptions",
     "JVPRegularizedUpdate",
     "directional_derivative",
     "input_tangent",
+    "output_directional_derivative",
     "penalty",
     "penalty_derivative",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class JVPOptions(StrategyOptions):
+    """``continual_learning.params`` of ``jvp``."""
+
+    penalty_weight: float = Field(
+        1.0, ge=0, description="lambda: weight of the penalty phi(D) (0: the JVP term off)"
+    )
+    input_scale: float = Field(
+        0.0, ge=0, description="kappa: scale of the input tangent v_x (0 turns the input term off)"
+    )
+    sign: Literal[-1, 1] = Field(
+        -1, description="s in v_theta = s*g_c/|g_c| (-1: the descent step about to be taken)"
+    )
+    penalty: Literal["square", "hinge", "identity"] = Field(
+        "square", description="phi(D) = D^2 | max(D, 0) | D (identity with sign -1 is unbounded below)"
+    )
+    logit_weight: float = Field(
+        0.5, ge=0, description="alpha: weight of DER-style logit replay on the history batch (0: off)"
+    )
+    replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
+    target: Literal["outputs", "loss"] = Field(
+        "outputs",
+        description="what the JVP differentiates along the update: the memory 'outputs' (mean squared "
+        "output change; penalty square only) or the history 'loss' (phi(D), penalty and sign apply)",
+    )
+
+    @model_validator(mode="after")
+    def _outputs_take_square(self) -> JVPOptions:
+        if self.target == "outputs" and self.penalty != "square":
+            raise ValueError(
+                f"penalty {self.penalty!r} applies to target 'loss' (set params.target: loss); target "
+                "'outputs' penalises the squared output change (penalty 'square')"
+            )
+        return self
 
 
 def penalty(d: Tensor, kind: str) -> Tensor:
@@ -49,7 +89,7 @@ def penalty(d: Tensor, kind: str) -> Tensor:
         return torch.clamp(d, min=0.0)
     if kind == "identity":
         return d
-    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+    raise ValueError(f"unknown penalty {kind!r} (jvp params.penalty): use square, hinge or identity")
 
 
 def penalty_derivative(d: Tensor, kind: str) -> Tensor:
@@ -60,7 +100,7 @@ def penalty_derivative(d: Tensor, kind: str) -> Tensor:
         return (d > 0).to(d.dtype)
     if kind == "identity":
         return torch.ones_like(d)
-    raise ValueError(f"unknown jvp_penalty {kind!r}: use square, hinge or identity")
+    raise ValueError(f"unknown penalty {kind!r} (jvp params.penalty): use square, hinge or identity")
 
 
 def _paired(x_cur: Tensor, n: int) -> Tensor:
@@ -139,13 +179,38 @@ def directional_derivative(
     return lh, d, out
 
 
-class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (jvp_logit_weight > 0)
+def output_directional_derivative(
+    model: nn.Module, x_hist: Tensor, v_theta: dict[str, Tensor], v_x: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(f_θ(x_h), J f_θ(x_h) · (v_θ, v_x))`` from one forward-mode JVP of ``(θ, x) ↦ f_θ(x)``.
+
+    The outputs keep their shape; the tangent has the outputs' shape (differentiable in θ, like
+    :func:`directional_derivative`'s ``D``).
+    """
+    named = dict(model.named_parameters())
+    params = {k: named[k] for k in v_theta}
+    result: Any
+    if v_x is None:
+        result = jvp(lambda p: functional_call(model, p, (x_hist,)), (params,), (v_theta,))
+    else:
+        result = jvp(lambda p, x: functional_call(model, p, (x,)), (params, x_hist), (v_theta, v_x))
+    out, dout = result  # (primal, tangent)
+    return out, dout
+
+
+def output_change_sum(dout: Tensor) -> Tensor:
+    """``Σ_i mean_k dout[i, k]²``: the squared first-order output change, summed over samples."""
+    rows = as_rows(dout)
+    return (rows * rows).mean(dim=1).sum()
+
+
+class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (logit_weight > 0)
     """Replay with a penalty on the predicted first-order rise of the history loss (the JVP update).
 
     ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) + α · ‖f_θ(x_h) − z_h‖²`` (module docstring).
-    Config (``continual_learning:``): ``jvp_lambda`` (λ), ``jvp_input_scale`` (κ), ``replay_weight``
-    (β), ``jvp_sign`` (s), ``jvp_penalty`` (φ: ``square`` | ``hinge`` | ``identity``) and
-    ``jvp_logit_weight`` (α; logits recorded as for DER++, see
+    Options (``continual_learning.params``, :class:`JVPOptions`): ``penalty_weight`` (λ),
+    ``input_scale`` (κ), ``replay_weight`` (β), ``sign`` (s), ``penalty`` (φ: ``square`` | ``hinge`` |
+    ``identity``) and ``logit_weight`` (α; logits recorded as for DER++, see
     :class:`~raydrift.learning.strategies.derpp.LogitBank`).
 
     Cost of a step: a forward and backward pass on the current batch (giving ``g_c``), one JVP on the
@@ -166,15 +231,17 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
     """
 
     name: ClassVar[str] = "jvp"
+    Options: ClassVar[type[StrategyOptions]] = JVPOptions
+    options: JVPOptions
 
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any = None, options: StrategyOptions | None = None) -> None:
+        super().__init__(cfg, options)
         self.bank = LogitBank()
         self._z: Tensor | None = None
 
     # --- hooks ------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, harness: Harness, data: UpdateData) -> None:
-        self._z = self.bank.prepare(model, data) if self.cfg.jvp_logit_weight > 0 else None
+        self._z = self.bank.prepare(model, data) if self.options.logit_weight > 0 else None
 
     def teardown(self, model: nn.Module, harness: Harness) -> None:
         self._z = None
@@ -185,11 +252,11 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
 
     def _v_theta(self, params: dict[str, Tensor], grads: list[Tensor]) -> dict[str, Tensor]:
         norm = torch.sqrt(sum((g.double() * g.double()).sum() for g in grads))  # type: ignore[arg-type]
-        scale = float(self.cfg.jvp_sign) / float(norm) if float(norm) > 0 else 0.0
+        scale = float(self.options.sign) / float(norm) if float(norm) > 0 else 0.0
         return {k: (g * scale).detach() for k, g in zip(params, grads, strict=True)}
 
     def _logit_term(self, out: Tensor, hist_index: Tensor | None) -> Tensor:
-        if self.cfg.jvp_logit_weight <= 0 or self._z is None or hist_index is None:
+        if self.options.logit_weight <= 0 or self._z is None or hist_index is None:
             return out.sum() * 0.0
         return logit_replay_sum(out, self._z[hist_index.cpu()].to(out.device))
 
@@ -217,10 +284,22 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)
         ]
         v = self._v_theta(params, grads_t)
-        kappa = self.cfg.jvp_input_scale
+        kappa = self.options.input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
+        if self.options.target == "outputs":
+            out, dout = output_directional_derivative(model, x_hist, v, v_x)
+            pen = output_change_sum(dout) / len(x_hist)
+            return (
+                lc
+                + self.options.replay_weight * harness.loss(out, y_hist)
+                + self.options.penalty_weight * pen
+            )
         lh, d, _ = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
-        return lc + self.cfg.replay_weight * lh + self.cfg.jvp_lambda * penalty(d, self.cfg.jvp_penalty)
+        return (
+            lc
+            + self.options.replay_weight * lh
+            + self.options.penalty_weight * penalty(d, self.options.penalty)
+        )
 
     # --- the step the loop takes ----------------------------------------------------------------------
     def backward(
@@ -236,7 +315,6 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         params = self._trainable(model)
         plist = list(params.values())
         device = plist[0].device if plist else torch.device("cpu")
-        reduce = ctx.all_reduce
         # 1. current loss: forward + backward; its gradient (this rank's share) is g_c's share.
         lc = torch.zeros((), device=device)
         if len(x_cur) > 0 and ctx.global_n > 0:
@@ -244,6 +322,22 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             lc.backward()
         if ctx.global_hist_n == 0:  # no history anywhere: a naive step (same branch on every rank)
             return lc.detach()
+        v = self._global_v_theta(params, plist, ctx.all_reduce)
+        local = x_hist is not None and y_hist is not None and len(x_hist) > 0
+        hist = (x_hist, y_hist) if local and x_hist is not None and y_hist is not None else None
+        # 2. input tangent, with the global batch norms
+        v_x = self._global_input_tangent(x_cur, x_hist if local else None, ctx, device)
+        # 3. one JVP on the history shard, and one backward pass through it
+        if self.options.target == "outputs":
+            extra = self._outputs_step(model, harness, hist, v, v_x, ctx, device)
+        else:
+            extra = self._loss_step(model, harness, hist, v, v_x, ctx, device)
+        return (lc + extra).detach()
+
+    def _global_v_theta(
+        self, params: dict[str, Tensor], plist: list[Tensor], reduce: Callable[[Tensor], Any] | None
+    ) -> dict[str, Tensor]:
+        """``v_θ`` from the global ``g_c`` (this rank's share is in ``p.grad``; summed over ranks)."""
         for p in plist:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -255,55 +349,86 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
                 c.view_as(g)
                 for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)
             ]
-        v = self._v_theta(params, grads)
-        has_local = x_hist is not None and y_hist is not None and len(x_hist) > 0
-        # 2. input tangent, with the global batch norms
-        kappa = self.cfg.jvp_input_scale
-        v_x = None
-        if kappa > 0:
-            if has_local and len(x_cur) > 0:
-                assert x_hist is not None
-                xc = _paired(x_cur, len(x_hist))
-                sq = torch.stack([(xc * xc).sum(), (x_hist * x_hist).sum()])
-            else:
-                sq = torch.zeros(2, device=device, dtype=x_cur.dtype)
-            if reduce is not None:
-                reduce(sq)
-            if has_local and len(x_cur) > 0:
-                assert x_hist is not None
-                v_x = input_tangent(x_cur, x_hist, kappa, (sq[0], sq[1])).detach()
-            elif has_local:
-                assert x_hist is not None
-                v_x = torch.zeros_like(x_hist)
-        # 3. one JVP on the history shard: L_h, D and the outputs
-        w = (len(x_hist) if has_local and x_hist is not None else 0) / ctx.global_hist_n
+        return self._v_theta(params, grads)
+
+    def _global_input_tangent(
+        self, x_cur: Tensor, x_hist: Tensor | None, ctx: StepContext, device: torch.device
+    ) -> Tensor | None:
+        """``v_x`` for this rank's history shard with the global batch norms (``None``: κ = 0)."""
+        kappa = self.options.input_scale
+        if kappa <= 0:
+            return None
+        if x_hist is not None and len(x_cur) > 0:
+            xc = _paired(x_cur, len(x_hist))
+            sq = torch.stack([(xc * xc).sum(), (x_hist * x_hist).sum()])
+        else:
+            sq = torch.zeros(2, device=device, dtype=x_cur.dtype)
+        if ctx.all_reduce is not None:
+            ctx.all_reduce(sq)
+        if x_hist is None:
+            return None
+        if len(x_cur) == 0:
+            return torch.zeros_like(x_hist)
+        return input_tangent(x_cur, x_hist, kappa, (sq[0], sq[1])).detach()
+
+    def _loss_step(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        hist: tuple[Tensor, Tensor] | None,
+        v: dict[str, Tensor],
+        v_x: Tensor | None,
+        ctx: StepContext,
+        device: torch.device,
+    ) -> Tensor:
+        """``β L_h + λ φ(D) + α logits`` (target ``loss``): back-propagated; returns this rank's share."""
+        o = self.options
         lh_share = d_share = logit_share = torch.zeros((), device=device)
-        if has_local:
-            assert x_hist is not None and y_hist is not None
-            lh, d, out = directional_derivative(model, harness.loss, x_hist, y_hist, v, v_x)
+        if hist is not None:
+            w = len(hist[0]) / ctx.global_hist_n
+            lh, d, out = directional_derivative(model, harness.loss, hist[0], hist[1], v, v_x)
             lh_share, d_share = lh * w, d * w
             logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
         d_global = d_share.detach().clone().reshape(1)
-        if reduce is not None:
-            reduce(d_global)
+        if ctx.all_reduce is not None:  # φ sees the global D (the same on every rank)
+            ctx.all_reduce(d_global)
         d_all = d_global[0]
-        kind, lam, beta, alpha = (
-            self.cfg.jvp_penalty,
-            self.cfg.jvp_lambda,
-            self.cfg.replay_weight,
-            self.cfg.jvp_logit_weight,
-        )
-        if has_local:
+        if hist is not None:
             surrogate = (
-                beta * lh_share + lam * penalty_derivative(d_all, kind) * d_share + alpha * logit_share
+                o.replay_weight * lh_share
+                + o.penalty_weight * penalty_derivative(d_all, o.penalty) * d_share
+                + o.logit_weight * logit_share
             )
             surrogate.backward()
-        world = ctx.world_size
-        reported = lc + beta * lh_share + alpha * logit_share + lam * penalty(d_all, kind) / world
-        return reported.detach()
+        pen = o.penalty_weight * penalty(d_all, o.penalty) / ctx.world_size
+        return o.replay_weight * lh_share + o.logit_weight * logit_share + pen
+
+    def _outputs_step(
+        self,
+        model: nn.Module,
+        harness: Harness,
+        hist: tuple[Tensor, Tensor] | None,
+        v: dict[str, Tensor],
+        v_x: Tensor | None,
+        ctx: StepContext,
+        device: torch.device,
+    ) -> Tensor:
+        """``β L_h + λ P + α logits`` (target ``outputs``): a mean over history samples, so each rank
+        back-propagates its shard's share and no collective is needed; returns this rank's share."""
+        if hist is None:
+            return torch.zeros((), device=device)
+        o = self.options
+        out, dout = output_directional_derivative(model, hist[0], v, v_x)
+        lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
+        pen_share = output_change_sum(dout) / ctx.global_hist_n
+        logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
+        total = o.replay_weight * lh_share + o.penalty_weight * pen_share + o.logit_weight * logit_share
+        total.backward()
+        return total.detach()
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
-        yield {"jvp_penalty": "hinge", "jvp_input_scale": 1.0}
-        yield {"jvp_penalty": "identity", "jvp_sign": 1, "jvp_logit_weight": 0.5}
+        yield {"target": "loss", "penalty": "hinge", "input_scale": 1.0}
+        yield {"target": "loss", "penalty": "identity", "sign": 1, "logit_weight": 0.5}
+        yield {"input_scale": 0.5, "logit_weight": 0.0}

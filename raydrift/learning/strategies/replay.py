@@ -6,17 +6,26 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from raydrift.harness import Harness
-from raydrift.learning.strategies.base import UpdateStrategy
+from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
+
+__all__ = ["ReplayOptions", "ReplayUpdate"]
+
+
+class ReplayOptions(StrategyOptions):
+    """``continual_learning.params`` of ``replay``."""
+
+    replay_weight: float = Field(1.0, ge=0, description="beta: weight of the replay loss")
 
 
 class ReplayUpdate(UpdateStrategy):
     """Minimise ``L_c(θ) + β · L_h(θ)``: current-window loss plus weighted replay loss.
 
     ``L_c = ℓ(f_θ(x_c), y_c)`` on the current batch and ``L_h = ℓ(f_θ(x_h), y_h)`` on a batch of the
-    same size drawn uniformly from the replay memory; ``β`` is ``continual_learning.replay_weight``.
+    same size drawn uniformly from the replay memory; ``β`` is ``params.replay_weight``.
     With an empty memory (the first update of a run with ``memory_size: 0``) it is naive fine-tuning.
 
     The two batches go through the model in one forward pass (concatenated), which is cheaper than two
@@ -25,6 +34,8 @@ class ReplayUpdate(UpdateStrategy):
     """
 
     name: ClassVar[str] = "replay"
+    Options: ClassVar[type[StrategyOptions]] = ReplayOptions
+    options: ReplayOptions
 
     def loss(
         self,
@@ -39,7 +50,7 @@ class ReplayUpdate(UpdateStrategy):
             return harness.loss(model(x_cur), y_cur)
         out = model(torch.cat([x_cur, x_hist]))
         n = len(x_cur)
-        return harness.loss(out[:n], y_cur) + self.cfg.replay_weight * harness.loss(out[n:], y_hist)
+        return harness.loss(out[:n], y_cur) + self.options.replay_weight * harness.loss(out[n:], y_hist)
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
