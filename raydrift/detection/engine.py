@@ -978,7 +978,8 @@ class DetectionEngine:
         k = None if label_free else self._locates()
         if k is not None:
             ref, recent, after_w = self._reference.split_last(k)
-            probability: float | None = float(self._detector.change_probability)
+            given = float(self._detector.change_probability)
+            probability: float | None = None if math.isnan(given) else given  # ks, mmd: none
         else:
             ref, recent, after_w = self._reference.change_split(self._recent_samples)
             probability = None
@@ -994,6 +995,9 @@ class DetectionEngine:
             signal = "metric"
         at = self.cfg.granularity == "sample"
         change = max(1, sample_index - int(round(after_w)) + 1) if at else sample_index
+        located = self._lf_detector.values_since_change if label_free and self._lf_detector else None
+        if located:  # the label-free detector's own location (fed per sample at every granularity)
+            change = max(1, sample_index - located + 1)
         event = DriftEvent(
             batch_id=r.batch_id,
             sample_index=sample_index,
