@@ -214,3 +214,18 @@ def test_engine_alarms_where_the_bare_river_detector_does(
     assert ignored == 0 or direction == "degrade"
     assert warnings == zones
     assert eng.stats["alarms"] == len(alarms) and eng.stats["warnings"] == len(zones)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fhddm_direction_any_finds_an_improvement_as_a_worsening(seed: int) -> None:
+    """``fhddm`` is one-sided (River's FHDDM tracks the maximum of the accuracy): with ``direction:
+    any`` its twin fed ``1 - x`` finds an accuracy rise 0.6 -> 0.98 within 100 samples, as the
+    detector itself finds the mirror-image fall 0.98 -> 0.6."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(12000)
+    first = np.arange(12000) < 6000
+    for before, after in ((0.6, 0.98), (0.98, 0.6)):
+        acc = (u < np.where(first, before, after)).astype(float)
+        eng = DetectionEngine(DriftDetectionConfig(detector="fhddm", direction="any"), "accuracy", True)
+        events = run_with_resume(eng, series_batches(acc))
+        assert any(6000 < e.sample_index <= 6100 for e in events), (before, after, events)
