@@ -103,3 +103,4 @@ class KSDetector(TwoSampleDetector):
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"reference_size": 100, "window_size": 60, "test_every": 20, "alpha": 0.001}
         yield {"reference_size": 80, "window_size": 50, "test_every": 25, "correction": "fdr_bh"}
+        yield {"reference_size": 20, "window_size": 20, "test_every": 10, "ert": 300}
