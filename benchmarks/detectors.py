@@ -484,7 +484,7 @@ THROUGHPUT_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("page_hinkley", "page_hinkley", {}),
     ("hddm_a", "hddm_a", {}),
     ("hddm_w", "hddm_w", {}),
-    ("ddm (warnings: per-value path)", "ddm", {}),
+    ("ddm (warnings)", "ddm", {}),
 )
 
 
@@ -633,7 +633,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 generators, 2 seeds, 8,000-sample streams")
     ap.add_argument("--seeds", type=int, default=5)
@@ -672,7 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--mnist-batches", type=int, default=300, help="batches of the MNIST plain loop (0: skip it)"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.json is not None and args.json.exists() and not args.overwrite:
         print(f"error: {args.json} exists: pass --overwrite to replace recorded results", file=sys.stderr)
         return 2
