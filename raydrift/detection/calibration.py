@@ -13,8 +13,13 @@ dependent, so the threshold is found by simulation, once per setting, at the fir
    restart) at every test position against the stream's first ``reference_size`` values: one p-value
    sequence per stream;
 3. the threshold that makes the mean run length ``ert``: a run ends at the first test whose p-value is
-   below the threshold; a stream without one is censored (the mean is the total time at risk over
-   the runs that ended, exact for a constant per-test hazard).
+   below the threshold, or equal to it with a calibrated probability (the p-values are discrete: a KS
+   statistic moves in steps of 1 / window, a permutation p-value in steps of 1 / (permutations + 1);
+   without that randomised edge the run length could only move in steps); a stream without an alarm
+   is censored (the mean is the total time at risk over the runs that ended);
+4. the streams censored at that threshold are run 4 times longer and the threshold solved again, up to
+   3 times: the references under which false alarms are rare make the long runs that dominate the
+   mean, so they are followed rather than extrapolated.
 
 The p-value of one test is (nearly) distribution-free: KS's depends on ranks only (exact for
 continuous features), MMD's permutation p-value is uniform for any exchangeable sample. So the
