@@ -37,6 +37,14 @@ Usage::
     python benchmarks/detectors.py --quick       # 2 generators, 2 seeds, short streams: ~2.5 minutes
     python benchmarks/detectors.py               # 5 generators x abrupt/gradual x 5 seeds
     python benchmarks/detectors.py --kinds abrupt --levels sample --only adwin --stationary 40000
+    python benchmarks/detectors.py --throughput  # the engine vs the bare detector, vs an MNIST monitor
+
+``--throughput`` feeds 200,000 per-sample 0/1 values (batches of 64, one worsening in the middle) to
+each River-backed detector twice in the same process: bare (River's ``update`` and ``drift_detected``
+over one Python list) and through :class:`raydrift.detection.DetectionEngine` (``ingest`` per
+``BatchResult``, resuming after each event), alternated ``--reps`` times; it prints the ratio of their
+times (median) and both rates, then the default config's rate against one MNIST monitor's plain
+evaluation loop measured in the same process. ``--json`` never replaces a file without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -467,7 +475,165 @@ def print_target(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- throughput: the engine against the bare detector and a monitor's plain loop ------------------------
+
+# (label, registry name, params): River-backed detectors whose bare River object can be fed directly
+THROUGHPUT_DETECTORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (DEFAULT, "adwin", {}),
+    ("adwin delta=0.002 clock=32", "adwin", {"delta": 0.002, "clock": 32}),
+    ("page_hinkley", "page_hinkley", {}),
+    ("hddm_a", "hddm_a", {}),
+    ("hddm_w", "hddm_w", {}),
+    ("ddm (warnings)", "ddm", {}),
+)
+
+
+@dataclass
+class ThroughputRow:
+    """One detector's figures: the engine and the bare River detector on the same values, same process."""
+
+    detector: str
+    samples: int
+    bare_samples_per_second: float  # River's public update + drift_detected, over one Python list
+    engine_samples_per_second: float  # DetectionEngine.ingest per BatchResult (default config otherwise)
+    ratio: float  # engine seconds / bare seconds (median over reps; the target is <= 1.5)
+    reps: list[float]
+    bare_alarms: int
+    engine_events: int
+
+
+def _throughput_stream(n: int, seed: int) -> tuple[list[BatchResult], list[float]]:
+    """Per-sample accuracy 0/1 values in batches of BS (error 0.05, 0.3 from the middle on) and the
+    error indicators the detector is fed, as one list."""
+    rng = np.random.default_rng(seed)
+    err = (rng.random(n) < np.where(np.arange(n) < n // 2, 0.05, 0.3)).astype(np.float32)
+    acc = 1.0 - err
+    results = [
+        BatchResult(b, 0, 0, acc[i : i + BS], {"accuracy": float(acc[i : i + BS].mean())})
+        for b, i in enumerate(range(0, n - n % BS, BS))
+    ]
+    fed = [x for r in results for x in (1.0 - r.values.astype(np.float64)).tolist()]
+    return results, fed
+
+
+def _bare_seconds(river: Any, fed: list[float]) -> tuple[float, int]:
+    alarms = 0
+    t0 = time.perf_counter()
+    for x in fed:
+        river.update(x)
+        if river.drift_detected:
+            alarms += 1
+    return time.perf_counter() - t0, alarms
+
+
+def _engine_seconds(cfg: DriftDetectionConfig, results: list[BatchResult]) -> tuple[float, int]:
+    engine = DetectionEngine(cfg, metric="accuracy", higher_is_better=True)
+    events = 0
+    t0 = time.perf_counter()
+    for r in results:
+        out = engine.ingest(r)
+        if out.events:  # monitoring goes on with the same model: detection continues from the change
+            events += 1
+            engine.resume_after_update(out.events[0].batch_id + 1, 0)
+    return time.perf_counter() - t0, events
+
+
+def throughput_row(label: str, name: str, params: dict[str, Any], n: int, reps: int) -> ThroughputRow:
+    """The engine and the bare detector alternated ``reps`` times on the same ``n`` values."""
+    from raydrift.detection import make_detector
+
+    results, fed = _throughput_stream(n, seed=0)
+    # every alarm counts, as every alarm of the bare detector does; a one-sided detector keeps
+    # ``degrade`` (``any`` would pair it with a twin: twice the work of the bare detector)
+    direction = "any" if make_detector(name, params).two_sided else "degrade"
+    cfg = DriftDetectionConfig(detector=name, params=params, direction=direction)
+    ratios, bare_t, eng_t = [], [], []
+    bare_alarms = events = 0
+    for _ in range(reps):
+        river = make_detector(name, params).river  # type: ignore[attr-defined]
+        b, bare_alarms = _bare_seconds(river, fed)
+        e, events = _engine_seconds(cfg, results)
+        ratios.append(e / b)
+        bare_t.append(b)
+        eng_t.append(e)
+    samples = len(fed)
+    return ThroughputRow(
+        detector=label,
+        samples=samples,
+        bare_samples_per_second=round(samples / float(np.median(bare_t))),
+        engine_samples_per_second=round(samples / float(np.median(eng_t))),
+        ratio=round(float(np.median(ratios)), 3),
+        reps=[round(x, 3) for x in ratios],
+        bare_alarms=bare_alarms,
+        engine_events=events,
+    )
+
+
+def default_engine_rate(n: int, reps: int) -> float:
+    """Samples/s of the engine with the default config (``direction: degrade``), median of ``reps``."""
+    results, fed = _throughput_stream(n, seed=1)
+    secs = [_engine_seconds(DriftDetectionConfig(), results)[0] for _ in range(reps)]
+    return len(fed) / float(np.median(secs))
+
+
+def mnist_plain_rate(batches: int, reps: int) -> float:
+    """Samples/s of one MNIST monitor's plain evaluation loop (forward, metrics, per-sample values as
+    numpy, batch means; one torch thread), median of ``reps`` passes after one warm-up pass."""
+    import torch
+
+    from raydrift.harness import build_harness
+
+    torch.set_num_threads(1)
+    harness = build_harness(
+        "mnist", {"regimes": ["identity"], "regime_batches": batches}, seed=0, batch_size=BS
+    )
+    data = list(harness.stream())
+    model = harness.build_model().eval()
+    rates = []
+    with torch.inference_mode():
+        for rep in range(reps + 1):
+            t0 = time.perf_counter()
+            for b in data:
+                m = harness.metrics(model(b.x), b.y)
+                m["accuracy"].detach().float().cpu().numpy().astype(np.float32)
+                {k: float(v.float().mean()) for k, v in m.items()}
+            if rep:
+                rates.append(sum(len(b.y) for b in data) / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput section (``--throughput``): printed as a table, returned for ``--json``."""
+    rows = [
+        throughput_row(lab, name, params, args.throughput_samples, args.reps)
+        for lab, name, params in _selected(THROUGHPUT_DETECTORS, args.only)
+    ]
+    print(
+        f"\nEngine against the bare River detector ({rows[0].samples:,} per-sample values, batches of {BS}, "
+        f"same process, alternated {args.reps} times; ratio = engine time / bare time, median):"
+    )
+    print("| detector | bare River (samples/s) | engine (samples/s) | ratio | bare alarms | engine events |")
+    print("|---|---|---|---|---|---|")
+    for t in rows:
+        print(
+            f"| {t.detector} | {t.bare_samples_per_second:,.0f} | {t.engine_samples_per_second:,.0f} | "
+            f"{t.ratio:.2f} | {t.bare_alarms} | {t.engine_events} |"
+        )
+    engine = default_engine_rate(args.throughput_samples, args.reps)
+    mnist = mnist_plain_rate(args.mnist_batches, args.reps) if args.mnist_batches else float("nan")
+    print(
+        f"\nDefault config: {engine:,.0f} samples/s on one core; one MNIST monitor's plain loop "
+        f"{mnist:,.0f} samples/s (1 thread): {engine / mnist:.1f}x (target >= 10x)"
+    )
+    return {
+        "rows": [asdict(t) for t in rows],
+        "default_engine_samples_per_second": round(engine),
+        "mnist_plain_samples_per_second": round(mnist) if math.isfinite(mnist) else None,
+        "default_vs_mnist_plain": round(engine / mnist, 2) if math.isfinite(mnist) else None,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 generators, 2 seeds, 8,000-sample streams")
     ap.add_argument("--seeds", type=int, default=5)
@@ -494,7 +660,33 @@ def main(argv: list[str] | None = None) -> int:
         "--label-free-seeds", type=int, default=2, help="seeds for the (slow) label-free detectors"
     )
     ap.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
-    args = ap.parse_args(argv)
+    ap.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
+    ap.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only the throughput section: the engine against the bare River detector and one MNIST "
+        "monitor's plain loop, in this process",
+    )
+    ap.add_argument("--throughput-samples", type=int, default=200_000, help="per-sample values fed")
+    ap.add_argument("--reps", type=int, default=5, help="throughput repetitions (the median is kept)")
+    ap.add_argument(
+        "--mnist-batches", type=int, default=300, help="batches of the MNIST plain loop (0: skip it)"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        print(f"error: {args.json} exists: pass --overwrite to replace recorded results", file=sys.stderr)
+        return 2
+    if args.throughput:
+        t0 = time.perf_counter()
+        doc = {"command": _command(argv), "throughput": run_throughput(args)}
+        doc["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if args.json is not None:
+            _write_json(args.json, doc)
+        return 0
     if args.quick:
         args.seeds, args.generators, args.n, args.change = 2, ["sea", "rbf"], 8000, 5000
     levels = [lv for lv in args.levels if not (lv == "label-free" and args.no_label_free)]
@@ -592,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# total {wall:.1f}s", file=sys.stderr)
     if args.json is not None:
         doc = {
-            "command": "python benchmarks/detectors.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": _command(argv),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "wall_seconds": round(wall, 1),
             "streams": [
@@ -619,9 +811,17 @@ def main(argv: list[str] | None = None) -> int:
             "oracle": oracle,
             "target": target,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
+        _write_json(args.json, doc)
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    return "python benchmarks/detectors.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,87 @@ def test_fast_path_matches_the_per_value_path(seed: int) -> None:
     # every alarm of River's that counts (a worsening) is an engine event at the same sample
     assert ours and all(a in alarms for a in ours), (ours, alarms)
     assert any(10000 <= a < 10300 for a in ours)
+
+
+def bare_river_alarms(river: object, fed: list[float], bs: int) -> tuple[list[int], list[int]]:
+    """0-based alarm positions of a River detector fed ``fed`` directly, and the batches where a
+    warning zone opens (a warning while none is open; it closes on a value with neither)."""
+    alarms, zones, in_zone = [], [], False
+    for i, x in enumerate(fed):
+        river.update(x)  # type: ignore[attr-defined]
+        drift = bool(river.drift_detected)  # type: ignore[attr-defined]
+        if getattr(river, "warning_detected", False):
+            if not in_zone:
+                in_zone = True
+                zones.append(i // bs)
+        elif in_zone and not drift:
+            in_zone = False
+        if drift:
+            alarms.append(i)
+    return alarms, zones
+
+
+@pytest.mark.parametrize(
+    ("detector", "params", "direction"),
+    [
+        ("adwin", {}, "any"),
+        ("adwin", {"delta": 0.002, "clock": 32}, "any"),
+        ("page_hinkley", {}, "any"),
+        ("hddm_a", {"two_sided_test": True}, "any"),
+        ("hddm_w", {"two_sided_test": True}, "any"),
+        ("ddm", {}, "degrade"),
+        ("hddm_a", {}, "degrade"),
+        ("eddm", {}, "degrade"),
+    ],
+)
+@pytest.mark.parametrize("seed", range(2))
+def test_engine_alarms_where_the_bare_river_detector_does(
+    detector: str, params: dict, direction: str, seed: int
+) -> None:
+    """The engine's fast paths change nothing: its events (resuming with the same model after each)
+    fall on exactly the samples where the River detector, fed the same values one by one, alarms, and
+    its warning zones open in the same batches (``direction: degrade`` ignores those on an improvement)."""
+    from raydrift.detection import make_detector
+
+    rng = np.random.default_rng(seed)
+    n, bs = 24000, 50  # batches of 50: alarms fall anywhere inside a batch
+    p = np.select([np.arange(n) < 8000, np.arange(n) < 16000], [0.05, 0.35], 0.1)
+    err = (rng.random(n) < p).astype(np.float32)
+    cfg = DriftDetectionConfig(
+        detector=detector, params=params, direction=direction, warmup_samples=0, cooldown_batches=0
+    )
+    eng = DetectionEngine(cfg, "accuracy", higher_is_better=True, seed=seed)
+    res = series_batches(1.0 - err, bs=bs)
+    ours, warnings, b = [], [], 0
+    while b < len(res):
+        out = eng.ingest(res[b])
+        warnings += out.warnings
+        b += 1
+        for ev in out.events:
+            ours.append(ev.sample_index - 1)
+            eng.resume_after_update(ev.batch_id + 1, 0)
+    fed = [x for r in res for x in (1.0 - r.values.astype(np.float64)).tolist()]
+    river = make_detector(detector, params, seed=seed).river  # type: ignore[attr-defined]
+    alarms, zones = bare_river_alarms(river, fed, bs)
+    assert len(alarms) >= (2 if direction == "any" else 1)  # the stream has alarms to compare
+    # every raw alarm is the bare detector's; with ``degrade`` those on an improvement are ignored
+    ignored = eng.stats["ignored_improvements"]
+    assert ours == [a for a in alarms if a in ours] and len(ours) == len(alarms) - ignored
+    assert ignored == 0 or direction == "degrade"
+    assert warnings == zones
+    assert eng.stats["alarms"] == len(alarms) and eng.stats["warnings"] == len(zones)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fhddm_direction_any_finds_an_improvement_as_a_worsening(seed: int) -> None:
+    """``fhddm`` is one-sided (River's FHDDM tracks the maximum of the accuracy): with ``direction:
+    any`` its twin fed ``1 - x`` finds an accuracy rise 0.6 -> 0.98 within 100 samples, as the
+    detector itself finds the mirror-image fall 0.98 -> 0.6."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(12000)
+    first = np.arange(12000) < 6000
+    for before, after in ((0.6, 0.98), (0.98, 0.6)):
+        acc = (u < np.where(first, before, after)).astype(float)
+        eng = DetectionEngine(DriftDetectionConfig(detector="fhddm", direction="any"), "accuracy", True)
+        events = run_with_resume(eng, series_batches(acc))
+        assert any(6000 < e.sample_index <= 6100 for e in events), (before, after, events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -82,6 +83,24 @@ class ADWINDetector(RiverDetector):
         self.min_window_length = min_window_length
         self.grace_period = grace_period
         self._build()
+
+    def update_many(self, values: list[float]) -> int:
+        """River's ADWIN fed in one C-level loop: its window's own ``update`` (which returns whether
+        it alarmed) mapped over the values, stopping at the first alarm. The same calls, in the same
+        order, as :meth:`river.drift.ADWIN.update` makes, without its Python wrapper per value."""
+        river = self._river
+        helper = getattr(river, "_helper", None)
+        if type(river) is not drift.ADWIN or helper is None or not hasattr(river, "_drift_detected"):
+            return super().update_many(values)  # another River version's internals: the public loop
+        if river._drift_detected:  # River resets on the update after an alarm
+            river._reset()
+            helper = river._helper
+        it = iter(values)
+        if any(map(helper.update, it)):
+            river._drift_detected = True
+            return len(values) - operator.length_hint(it) - 1
+        river._drift_detected = False
+        return -1
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:

@@ -121,6 +121,28 @@ class DriftDetector:
                 return i
         return -1
 
+    def update_many_warnings(self, values: list[float], in_zone: bool) -> tuple[int, int, bool]:
+        """:meth:`update_many` for a detector with warnings, tracking the warning zone on the way.
+
+        ``in_zone``: whether a warning zone is open before the first value. A zone opens on a value
+        that raises a warning while none is open, and closes on a value that raises neither a
+        warning nor an alarm (the engine's rule). Returns ``(index of the first alarm or -1, zones
+        opened, whether a zone is open after the last value fed)``.
+        """
+        update = self.update
+        opened = 0
+        for i, x in enumerate(values):
+            update(x)
+            drift = self.drift_detected
+            if self.warning_detected:
+                if not in_zone:
+                    in_zone, opened = True, opened + 1
+            elif in_zone and not drift:
+                in_zone = False
+            if drift:
+                return i, opened, in_zone
+        return -1, opened, in_zone
+
     def update(self, x: Any) -> None:
         """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm.
 
@@ -262,6 +284,24 @@ class RiverDetector(DriftDetector):
             if river.drift_detected:
                 return i
         return -1
+
+    def update_many_warnings(self, values: list[float], in_zone: bool) -> tuple[int, int, bool]:
+        if type(self).update is not RiverDetector.update:  # a wrapper that transforms its input
+            return super().update_many_warnings(values, in_zone)
+        river = self._river
+        update = river.update
+        opened = 0
+        for i, x in enumerate(values):
+            update(x)
+            drift = river.drift_detected
+            if river.warning_detected:
+                if not in_zone:
+                    in_zone, opened = True, opened + 1
+            elif in_zone and not drift:
+                in_zone = False
+            if drift:
+                return i, opened, in_zone
+        return -1, opened, in_zone
 
     @property
     def drift_detected(self) -> bool:

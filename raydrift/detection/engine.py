@@ -370,14 +370,16 @@ class _DirectionReference:
     def push(self, x: float, w: float, recent_samples: float = 0.0) -> None:
         self.push_many(np.array([x]), np.array([w]))
 
-    def push_many(self, x: np.ndarray, w: np.ndarray) -> None:
-        if x.size == 0:
+    def push_many(self, x: np.ndarray, w: np.ndarray, w_sum: float | None = None) -> None:
+        """Append values ``x`` of weights ``w`` (``w_sum``: their sum, when the caller knows it)."""
+        size = x.size
+        if size == 0:
             return
         self.xs.append(x)
         self.ws.append(w)
-        self.n_kept += x.size
+        self.n_kept += size
         self.total_sum += float(np.dot(x, w))
-        self.total_w += float(w.sum())
+        self.total_w += float(w.sum()) if w_sum is None else w_sum
         while self.n_kept - self.xs[0].size >= CHANGE_HISTORY:
             self.n_kept -= self.xs.pop(0).size
             self.ws.pop(0)
@@ -468,16 +470,19 @@ class _OpenInterval:
     regime: int = 0
     version: int = 0
 
-    def add(self, r: BatchResult) -> None:
+    def add(self, r: BatchResult, mean: float) -> None:
+        """Count batch ``r`` whose monitored metric's mean is ``mean``."""
+        n = r.n
         self.last_batch = r.batch_id
         self.n_batches += 1
-        self.n_samples += r.n
-        if r.n > 0:
-            self.batch_means.append(float(np.mean(r.values, dtype=np.float64)))
-            self.batch_ns.append(r.n)
+        self.n_samples += n
+        if n > 0:
+            self.batch_means.append(mean)
+            self.batch_ns.append(n)
+            sums, ns = self.metric_sums, self.metric_ns
             for name, v in r.metrics.items():
-                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + float(v) * r.n
-                self.metric_ns[name] = self.metric_ns.get(name, 0) + r.n
+                sums[name] = sums.get(name, 0.0) + float(v) * n
+                ns[name] = ns.get(name, 0) + n
         self.regime = r.regime
         self.version = r.version
 
@@ -869,8 +874,8 @@ class DetectionEngine:
         fed = (1.0 - vals) if self.higher_is_better else vals
         lf = self._label_free_values(r)
         per_sample = self.cfg.granularity == "sample"
-        if lf is None and per_sample and self._use_metric and not self._detector.has_warnings:
-            return self._feed_fast(r, fed, start, base, allowed)
+        if lf is None and per_sample and self._use_metric:
+            return self._feed_fast(r, fed, start, base, allowed, out)
         xs = fed.tolist()
         for j, x in enumerate(xs):
             i = start + j
@@ -881,18 +886,24 @@ class DetectionEngine:
                 return self._event(r, base + i + 1, label_free=True)
         return None
 
-    def _feed_fast(self, r: BatchResult, fed: np.ndarray, start: int, base: int, allowed: bool) -> DriftEvent | None:
-        """The per-sample path of a detector without warnings: the batch at once (``update_many``), the
-        values made safe and the direction reference appended as arrays."""
-        safe, non_finite, clipped = sanitize(fed, self._domain)
-        self._stats["non_finite"] += non_finite
-        self._stats["clipped"] += clipped
-        where = np.flatnonzero(np.isfinite(fed)) if non_finite else None
+    def _feed_fast(
+        self, r: BatchResult, fed: np.ndarray, start: int, base: int, allowed: bool, out: DetectionOutput
+    ) -> DriftEvent | None:
+        """The per-sample path of the metric detector alone: the batch at once (``update_many``, or
+        ``update_many_warnings`` tracking the warning zone), the values made safe and the direction
+        reference appended as arrays."""
+        if fed.size and 0.0 <= fed.min() and fed.max() <= 1.0:  # the usual case: nothing to sanitize
+            safe, where = fed, None
+        else:
+            safe, non_finite, clipped = sanitize(fed, self._domain)
+            self._stats["non_finite"] += non_finite
+            self._stats["clipped"] += clipped
+            where = np.flatnonzero(np.isfinite(fed)) if non_finite else None
         xs = safe.tolist()
         pos = 0
         while pos < len(xs):
             try:
-                j = self._detector.update_many(xs[pos:] if pos else xs)
+                j = self._update_many(xs[pos:] if pos else xs, r.batch_id, out)
             except (ArithmeticError, ValueError):  # a value the detector cannot take: it restarts
                 self._stats["detector_errors"] += 1
                 self._detector.reset()
@@ -900,7 +911,7 @@ class DetectionEngine:
             end = len(xs) if j < 0 else pos + j + 1
             if self._ones.size < end - pos:
                 self._ones = np.ones(end - pos)
-            self._reference.push_many(safe[pos:end], self._ones[: end - pos])
+            self._reference.push_many(safe[pos:end], self._ones[: end - pos], float(end - pos))
             if j < 0:
                 return None
             i = start + (int(where[pos + j]) if where is not None else pos + j)
@@ -908,6 +919,21 @@ class DetectionEngine:
                 return self._event(r, base + i + 1, carry_from=i + 1)
             pos = end
         return None
+
+    def _update_many(self, xs: list[float], batch_id: int, out: DetectionOutput) -> int:
+        """Feed ``xs`` to the metric detector until it alarms (the index, or -1); the warning zones
+        opened on the way are recorded as :meth:`_track_warning` records them value by value."""
+        det = self._detector
+        if not det.has_warnings:
+            return det.update_many(xs)
+        j, opened, in_zone = det.update_many_warnings(xs, self._warning_since is not None)
+        if opened:
+            self._stats["warnings"] += opened
+            out.warnings.extend([batch_id] * opened)
+            self._warning_since = batch_id if in_zone else None
+        elif not in_zone:
+            self._warning_since = None
+        return j
 
     def _feed_label_free(self, v: np.ndarray, allowed: bool, batch_id: int, out: DetectionOutput) -> bool:
         """Feed one sample's label-free signal; True if it raised an alarm that counts."""
@@ -947,7 +973,8 @@ class DetectionEngine:
         k = None if label_free else self._locates()
         if k is not None:
             ref, recent, after_w = self._reference.split_last(k)
-            probability: float | None = float(self._detector.change_probability)
+            given = float(self._detector.change_probability)
+            probability: float | None = None if math.isnan(given) else given  # ks, mmd: none
         else:
             ref, recent, after_w = self._reference.change_split(self._recent_samples)
             probability = None
@@ -963,6 +990,9 @@ class DetectionEngine:
             signal = "metric"
         at = self.cfg.granularity == "sample"
         change = max(1, sample_index - int(round(after_w)) + 1) if at else sample_index
+        located = self._lf_detector.values_since_change if label_free and self._lf_detector else None
+        if located:  # the label-free detector's own location (fed per sample at every granularity)
+            change = max(1, sample_index - located + 1)
         event = DriftEvent(
             batch_id=r.batch_id,
             sample_index=sample_index,
@@ -1003,12 +1033,15 @@ class DetectionEngine:
         if self._carry is not None and self._feed_carry(out):
             self._stats["dropped_after_alarm"] += 1  # r: after the alarm, served again on resume
             return
+        n = r.n
+        # np.mean's own arithmetic (float64 sum, then one division), once per batch
+        mean = float(np.add.reduce(r.values, dtype=np.float64)) / n if n else float("nan")
         row = {
             "batch_id": r.batch_id,
             "regime": r.regime,
             "version": r.version,
-            "n": r.n,
-            "value": float(np.mean(r.values, dtype=np.float64)) if r.n else float("nan"),
+            "n": n,
+            "value": mean,
             "monitor": r.monitor,
             "status": "ok" if r.quarantined is None else "quarantined",
             "reason": r.quarantined or "",
@@ -1019,26 +1052,26 @@ class DetectionEngine:
             self._next = r.batch_id + 1
             return
         allowed = self._stats["batches"] >= self._alarms_from
-        self._recent_samples = max(self._recent_samples, r.n)
+        if n > self._recent_samples:
+            self._recent_samples = n
         before = self._stats["samples"]
         self._batch_starts.append((before, r.batch_id))
         event: DriftEvent | None = None
         feed = not self._held and r.version >= self._feed_from
         if not feed:
             self._stats["not_fed"] += 1
-        if feed and r.n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
+        if feed and n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
             event = self._feed_samples(r, 0, before, allowed, out)
-        if feed and event is None and r.n > 0 and cfg.granularity == "batch":
-            mean = float(np.mean(r.values, dtype=np.float64))
+        if feed and event is None and n > 0 and cfg.granularity == "batch":
             x = 1.0 - mean if self.higher_is_better else mean
-            if self._feed(x, float(r.n), allowed, r.batch_id, out):
-                event = self._event(r, before + r.n)
+            if self._feed(x, float(n), allowed, r.batch_id, out):
+                event = self._event(r, before + n)
 
         if self._interval is None:
             self._interval = _OpenInterval(first_batch=r.batch_id, last_batch=r.batch_id)
-        self._interval.add(r)
+        self._interval.add(r, mean)
         self._stats["batches"] += 1
-        self._stats["samples"] += r.n
+        self._stats["samples"] += n
         self._next = r.batch_id + 1
 
         complete = self._interval.n_batches >= cfg.interval

@@ -8,7 +8,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from raydrift.detection.base import check_param
-from raydrift.detection.two_sample import CORRECTIONS, TwoSampleDetector, ks_test
+from raydrift.detection.two_sample import (
+    CORRECTIONS,
+    TwoSampleDetector,
+    _ks_statistics,
+    combine_p_values,
+    ks_sf,
+    ks_test,
+)
 
 __all__ = ["KSDetector"]
 
@@ -32,11 +39,17 @@ class KSDetector(TwoSampleDetector):
     test_every : int
         Values between two tests once the current window is full (the check cadence).
     alpha : float
-        Drift when the corrected p-value is below it.
+        Drift when the corrected p-value is below it (unless ``ert`` is set).
     warning_alpha : float
         Warning zone when the corrected p-value is below it (``>= alpha``).
     correction : {"bonferroni", "fdr_bh", "none"}
         Multiple-testing correction over features.
+    ert : float or None
+        Expected run time between false alarms, in values (samples), on a stationary stream: with a
+        value, ``alpha`` is not used; the p-value threshold is calibrated by simulation at the first
+        test (:mod:`raydrift.detection.calibration`). ``> reference_size + window_size``.
+    calibration_cache : str or None
+        Directory where that calibration is kept as a JSON file, one per setting (null: memory only).
 
     Examples
     --------
@@ -58,8 +71,12 @@ class KSDetector(TwoSampleDetector):
         alpha: float = 0.0005,
         warning_alpha: float = 0.01,
         correction: str = "bonferroni",
+        ert: float | None = None,
+        calibration_cache: str | None = None,
     ) -> None:
-        self._init_windows(reference_size, window_size, test_every, alpha, warning_alpha)
+        self._init_windows(
+            reference_size, window_size, test_every, alpha, warning_alpha, ert, calibration_cache
+        )
         check_param("correction", correction in CORRECTIONS, f"one of {', '.join(CORRECTIONS)}", correction)
         self.correction = correction
         self.reset()
@@ -67,7 +84,23 @@ class KSDetector(TwoSampleDetector):
     def _test(self, reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
         return ks_test(reference, current, self.correction)
 
+    def _p_values(self, reference: np.ndarray, windows: list[np.ndarray]) -> np.ndarray:
+        # the statistics per window, their p-values in one call (what ks_test computes, vectorised)
+        ref = np.asarray(reference, dtype=np.float64).reshape(reference.shape[0], -1)
+        (n, d), m = ref.shape, windows[0].shape[0]
+        # many windows side by side as columns of one call (the statistic is per column)
+        chunk = max(1, 4_000_000 // ((n + m) * d))
+        parts = []
+        for c in range(0, len(windows), chunk):
+            ws = np.stack(windows[c : c + chunk]).astype(np.float64).reshape(-1, m, d)
+            both = _ks_statistics(np.tile(ref, (1, ws.shape[0])), ws.transpose(1, 0, 2).reshape(m, -1))
+            parts.append(both.reshape(ws.shape[0], d))
+        stats = np.concatenate(parts)
+        sf = np.clip(ks_sf(stats, round(n * m / (n + m))), 0.0, 1.0)
+        return combine_p_values(sf, self.correction)
+
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"reference_size": 100, "window_size": 60, "test_every": 20, "alpha": 0.001}
         yield {"reference_size": 80, "window_size": 50, "test_every": 25, "correction": "fdr_bh"}
+        yield {"reference_size": 20, "window_size": 20, "test_every": 10, "ert": 300}

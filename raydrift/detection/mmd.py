@@ -32,7 +32,7 @@ class MMDDetector(TwoSampleDetector):
     test_every : int
         Values between two tests once the current window is full (the check cadence).
     alpha : float
-        Drift when the p-value is below it; ``> 1 / (permutations + 1)``.
+        Drift when the p-value is below it; ``> 1 / (permutations + 1)`` (not used with ``ert``).
     warning_alpha : float
         Warning zone when the p-value is below it (``>= alpha``).
     permutations : int
@@ -42,6 +42,13 @@ class MMDDetector(TwoSampleDetector):
         different scales would otherwise be dominated by the largest).
     seed : int
         Seed of the permutations (the run's seed unless ``params`` sets one).
+    ert : float or None
+        Expected run time between false alarms, in values (samples), on a stationary stream: with a
+        value, ``alpha`` is not used; the p-value threshold is calibrated by simulation at the first
+        test (:mod:`raydrift.detection.calibration`). ``> reference_size + window_size``; the
+        threshold it needs must stay above ``1 / (permutations + 1)``.
+    calibration_cache : str or None
+        Directory where that calibration is kept as a JSON file, one per setting (null: memory only).
 
     Examples
     --------
@@ -65,15 +72,29 @@ class MMDDetector(TwoSampleDetector):
         permutations: int = 299,
         standardize: bool = True,
         seed: int = 0,
+        ert: float | None = None,
+        calibration_cache: str | None = None,
     ) -> None:
-        self._init_windows(reference_size, window_size, test_every, alpha, warning_alpha)
+        self._init_windows(
+            reference_size, window_size, test_every, alpha, warning_alpha, ert, calibration_cache
+        )
         check_param("permutations", permutations >= 1, "an integer >= 1", permutations)
         check_param(
             "alpha",
-            alpha > 1.0 / (permutations + 1),
+            ert is not None or alpha > 1.0 / (permutations + 1),
             f"a number > 1 / (permutations + 1) = {1.0 / (permutations + 1):.4g}",
             alpha,
         )
+        if ert is not None:  # the threshold is at least about one test's share of the run
+            first = reference_size + window_size
+            share = test_every / (ert - first + test_every)
+            check_param(
+                "ert",
+                share > 2.0 / (permutations + 1),
+                f"a run length the p-values of {permutations} permutations can resolve (ert < "
+                f"{first - test_every + test_every * (permutations + 1) / 2:.0f}; raise permutations)",
+                ert,
+            )
         self.permutations = permutations
         self.standardize = standardize
         self.seed = seed

@@ -20,6 +20,7 @@ a 1-feature stream), and the engine runs one of them on the label-free signal wi
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, ClassVar
 
@@ -27,8 +28,9 @@ import numpy as np
 from scipy.stats import kstwo
 
 from raydrift.detection.base import NativeDetector, check_param
+from raydrift.detection.calibration import Calibration, calibrate
 
-__all__ = ["CORRECTIONS", "TwoSampleDetector", "ks_test", "mmd_test"]
+__all__ = ["CORRECTIONS", "TwoSampleDetector", "combine_p_values", "ks_test", "mmd_test"]
 
 CORRECTIONS = ("bonferroni", "fdr_bh", "none")
 
@@ -138,16 +140,37 @@ def ks_test(x: np.ndarray, y: np.ndarray, correction: str = "bonferroni") -> tup
     n, m = x2.shape[0], y2.shape[0]
     stats = _ks_statistics(x2, y2)
     en = round(n * m / (n + m))
-    pvals = np.clip(kstwo.sf(stats, en), 0.0, 1.0)
-    d = pvals.size
+    pvals = np.clip(ks_sf(stats, en), 0.0, 1.0)
+    return float(stats.max()), float(combine_p_values(pvals[None, :], correction)[0])
+
+
+_KS_SF: dict[tuple[float, int], float] = {}
+
+
+def ks_sf(stats: np.ndarray, en: int) -> np.ndarray:
+    """``scipy.stats.kstwo.sf(stats, en)``, each distinct value computed once per process (scipy's
+    exact distribution costs about a millisecond a value; a window's statistic takes few values)."""
+    flat = np.asarray(stats, dtype=np.float64).reshape(-1)
+    levels, where = np.unique(flat, return_inverse=True)
+    todo = [v for v in levels.tolist() if (v, en) not in _KS_SF]
+    if todo:
+        if len(_KS_SF) > 1_000_000:
+            _KS_SF.clear()
+        for v, sf in zip(todo, np.atleast_1d(kstwo.sf(np.array(todo), en)).tolist(), strict=True):
+            _KS_SF[(v, en)] = sf
+    sf_levels = np.array([_KS_SF[(v, en)] for v in levels.tolist()])
+    return sf_levels[where].reshape(np.shape(stats))
+
+
+def combine_p_values(pvals: np.ndarray, correction: str) -> np.ndarray:
+    """Per row of per-feature p-values ``(tests, features)``, the combined p-value (see :func:`ks_test`)."""
+    d = pvals.shape[1]
     if correction == "bonferroni":
-        p = min(1.0, float(pvals.min()) * d)
-    elif correction == "fdr_bh":
-        ranked = np.sort(pvals)
-        p = min(1.0, float(np.min(ranked * d / np.arange(1, d + 1))))
-    else:
-        p = float(pvals.min())
-    return float(stats.max()), p
+        return np.minimum(1.0, pvals.min(axis=1) * d)
+    if correction == "fdr_bh":
+        ranked = np.sort(pvals, axis=1)
+        return np.minimum(1.0, np.min(ranked * d / np.arange(1, d + 1), axis=1))
+    return pvals.min(axis=1)
 
 
 class TwoSampleDetector(NativeDetector):
@@ -166,15 +189,31 @@ class TwoSampleDetector(NativeDetector):
     Subclasses implement :meth:`_test`.
 
     Repeating a test of level ``alpha`` on overlapping windows raises more than ``alpha`` false
-    alarms per test over a stationary stream; keep ``alpha`` small (the defaults give no false alarm
-    in the benchmark's stationary stretches; see ``docs/drift_detectors.md``).
+    alarms per test over a stationary stream. Set ``ert`` instead (the expected number of values
+    between two false alarms on a stationary stream): the p-value threshold is then calibrated by
+    simulation at the first test (:mod:`raydrift.detection.calibration`) and ``alpha`` is not used.
+
+    At an alarm the detector locates the change (:attr:`values_since_change`): the most likely single
+    shift of the (reference-standardised) feature means among the reference and the current window;
+    the event's change point follows the data, not the test schedule.
     """
 
     name: ClassVar[str] = ""
     has_warnings: ClassVar[bool] = True
+    #: from the calibration for ``ert``: (threshold, probability of an alarm at it, simulated mean
+    #: run length, censored fraction, streams, tests), plain numbers so that the state stays plain;
+    #: None until the first test
+    _calibrated: tuple[float, float, float, float, int, int] | None
 
     def _init_windows(
-        self, reference_size: int, window_size: int, test_every: int, alpha: float, warning_alpha: float
+        self,
+        reference_size: int,
+        window_size: int,
+        test_every: int,
+        alpha: float,
+        warning_alpha: float,
+        ert: float | None = None,
+        calibration_cache: str | None = None,
     ) -> None:
         check_param("reference_size", reference_size >= 2, "an integer >= 2", reference_size)
         check_param("window_size", window_size >= 2, "an integer >= 2", window_size)
@@ -183,21 +222,100 @@ class TwoSampleDetector(NativeDetector):
         check_param(
             "warning_alpha", alpha <= warning_alpha < 1.0, f"a number in [alpha={alpha}, 1)", warning_alpha
         )
+        first = reference_size + window_size
+        check_param(
+            "ert",
+            ert is None or (isinstance(ert, int | float) and math.isfinite(ert) and ert > first),
+            f"null or a number of values > reference_size + window_size = {first} (the first test)",
+            ert,
+        )
+        check_param(
+            "calibration_cache",
+            calibration_cache is None or (isinstance(calibration_cache, str) and calibration_cache != ""),
+            "null or a directory path",
+            calibration_cache,
+        )
         self.reference_size = reference_size
         self.window_size = window_size
         self.test_every = test_every
         self.alpha = alpha
         self.warning_alpha = warning_alpha
+        self.ert = ert
+        self.calibration_cache = calibration_cache
+        self._calibrated = None
 
     def reset(self) -> None:
         self._reference: list[np.ndarray] = []
         self._window: deque[np.ndarray] = deque(maxlen=self.window_size)
         self._since_test = 0
+        self._n = 0  # values since the (re)start
         self._drift = False
         self._warning = False
         self._statistic = 0.0
         self._p_value = 1.0
+        self._since_change: int | None = None
         self._rng = np.random.default_rng(int(getattr(self, "seed", 0)))
+        # the randomised decision at a calibrated threshold: its own stream, so that mmd's
+        # permutations are those of the simulation, and not seeded again at a restart (every run
+        # would draw the same coins)
+        if getattr(self, "_coin", None) is None:
+            self._coin = np.random.default_rng([int(getattr(self, "seed", 0)), 1])
+
+    @property
+    def threshold(self) -> float:
+        """The p-value threshold in use: ``alpha``, or the one calibrated from ``ert`` (NaN until the
+        first test calibrates it)."""
+        if self.ert is None:
+            return self.alpha
+        return self._calibrated[0] if self._calibrated is not None else float("nan")
+
+    @property
+    def calibration(self) -> tuple[float, float, float, float, int, int] | None:
+        """``(threshold, probability of an alarm at it, simulated mean run length, censored fraction,
+        streams, tests)`` of the calibration behind :attr:`threshold` (``ert`` set, after the first
+        test), else None."""
+        return self._calibrated
+
+    def calibrate(self, n_features: int) -> Calibration:
+        """The p-value threshold for ``ert`` with ``n_features`` features (simulated once, cached)."""
+        if self.ert is None:
+            raise ValueError(f"{self.name}: calibrate() needs ert")
+        key = {
+            "detector": self.name,
+            "params": {
+                k: v
+                for k, v in self.params().items()
+                if k not in ("alpha", "warning_alpha", "ert", "calibration_cache")
+            },
+            "features": int(n_features),
+        }
+        first = self.reference_size + self.window_size
+        cal = calibrate(
+            key, self._simulate(n_features), float(self.ert), first, self.test_every, self.calibration_cache
+        )
+        self._calibrated = (
+            cal.alpha, cal.edge_probability, cal.mean_run_length, cal.censored, cal.streams, cal.tests
+        )
+        return cal
+
+    def _simulate(self, d: int) -> Any:
+        sim = self.clone()
+        assert isinstance(sim, TwoSampleDetector)
+        r, w, every = self.reference_size, self.window_size, self.test_every
+
+        def simulate(rng: np.random.Generator, tests: int) -> np.ndarray:
+            """The p-values of this detector's first ``tests`` tests on a stationary stream of i.i.d.
+            standard normal samples drawn from ``rng`` (the same seed extends the same stream)."""
+            x = rng.standard_normal((r + w + (tests - 1) * every, d))
+            sim.reset()  # as after a restart: mmd's permutations start again from its seed
+            return sim._p_values(x[:r], [x[r + k * every : r + k * every + w] for k in range(tests)])
+
+        return simulate
+
+    @property
+    def values_since_change(self) -> int | None:
+        """Values since the change located at the last alarm, that value included (None before)."""
+        return self._since_change
 
     @property
     def drift_detected(self) -> bool:
@@ -226,6 +344,7 @@ class TwoSampleDetector(NativeDetector):
         if self._drift:
             self.reset()
         v = np.array(x, dtype=np.float64).reshape(-1)
+        self._n += 1
         if not self.reference_full:
             self._reference.append(v)
             return
@@ -236,10 +355,43 @@ class TwoSampleDetector(NativeDetector):
         self._since_test += 1
         if (self._since_test - 1) % self.test_every != 0:
             return  # between tests: no alarm; the warning zone stays as the last test left it
-        stat, p = self._test(np.stack(self._reference), np.stack(list(self._window)))
+        reference, current = np.stack(self._reference), np.stack(list(self._window))
+        stat, p = self._test(reference, current)
         self._statistic, self._p_value = stat, p
-        self._drift = p < self.alpha
+        self._drift = p < self.alpha if self.ert is None else self._alarms(p, v.size)
         self._warning = not self._drift and p < self.warning_alpha
+        if self._drift:
+            self._since_change = self._locate(reference, current)
+
+    def _alarms(self, p: float, n_features: int) -> bool:
+        """The calibrated decision: below the threshold, or at it with the calibrated probability."""
+        if self._calibrated is None:  # the first test: the number of features is known now
+            self.calibrate(n_features)
+        assert self._calibrated is not None
+        level, q = self._calibrated[0], self._calibrated[1]
+        return p < level or (p == level and float(self._coin.random()) < q)
+
+    def _p_values(self, reference: np.ndarray, windows: list[np.ndarray]) -> np.ndarray:
+        """The p-values of the tests of ``reference`` against each window (the calibration's loop)."""
+        return np.array([self._test(reference, w)[1] for w in windows])
+
+    def _locate(self, reference: np.ndarray, current: np.ndarray) -> int:
+        """Values since the most likely single shift of the standardised feature means, among the
+        reference and the current window (values between them, not kept, count as after a change
+        located at the window's start)."""
+        z = np.concatenate([reference, current])
+        scale = reference.std(axis=0)
+        z = (z - reference.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+        n = z.shape[0]
+        k = np.arange(1, n)  # split: z[:k] before, z[k:] after
+        head = np.cumsum(z, axis=0)[:-1]
+        total = head[-1] + z[-1]
+        diff = head / k[:, None] - (total - head) / (n - k)[:, None]
+        stat = (diff * diff).sum(axis=1) * k * (n - k) / n
+        split = int(k[int(np.argmax(stat))])
+        if split >= reference.shape[0]:  # inside the current window
+            return n - split
+        return self._n - split  # inside the reference: the unkept values between count too
 
     def _test(self, reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
         raise NotImplementedError
