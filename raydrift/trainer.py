@@ -320,6 +320,9 @@ def _train_job(w: _Worker, job: Job) -> JobOutput | None:
     from raydrift.weights import load_into, to_numpy
 
     started = time.time()
+    cuda = next(w.model.parameters(), torch.empty(0)).is_cuda
+    # what this worker held on its GPU while it waited (model, after the previous job's clean-up)
+    idle_gpu_mb = torch.cuda.memory_reserved() / 2**20 if cuda else None
     weights, data = ray.get([job.weights_ref, job.data_ref])
     load_into(w.model, weights)
     cl_cfg = _job_cl_config(w.cl_cfg, job.strategy)
@@ -340,12 +343,25 @@ def _train_job(w: _Worker, job: Job) -> JobOutput | None:
         memory_samples=len(data.memory_y),
         torch_threads=torch.get_num_threads(),
     )
+    if idle_gpu_mb is not None:
+        metrics["idle_gpu_reserved_mb"] = idle_gpu_mb
     if w.rank != 0:
         return None
     metrics.update(_accuracies(w, data))
     state = io.BytesIO()
     torch.save(strategy.state_dict(), state)
     return JobOutput(to_numpy(w.model.state_dict()), metrics, state.getvalue(), started, trained)
+
+
+def _release(w: _Worker) -> None:
+    """Between jobs a worker keeps its model's parameters and buffers (and its CUDA context) only:
+    the gradients go, and on a GPU the allocator's cached blocks (activations, optimizer state)."""
+    cuda = False
+    for p in w.model.parameters():
+        p.grad = None
+        cuda = cuda or p.is_cuda
+    if cuda:
+        torch.cuda.empty_cache()
 
 
 def serve_jobs(config: dict[str, Any]) -> None:
@@ -370,9 +386,7 @@ def serve_jobs(config: dict[str, Any]) -> None:
         after = job.seq
         if output is not None:
             ray.get(board.complete.remote(job.id, output, os.getpid()))
-        first = next(w.model.parameters(), None)
-        if first is not None and first.is_cuda:
-            torch.cuda.empty_cache()  # between jobs a worker holds its model and CUDA context only
+        _release(w)
 
 
 # --- the driver --------------------------------------------------------------------------------
