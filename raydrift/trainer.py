@@ -455,8 +455,9 @@ class StandingTrainer:
             self._atexit = True
 
     def _launch(self) -> _Run:
-        board = ray.remote(self.board_cls).options(num_cpus=0, max_concurrency=1000).remote()
         name = f"standing-{uuid.uuid4().hex[:8]}"
+        # named, so it shows in the dashboard beside the Train run of the same name
+        board = ray.remote(self.board_cls).options(num_cpus=0, max_concurrency=1000, name=f"{name}-jobs").remote()
         run = _Run(name, board, threading.Thread(), time.perf_counter())
         run.thread = threading.Thread(target=self._fit, args=(run,), name=f"raydrift-{name}", daemon=True)
         run.thread.start()

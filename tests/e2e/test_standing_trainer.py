@@ -219,8 +219,12 @@ def test_when_train_gives_up_run_raises_and_the_next_run_starts_fresh(one_worker
     outcome = trainer.run(weights_ref, data_ref, version=1)  # a fresh standing run
     assert trainer.runs_started == 2 and outcome.metrics["standing_runs"] == 2
     assert_same_weights(outcome.weights, one_worker["outcomes"][0].weights)
-    trainer.shutdown()  # frees its CPU for the 2-worker tests
+    run, pid = trainer._run, status(trainer).worker_pids[0]
+    assert run is not None
+    trainer.shutdown()  # the stop job (this also frees its CPU for the 2-worker tests)
     assert trainer.status() is None
+    assert run.finished.is_set() and run.error is None  # fit() returned: the workers stopped cleanly
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the worker process to exit")
 
 
 # --- two workers under faults ------------------------------------------------------------------
