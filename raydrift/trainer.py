@@ -312,6 +312,11 @@ def _accuracies(w: _Worker, data: Any) -> dict[str, float]:
     return out
 
 
+def _value(ref_or_value: Any) -> Any:
+    """A job's input: an ObjectRef is fetched; a value (as ``train_func`` also takes) is used as is."""
+    return ray.get(ref_or_value) if isinstance(ref_or_value, ray.ObjectRef) else ref_or_value
+
+
 def _train_job(w: _Worker, job: Job) -> JobOutput | None:
     """One update on this worker: what :func:`raydrift.learning.loop.train_func` does after its
     set-up (the model is reused: the job's weights are loaded into it). Rank 0 returns the output."""
@@ -323,11 +328,10 @@ def _train_job(w: _Worker, job: Job) -> JobOutput | None:
     cuda = next(w.model.parameters(), torch.empty(0)).is_cuda
     # what this worker held on its GPU while it waited (model, after the previous job's clean-up)
     idle_gpu_mb = torch.cuda.memory_reserved() / 2**20 if cuda else None
-    weights, data = ray.get([job.weights_ref, job.data_ref])
+    weights, data, previous = (_value(v) for v in (job.weights_ref, job.data_ref, job.strategy_state_ref))
     load_into(w.model, weights)
     cl_cfg = _job_cl_config(w.cl_cfg, job.strategy)
     strategy = make_strategy(cl_cfg.strategy, cl_cfg)
-    previous = ray.get(job.strategy_state_ref) if job.strategy_state_ref is not None else None
     if previous:
         strategy.load_state_dict(previous)
     seed = w.seed + job.version
