@@ -252,6 +252,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1, description="global batch size of an update step")
     lr: float = Field(1e-3, gt=0)
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig.max_failures")
+    standing: bool = Field(
+        True,
+        description="with num_workers >= 1: one Ray Train run per raydrift run serves every update on the "
+        "same workers, set up once (false: a fresh TorchTrainer fit() per update); ignored when num_workers is 0",
+    )
 
 
 class AdaptationConfig(_Section):

@@ -113,6 +113,13 @@ class Updater:
         # a URI (s3://, gs://, file://) is handed to Ray Train as is; a local path is made absolute
         self.storage_path = normalize_storage(storage_path)
 
+    def start(self) -> None:
+        """Nothing to start: each update is its own ``fit()`` (the interface of
+        :class:`raydrift.trainer.StandingTrainer`)."""
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Nothing runs between updates."""
+
     def run(
         self,
         weights_ref: ray.ObjectRef,

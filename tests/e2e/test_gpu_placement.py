@@ -84,3 +84,51 @@ def test_asking_for_more_gpus_than_the_cluster_has_is_refused(gpu_cluster: None,
     )
     with pytest.raises(UserError, match=r"needs 2 GPUs but the cluster has 1"):
         Coordinator(cfg, run_dir=tmp_path, console=lambda _: None).run().to_dict()
+
+
+@ray.remote(num_gpus=0.25, num_cpus=0)
+class GpuHolder:
+    """Stands for a monitor holding a quarter of the GPU."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def test_a_standing_trainer_holds_its_fractional_gpu_between_jobs(gpu_cluster: None, tmp_path: Path) -> None:
+    import time
+
+    import numpy as np
+    import torch
+
+    from raydrift.harness import build_harness
+    from raydrift.learning import UpdateData
+    from raydrift.trainer import StandingTrainer, make_updater
+    from raydrift.weights import to_numpy
+
+    cfg = config(tmp_path, "train.num_workers=1", "train.use_gpu=true", "train.gpus_per_worker=0.5", "train.epochs=1")
+    holders = [GpuHolder.remote() for _ in range(2)]  # 2 x 0.25 GPU, as 2 monitors would
+    ray.get([h.ping.remote() for h in holders])
+    harness = build_harness("synthetic", cfg.data, seed=0, batch_size=32)
+    batches = list(harness.stream())[:6]
+    data = UpdateData(torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches]),
+                      batches[0].x[:0], batches[0].y[:0])
+    initial = to_numpy(harness.build_model().state_dict())
+    trainer = make_updater(cfg, {"spec": "synthetic", "options": cfg.data}, tmp_path / "train")
+    assert isinstance(trainer, StandingTrainer)
+    try:
+        trainer.start()
+        weights_ref, data_ref = ray.put(initial), ray.put(data)
+        for version in (1, 2):  # no deadlock: the worker's 0.5 GPU was free beside the holders
+            out = trainer.run(weights_ref, data_ref, version)
+            assert out.metrics["version"] == version and any(
+                not np.array_equal(out.weights[k], initial[k]) for k in initial
+            )
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0)  # held between jobs
+    finally:
+        trainer.shutdown()
+        for h in holders:
+            ray.kill(h)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("GPU", 0.0) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("GPU", 0.0) == pytest.approx(1.0)  # given back at shutdown
