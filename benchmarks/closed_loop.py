@@ -274,11 +274,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--resume", action="store_true", help="skip the runs already in <out>.partial.jsonl")
+    p.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                   help="print the table of these result files (.json, or a .partial.jsonl) and run nothing")
     return p.parse_args(argv)
+
+
+def load_results(paths: Iterable[Path]) -> list[RunResult]:
+    """The runs recorded in result files (``--out`` files), in order."""
+    out = []
+    for p in paths:
+        text = p.read_text()
+        rows = [json.loads(line) for line in text.splitlines()] if p.suffix == ".jsonl" else json.loads(text)["results"]
+        out += [RunResult(**r) for r in rows]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.table:
+        print(table(load_results(a.table)))
+        return 0
     if a.out.exists() and not a.overwrite:
         print(f"error: {a.out} exists: pass --overwrite to replace it, or --out another file", file=sys.stderr)
         return 2
