@@ -322,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     ray.shutdown()
     meta = {"command": " ".join(["python", "benchmarks/closed_loop.py", *(argv or sys.argv[1:])]),
-            "overrides": a.set, "online_steps": a.online_steps}
+            "overrides": a.set, "online_steps": a.online_steps,
+            "configs": {s: load_config(s, 0, a.set).to_dict() for s in a.streams}}
     a.out.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in done]}, indent=1) + "\n")
+    partial.unlink(missing_ok=True)  # everything it held is in --out now
     print(table(done))
     return 0
 
