@@ -256,7 +256,6 @@ class RiverStreamHarness(Harness):
             opts = RiverStreamOptions.model_validate(data)
         super().__init__(opts, seed=seed, batch_size=batch_size)
         self.opts: RiverStreamOptions = opts
-        self.spec = GENERATORS[opts.generator]
         self.regimes = opts.schedule()
         self.regression = self.spec.task == "regression"
         if self.regression:
@@ -265,6 +264,11 @@ class RiverStreamHarness(Harness):
             self.metric_directions = {"se": False, "ae": False}  # type: ignore[misc]
         self._encoder: FeatureEncoder | None = None
         self._target: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def spec(self) -> GeneratorSpec:
+        """The generator's entry in :data:`GENERATORS` (looked up, not stored: the harness pickles)."""
+        return GENERATORS[self.opts.generator]
 
     # --- generators ------------------------------------------------------------------------------
     def generator(self, regime: int, *keys: int) -> Any:
