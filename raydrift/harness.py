@@ -126,6 +126,7 @@ class Harness:
 HARNESS_REGISTRY: dict[str, str] = {
     "cifar": "harnesses.cifar:CIFARHarness",
     "mnist": "harnesses.mnist:MNISTHarness",
+    "river": "harnesses.river_stream:RiverStreamHarness",
     "synthetic": "harnesses.synthetic:GaussianDriftHarness",
 }
 """Registry name -> dotted path. A new harness is one file plus one entry here."""

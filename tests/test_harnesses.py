@@ -30,6 +30,14 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], int, int]] = {
         4,
         2,
     ),
+    "river-sea": ("river", {"regime_batches": 3, "test_size": 40, "pretrain_size": 32}, (3,), 2, 3),
+    "river-agrawal": (
+        "river",
+        {"generator": "agrawal", "regime_batches": 2, "test_size": 40, "pretrain_size": 32, "hidden": 16},
+        (40,),
+        2,
+        3,
+    ),
     "cifar": (
         "cifar",
         {"source": "synthetic", "synthetic_train": 300, "synthetic_test": 100, "test_samples": 50, "regime_batches": 2},
