@@ -435,7 +435,7 @@ def instrumented(probe: Probe) -> Iterator[type]:
     """
     import raydrift.coordinator as cm
     import raydrift.pipeline.heldout as heldout_module
-    import raydrift.pipeline.loop as loop_module
+    import raydrift.trainer as trainer_module
 
     def record_update(call: dict[str, Any]) -> None:
         probe.updates.append(call)
@@ -456,13 +456,18 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 )
             super().write(row)
 
-    class RecordingUpdater(loop_module.Updater):  # type: ignore[misc, name-defined]
-        def run(self, *args: Any, **kwargs: Any) -> Any:
-            names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
-            call = dict(zip(names, args, strict=False)) | kwargs
-            out = super().run(*args, **kwargs)
-            record_update({**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds})
-            return out
+    def recording(base: type) -> type:
+        class Recording(base):  # type: ignore[misc, valid-type]
+            def run(self, *args: Any, **kwargs: Any) -> Any:
+                names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
+                call = dict(zip(names, args, strict=False)) | kwargs
+                out = super().run(*args, **kwargs)
+                record_update({**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds})
+                return out
+
+        return Recording
+
+    RecordingUpdater = recording(trainer_module.Updater)
 
     evaluate = heldout_module.evaluate
 
@@ -503,7 +508,8 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 probe.on_shutdown()
             super()._shutdown()
 
-    seams = [(cm, "MetricsWriter", RecordingWriter), (loop_module, "Updater", RecordingUpdater),
+    seams = [(cm, "MetricsWriter", RecordingWriter), (trainer_module, "Updater", RecordingUpdater),
+             (trainer_module, "StandingTrainer", recording(trainer_module.StandingTrainer)),
              (heldout_module, "evaluate", timed_evaluate)]
     saved = [(module, name, getattr(module, name)) for module, name, _ in seams]
     for module, name, value in seams:

@@ -45,7 +45,8 @@ from raydrift.session import (
     stopping,
 )
 from raydrift.tracking import Tracker, make_tracker
-from raydrift.update import copy_run_outputs
+from raydrift.trainer import StandingTrainer, make_updater
+from raydrift.update import Updater, copy_run_outputs, train_storage
 from raydrift.weights import load_into, load_weights
 
 __all__ = ["BATCHES_FILE", "BATCH_COLUMNS", "ERROR_LOG", "Coordinator", "error_line", "make_run_dir", "run_in_thread"]
@@ -230,6 +231,23 @@ class Coordinator:
 
     def _run_loop(self, pre: Preflight, checkpoint: dict[str, Any] | None, run_dir: Path, state: _RunState) -> None:
         cfg = self.cfg
+        # a standing trainer's workers start now, while the model pre-trains and the stream is monitored
+        updater = make_updater(cfg, self._harness_spec(), train_storage(cfg.ray.storage_path, run_dir))
+        updater.start()
+        try:
+            self._loop(pre, checkpoint, run_dir, state, updater)
+        finally:
+            updater.shutdown()
+
+    def _loop(
+        self,
+        pre: Preflight,
+        checkpoint: dict[str, Any] | None,
+        run_dir: Path,
+        state: _RunState,
+        updater: Updater | StandingTrainer,
+    ) -> None:
+        cfg = self.cfg
         model = self._initial_model(pre.harness, pre.device, checkpoint)
         if checkpoint is None:
             HeldOut(pre.harness, pre.test_sets, model, self.summary).row("initial", 0, -1)
@@ -248,7 +266,8 @@ class Coordinator:
         )
         state.writers = list(writers)
         parts = LoopParts(
-            run_dir, self.summary, pre.harness, self._harness_spec(), model, pre.device, pre.test_sets, writers, tracker
+            run_dir, self.summary, pre.harness, self._harness_spec(), model, pre.device, pre.test_sets, writers, tracker,
+            updater,
         )
         self.loop = state.loop = Loop(cfg, parts, self.callbacks, self.log)
         self.loop.run(checkpoint)

@@ -88,3 +88,16 @@ def test_a_drift_without_a_reference_counts_as_recovered_at_its_first_check() ->
     for b in (11, 12, 13):
         w.batch(row(b, 0.2, 1))
     assert rec.recovered and rec.pre_drift_value is None
+
+
+def test_the_check_window_caps_dispatch_and_always_lets_the_next_batch_go() -> None:
+    w = watch()
+    assert w.check_ends_at(10) is None  # no drift
+    w.drift(event(), 0.0)
+    w.updated(1, None, None)
+    assert w.check_ends_at(12) == 14  # batches 12, 13, 14 are the check window
+    w.batch(row(12, 0.5, 1))
+    assert w.check_ends_at(13) == 14
+    w.batch(row(13, 0.5, 1))
+    w.batch(row(14, 0.5, 1))
+    assert w.check_ends_at(15) is None  # the check is done: a follow-up is due

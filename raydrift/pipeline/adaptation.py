@@ -138,6 +138,14 @@ class AdaptationWatch:
         else:
             self.window = None  # the budget is spent: the drift stays not recovered
 
+    def check_ends_at(self, processed: int) -> int | None:
+        """The last batch of the check window in progress, for ``processed`` batches accepted so far
+        (None: no check in progress). Always at least ``processed``: dispatch can go on."""
+        w = self.window
+        if w is None or self._due:
+            return None
+        return processed - 1 + max(1, self.check_batches - w.batches)
+
     def followup_due(self) -> DriftEvent | None:
         """The drift to train a follow-up update for, once (None: none due)."""
         if not self._due or self.event is None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from raydrift.config import PromotionConfig
+from raydrift.data import UpdateData
 from raydrift.harness import Harness
-from raydrift.learning.loop import UpdateData, evaluate
+from raydrift.learning.loop import evaluate
 from raydrift.pipeline.records import GateDecision
 from raydrift.weights import Weights, load_into
 

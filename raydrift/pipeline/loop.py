@@ -45,7 +45,8 @@ from raydrift.pipeline.supervision import ACTOR_ERRORS, ActorFactory, Supervisor
 from raydrift.pipeline.update import PendingDrift, UpdateLifecycle
 from raydrift.report import MetricsWriter, summary_to_json
 from raydrift.tracking import Tracker
-from raydrift.update import Updater, train_storage
+from raydrift.trainer import StandingTrainer
+from raydrift.update import Updater
 from raydrift.weights import Weights, save_weights, to_numpy, to_state_dict
 
 __all__ = ["Loop", "LoopParts"]
@@ -65,10 +66,11 @@ class LoopParts:
         test_sets: dict[int, tuple[torch.Tensor, torch.Tensor]],
         writers: tuple[MetricsWriter, MetricsWriter],
         tracker: Tracker,
+        updater: Updater | StandingTrainer,
     ) -> None:
         self.run_dir, self.summary, self.harness, self.spec = run_dir, summary, harness, spec
         self.model, self.device, self.test_sets = model, device, test_sets
-        self.writers, self.tracker = writers, tracker
+        self.writers, self.tracker, self.updater = writers, tracker, updater
 
 
 class Loop:
@@ -96,9 +98,8 @@ class Loop:
         self.policy = make_policy(cfg.monitor.on_drift)
         ad = cfg.adaptation
         self.adaptation = AdaptationWatch(ad.tolerance, ad.check_batches, ad.max_followups, metric, hib, ad.until_recovered)
-        updater = Updater(cfg, parts.spec, train_storage(cfg.ray.storage_path, parts.run_dir))
         self.update = UpdateLifecycle(
-            cfg, parts.harness, self.stages, self.policy, updater, self.heldout, s, parts.tracker,
+            cfg, parts.harness, self.stages, self.policy, parts.updater, self.heldout, s, parts.tracker,
             self.run_metrics, callbacks, log, self.snapshot, self.adaptation,
         )
         self.pending: PendingDrift | None = None
@@ -143,7 +144,7 @@ class Loop:
         if up.blocks_dispatch:
             d.request_chunk()
         else:
-            d.fill(self.pending.upto if self.pending is not None else None)
+            d.fill(self._dispatch_limit())
         if up.job is not None and up.job.future.done():
             up.finish()
             return True
@@ -153,6 +154,16 @@ class Loop:
                 return idle
         self._wait_and_ingest()
         return True
+
+    def _dispatch_limit(self) -> int | None:
+        """The last batch to dispatch now: a pending drift's window end, or (``on_drift: pause``) the end
+        of the adaptation check window, so a follow-up update trains right after its check instead of
+        after the tasks already sent past it."""
+        if self.pending is not None:
+            return self.pending.upto
+        if not self.policy.monitors_during_update:
+            return self.adaptation.check_ends_at(self.stages.books.processed)
+        return None
 
     def _when_idle(self) -> bool | None:
         """Nothing in flight: wait for the update, start one, fetch, or end (None: wait below)."""

@@ -213,6 +213,12 @@ class UpdateRecord:
     train_forward_backward_seconds: float | None = None
     train_optimizer_seconds: float | None = None
     train_torch_threads: int | None = None
+    train_queue_seconds: float | None = None
+    """Standing trainer: from the job's submission until a worker took it."""
+    train_handoff_seconds: float | None = None
+    """Standing trainer: from rank 0's result until the driver had it."""
+    train_job_attempts: int | None = None
+    """Standing trainer: times the job ran (> 1: a worker group was restarted mid-job)."""
     window_accuracy_after_training: float | None = None
     memory_accuracy_after_training: float | None = None
     gate: GateDecision | None = None

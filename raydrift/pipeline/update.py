@@ -36,6 +36,7 @@ from raydrift.pipeline.policy import OnDriftPolicy
 from raydrift.pipeline.records import GateDecision, NotPromotedRecord, RunSummary, UpdateRecord
 from raydrift.pipeline.stages import Stages
 from raydrift.tracking import Tracker
+from raydrift.trainer import StandingTrainer
 from raydrift.update import UpdateOutcome, Updater
 from raydrift.weights import Weights, to_numpy
 
@@ -103,7 +104,7 @@ class UpdateLifecycle:
         harness: Harness,
         stages: Stages,
         policy: OnDriftPolicy,
-        updater: Updater,
+        updater: Updater | StandingTrainer,
         heldout: HeldOut,
         summary: RunSummary,
         tracker: Tracker,
@@ -294,6 +295,9 @@ class UpdateLifecycle:
             train_forward_backward_seconds=m.get("forward_backward_seconds"),
             train_optimizer_seconds=m.get("optimizer_seconds"),
             train_torch_threads=m.get("torch_threads"),
+            train_queue_seconds=m.get("queue_seconds"),
+            train_handoff_seconds=m.get("handoff_seconds"),
+            train_job_attempts=m.get("job_attempts"),
             window_accuracy_after_training=m.get("window_accuracy"),
             memory_accuracy_after_training=m.get("memory_accuracy"),
             gate=res.gate,
