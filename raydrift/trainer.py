@@ -42,7 +42,7 @@ import ray
 import torch
 
 from raydrift.config import ContinualLearningConfig, RaydriftConfig, TrainConfig
-from raydrift.update import UpdateOutcome, Updater, normalize_storage, train_poll_interval
+from raydrift.update import UpdateOutcome, Updater, make_ray_trainer, normalize_storage, train_poll_interval
 from raydrift.weights import Weights
 
 __all__ = [
@@ -469,13 +469,9 @@ class StandingTrainer:
         return run
 
     def _trainer(self, run: _Run) -> Any:
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train import FailureConfig, RunConfig
 
         tc = self.cfg.train
-        resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
-        if tc.use_gpu:
-            resources["GPU"] = tc.gpus_per_worker
         config = {
             "harness": self.harness_spec["spec"],
             "harness_options": self.harness_spec["options"],
@@ -485,17 +481,10 @@ class StandingTrainer:
             "continual_learning": self.cfg.continual_learning.model_dump(),
             "board": run.board,
         }
-        return TorchTrainer(
-            train_loop_per_worker=serve_jobs,
-            train_loop_config=config,
-            torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() and tc.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(
-                name=run.name,
-                storage_path=self.storage_path,
-                failure_config=FailureConfig(max_failures=tc.max_failures),
-            ),
+        run_config = RunConfig(
+            name=run.name, storage_path=self.storage_path, failure_config=FailureConfig(max_failures=tc.max_failures)
         )
+        return make_ray_trainer(serve_jobs, config, self.cfg, run_config)
 
     def _fit(self, run: _Run) -> None:
         try:

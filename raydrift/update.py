@@ -95,6 +95,36 @@ def train_poll_interval(seconds: float) -> Iterator[None]:
         os.environ.pop(_POLL_ENV, None)
 
 
+def make_ray_trainer(train_loop: Any, config: dict[str, Any], cfg: RaydriftConfig, run_config: Any) -> Any:
+    """The Ray Train trainer for ``train_loop``: a ``TorchTrainer`` for several workers (its process
+    group all-reduces the gradients). One worker needs no torch.distributed, so it runs in Ray Train's
+    plain ``DataParallelTrainer``: no process group to set up and no torch TCPStore, which listens on
+    every interface, not only the node's address (a local run stays on loopback)."""
+    from ray.train import ScalingConfig
+
+    tc = cfg.train
+    resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = tc.gpus_per_worker
+    scaling = ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources)
+    if tc.num_workers == 1:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        return DataParallelTrainer(
+            train_loop, train_loop_config=config, scaling_config=scaling, run_config=run_config
+        )
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker=train_loop,
+        train_loop_config=config,
+        # NCCL needs CUDA; logical GPUs on a CPU machine (tests, scheduling dry runs) use gloo
+        torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() and tc.use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+
+
 class Updater:
     """Runs the training loop (:func:`raydrift.learning.loop.train_func`) in a ``TorchTrainer``.
 
@@ -130,15 +160,11 @@ class Updater:
     ) -> UpdateOutcome:
         """Train from the weights behind ``weights_ref`` on ``data_ref`` (an UpdateData) with
         ``strategy`` (default: ``continual_learning.strategy``); returns the new weights."""
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train import FailureConfig, RunConfig
 
         from raydrift.learning.loop import load_strategy_state, train_func
 
         tc = self.cfg.train
-        resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
-        if tc.use_gpu:
-            resources["GPU"] = tc.gpus_per_worker
         config = {
             "harness": self.harness_spec["spec"],
             "harness_options": self.harness_spec["options"],
@@ -155,21 +181,12 @@ class Updater:
             "version": version,
             "strategy_state": strategy_state_ref,  # e.g. EWC's Fisher, DER++'s recorded logits
         }
-        trainer = TorchTrainer(
-            # Ray's annotation says the loop returns None; Train V2 passes rank 0's value back
-            train_loop_per_worker=train_func,  # type: ignore[arg-type]
-            train_loop_config=config,
-            # NCCL needs CUDA; logical GPUs on a CPU machine (tests, scheduling dry runs) use gloo
-            torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() and tc.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
-            ),
-            run_config=RunConfig(
-                name=f"update-{version:04d}-{uuid.uuid4().hex[:8]}",
-                storage_path=self.storage_path,
-                failure_config=FailureConfig(max_failures=tc.max_failures),
-            ),
+        run_config = RunConfig(
+            name=f"update-{version:04d}-{uuid.uuid4().hex[:8]}",
+            storage_path=self.storage_path,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
         )
+        trainer = make_ray_trainer(train_func, config, self.cfg, run_config)
         t0 = time.perf_counter()
         with train_poll_interval(TRAIN_POLL_INTERVAL_S):
             result = trainer.fit()  # raises when training failed (after max_failures retries)

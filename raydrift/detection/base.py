@@ -76,6 +76,10 @@ class DriftDetector:
     #: detector whose domain depends on its parameters (``ensemble``, ``bocpd``) overrides.
     domain: ClassVar[str] = "real"
 
+    #: The flags :attr:`drift_detected` and :attr:`warning_detected` read, shared by every detector
+    #: (River's habit): :meth:`update` sets them, :meth:`reset` clears them.
+    _drift: bool = False
+    _warning: bool = False
     #: Whether it can raise warnings: the engine then checks :attr:`warning_detected` after every value.
     has_warnings: ClassVar[bool] = False
     #: Values after a (re)start during which its alarms are not trusted (``drift_detection.warmup_samples``
@@ -153,13 +157,15 @@ class DriftDetector:
 
     @property
     def drift_detected(self) -> bool:
-        """Whether the last :meth:`update` raised a drift alarm."""
-        raise NotImplementedError
+        """Whether the last :meth:`update` raised a drift alarm (a subclass sets ``self._drift``, as
+        River's detectors set ``_drift_detected``)."""
+        return self._drift
 
     @property
     def warning_detected(self) -> bool:
-        """Whether the last :meth:`update` raised a warning (False for detectors without warnings)."""
-        return False
+        """Whether the last :meth:`update` raised a warning (``self._warning``; False for detectors
+        without warnings)."""
+        return self._warning
 
     def reset(self) -> None:
         """Forget everything seen: the detector is as freshly constructed."""
@@ -418,14 +424,6 @@ class ControlChart(NativeDetector):
         self._sd: float | None = self.sigma if known else None
         self._drift = False
         self._warning = False
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
-    def warning_detected(self) -> bool:
-        return self._warning
 
     @property
     def two_sided(self) -> bool:

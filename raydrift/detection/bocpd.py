@@ -175,10 +175,6 @@ class BOCPDDetector(NativeDetector):
         self._since_change: int | None = None
 
     @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
     def change_probability(self) -> float:
         """Posterior probability that a change occurred since the last restart (after the last update)."""
         return self._p_change

@@ -145,14 +145,6 @@ class EnsembleDetector(DriftDetector):
         self._warning = False
 
     @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
-    def warning_detected(self) -> bool:
-        return self._warning
-
-    @property
     def statistic(self) -> float:
         """Fraction of the total weight holding a valid vote after the last update."""
         w = self.weights or [1.0] * len(self._members)

@@ -46,10 +46,6 @@ class PeriodicDetector(NativeDetector):
         self._n = 0
         self._drift = False
 
-    @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
     def update(self, x: float) -> None:
         self._n += 1
         first = self.offset if self.offset is not None else self.period

@@ -318,14 +318,6 @@ class TwoSampleDetector(NativeDetector):
         return self._since_change
 
     @property
-    def drift_detected(self) -> bool:
-        return self._drift
-
-    @property
-    def warning_detected(self) -> bool:
-        return self._warning
-
-    @property
     def statistic(self) -> float:
         """The test statistic of the last test (0 before the first)."""
         return self._statistic

@@ -376,6 +376,33 @@ def _data_accuracies(model: nn.Module, harness: Harness, data: UpdateData) -> di
     return out
 
 
+def _update_inputs(config: dict[str, Any], train_cfg: TrainConfig, cl_cfg: ContinualLearningConfig) -> tuple[Any, ...]:
+    """:func:`train_func`'s harness, model (with the start weights, on its device), data and strategy
+    (with the previous update's state); refs in ``config`` are fetched."""
+    import ray
+    import ray.train.torch
+
+    from raydrift.harness import resolve_harness
+    from raydrift.learning.strategies import make_strategy
+    from raydrift.weights import load_into
+
+    def fetch(value: Any) -> Any:
+        return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+    cls = resolve_harness(config["harness"])
+    options = cls.Options.model_validate(config.get("harness_options") or {})
+    harness = cls(options, seed=int(config["seed"]), batch_size=int(config["batch_size"]))
+    model = harness.build_model()
+    load_into(model, fetch(config["weights_ref"]))
+    if train_cfg.use_gpu and torch.cuda.is_available():  # logical GPUs without CUDA: stay on CPU
+        model = model.to(ray.train.torch.get_device())
+    strategy = make_strategy(cl_cfg.strategy, cl_cfg)
+    previous = fetch(config.get("strategy_state"))
+    if previous:
+        strategy.load_state_dict(previous)
+    return harness, model, fetch(config["data_ref"]), strategy
+
+
 def train_func(config: dict[str, Any]) -> dict[str, Any] | None:
     """Per-worker function of the Ray Train ``TorchTrainer`` that runs one drift update.
 
@@ -411,14 +438,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any] | None:
     Ray Train refuses torch tensors in a return value, hence numpy weights and the strategy state as
     bytes.
     """
-    import ray
     import ray.train
-    import ray.train.torch
     import torch.distributed as dist
 
-    from raydrift.harness import resolve_harness
-    from raydrift.learning.strategies import make_strategy
-    from raydrift.weights import load_into, to_numpy
+    from raydrift.weights import to_numpy
 
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -427,26 +450,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any] | None:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(train_cfg.cpus_per_worker)))
     try:
-        cls = resolve_harness(config["harness"])
-        options = cls.Options.model_validate(config.get("harness_options") or {})
+        harness, model, data, strategy = _update_inputs(config, train_cfg, cl_cfg)
         seed, version = int(config["seed"]), int(config["version"])
-        harness = cls(options, seed=seed, batch_size=int(config["batch_size"]))
-        weights = config["weights_ref"]
-        data = config["data_ref"]
-        if isinstance(weights, ray.ObjectRef):
-            weights = ray.get(weights)
-        if isinstance(data, ray.ObjectRef):
-            data = ray.get(data)
-        model = harness.build_model()
-        load_into(model, weights)
-        if train_cfg.use_gpu and torch.cuda.is_available():  # logical GPUs without CUDA: stay on CPU
-            model = model.to(ray.train.torch.get_device())
-        strategy = make_strategy(cl_cfg.strategy, cl_cfg)
-        previous = config.get("strategy_state")
-        if isinstance(previous, ray.ObjectRef):
-            previous = ray.get(previous)
-        if previous:
-            strategy.load_state_dict(previous)
         seed_everything(seed + version)
         all_reduce = (
             dist.all_reduce if world_size > 1 and dist.is_available() and dist.is_initialized() else None

@@ -44,7 +44,8 @@ def test_strategy_adapts_in_the_pipeline(ray_cluster: Path, tmp_path: Path, stra
     for upd in s["updates"]:
         assert upd["strategy"] == strategy
         r = upd["regime"]
-        assert upd["test_accuracy_after"][r] > upd["test_accuracy_before"][r] + 0.1
+        if upd["followup"] == 0:  # a drift's first update; a follow-up starts from an adapted model
+            assert upd["test_accuracy_after"][r] > upd["test_accuracy_before"][r] + 0.1
 
 
 def test_two_ray_train_workers_equal_one(ray_cluster: Path, tmp_path: Path) -> None:
