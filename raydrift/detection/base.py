@@ -53,6 +53,24 @@ def check_param(name: str, ok: bool, expected: str, value: Any) -> None:
         raise InvalidParam(name, f"expects {expected}, got {value!r}")
 
 
+def feed_with_warnings(flags: Any, update: Any, values: list[float], in_zone: bool) -> tuple[int, int, bool]:
+    """Feed ``values`` to ``update`` until an alarm, tracking warning zones by the engine's rule on
+    ``flags.drift_detected`` / ``flags.warning_detected`` (a raydrift detector, or the River object it
+    wraps, for the fast path): see :meth:`DriftDetector.update_many_warnings`."""
+    opened = 0
+    for i, x in enumerate(values):
+        update(x)
+        drift = flags.drift_detected
+        if flags.warning_detected:
+            if not in_zone:
+                in_zone, opened = True, opened + 1
+        elif in_zone and not drift:
+            in_zone = False
+        if drift:
+            return i, opened, in_zone
+    return -1, opened, in_zone
+
+
 class DriftDetector:
     """Base class of raydrift's drift detectors: River's protocol plus state round-trips.
 
@@ -133,19 +151,7 @@ class DriftDetector:
         warning nor an alarm (the engine's rule). Returns ``(index of the first alarm or -1, zones
         opened, whether a zone is open after the last value fed)``.
         """
-        update = self.update
-        opened = 0
-        for i, x in enumerate(values):
-            update(x)
-            drift = self.drift_detected
-            if self.warning_detected:
-                if not in_zone:
-                    in_zone, opened = True, opened + 1
-            elif in_zone and not drift:
-                in_zone = False
-            if drift:
-                return i, opened, in_zone
-        return -1, opened, in_zone
+        return feed_with_warnings(self, self.update, values, in_zone)
 
     def update(self, x: Any) -> None:
         """Feed one value; afterwards :attr:`drift_detected` says whether it raised an alarm.
@@ -294,20 +300,7 @@ class RiverDetector(DriftDetector):
     def update_many_warnings(self, values: list[float], in_zone: bool) -> tuple[int, int, bool]:
         if type(self).update is not RiverDetector.update:  # a wrapper that transforms its input
             return super().update_many_warnings(values, in_zone)
-        river = self._river
-        update = river.update
-        opened = 0
-        for i, x in enumerate(values):
-            update(x)
-            drift = river.drift_detected
-            if river.warning_detected:
-                if not in_zone:
-                    in_zone, opened = True, opened + 1
-            elif in_zone and not drift:
-                in_zone = False
-            if drift:
-                return i, opened, in_zone
-        return -1, opened, in_zone
+        return feed_with_warnings(self._river, self._river.update, values, in_zone)
 
     @property
     def drift_detected(self) -> bool:

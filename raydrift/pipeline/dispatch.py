@@ -15,6 +15,7 @@ import ray
 
 from raydrift.actors import evaluate_many_args
 from raydrift.config import RaydriftConfig
+from raydrift.pipeline.supervision import ACTOR_ERRORS
 from raydrift.stream import BatchMeta
 
 if TYPE_CHECKING:
@@ -67,8 +68,6 @@ class Dispatcher:
 
     def take_chunk(self) -> None:
         """Wait for the pending ``next_chunk`` call and queue its batches (or note the stream's end)."""
-        from raydrift.pipeline.supervision import ACTOR_ERRORS
-
         ref, self.fetch = self.fetch, None
         if ref is None:
             return
@@ -156,6 +155,11 @@ class Dispatcher:
             del self.inflight[t]
         self.load[i] = 0
         self.requeue(again)
+
+    def serve_again(self) -> None:
+        """The batches in flight are lost (their owner died): forget them; the stream serves them again."""
+        self.forget_in_flight()
+        self.stream_done = False
 
     def forget_in_flight(self) -> None:
         """Drop the books of dispatched, queued and requested batches (they will be served again).

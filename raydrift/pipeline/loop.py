@@ -47,7 +47,7 @@ from raydrift.report import MetricsWriter, summary_to_json
 from raydrift.tracking import Tracker
 from raydrift.trainer import StandingTrainer
 from raydrift.update import Updater
-from raydrift.weights import Weights, save_weights, to_numpy, to_state_dict
+from raydrift.weights import save_weights, to_numpy, to_state_dict
 
 __all__ = ["Loop", "LoopParts"]
 
@@ -367,7 +367,3 @@ class Loop:
         self.summary.stream.batches = self.stages.books.processed
         self.summary.stream.samples = self.stages.books.samples
         self.summary.model_version = self.stages.broadcast.version
-
-    @property
-    def weights(self) -> Weights:
-        return self.stages.broadcast.weights

@@ -9,7 +9,6 @@ A reader learns the schema from these classes; every field is documented where i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -366,10 +365,3 @@ class RunSummary:
     @property
     def failed_updates(self) -> list[NotPromotedRecord]:
         return [u for u in self.rejected_updates if u.status == "failed"]
-
-    def regime_name(self, regime: int) -> str:
-        return self.stream.regime_names.get(regime, f"regime-{regime}")
-
-
-def is_nan(v: float | None) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))

@@ -50,7 +50,7 @@ def end_of_stream(
     """The monitoring figures and the profile, from the monitors' ``stats`` at the stream's end."""
     summary.stream.batches, summary.stream.samples = processed, samples
     ups = summary.updates
-    eval_s = round(sum(s["eval_seconds"] for s in stats), 3)
+    eval_s = sum(s["eval_seconds"] for s in stats)
     mon = summary.monitoring
     mon.samples_per_second = round(samples / max(monitor_seconds, 1e-9), 2)
     mon.batches_per_second = round(processed / max(monitor_seconds, 1e-9), 3)
@@ -60,7 +60,7 @@ def end_of_stream(
     mon.monitor_batches = {s["name"]: s["batches"] for s in stats}
     mon.monitor_torch_threads = {s["name"]: s["torch_threads"] for s in stats}
     mon.monitor_nodes = {s["name"]: s.get("node_id") for s in stats}
-    mon.eval_seconds_total = eval_s
+    mon.eval_seconds_total = round(eval_s, 3)
     mon.quarantined_batches = len(summary.stream.quarantined)
     mon.actor_restarts = dict(restarts)
 
@@ -69,7 +69,7 @@ def end_of_stream(
 
     summary.profile.update(
         {
-            "inference_seconds": round(sum(s["eval_seconds"] for s in stats), 4),
+            "inference_seconds": round(eval_s, 4),
             "detection_seconds": round(detect_seconds, 4),
             "update_training_seconds": total([u.training_seconds for u in ups]),
             "update_forward_backward_seconds": total([u.train_forward_backward_seconds for u in ups]),
@@ -91,20 +91,20 @@ def cl_metrics(summary: RunSummary) -> None:
     counts as seen at row k if it started at or before p_k; the row that closes regime j is the
     last row taken before the next regime started (the model as it was when regime j ended).
     """
+    positions = _positions(summary)
+    if positions is None:
+        return
     am = summary.accuracy_matrix
-    summary.cl_metrics = _cl(summary, [r.accuracy for r in am.rows], True) or summary.cl_metrics
+    summary.cl_metrics = _cl([r.accuracy for r in am.rows], True, *positions) or summary.cl_metrics
     for m in summary.metric_matrices.values():
-        m.cl_metrics = _cl(summary, [r.accuracy for r in m.rows], m.higher_is_better) or {}
+        m.cl_metrics = _cl([r.accuracy for r in m.rows], m.higher_is_better, *positions) or {}
 
 
-def _cl(summary: RunSummary, rows: list[list[float | None]], higher_is_better: bool) -> dict[str, Any] | None:
-    """CL metrics of one matrix; a lower-is-better metric is negated for the computation, so forgetting
-    > 0 always means worse and backward transfer > 0 better (the average is in the metric's units)."""
+def _positions(summary: RunSummary) -> tuple[list[int], dict[int, int]] | None:
+    """Per matrix row, how many regimes had been seen; per regime column, the row that closes it."""
     am, starts = summary.accuracy_matrix, summary.stream.regime_starts
-    if not rows or not starts or any(a is None for a in rows[-1]):
+    if not am.rows or not starts:
         return None
-    sign = 1.0 if higher_is_better else -1.0
-    signed = [[None if v is None else sign * v for v in row] for row in rows]
     col = {r: i for i, r in enumerate(am.regimes)}
     pos = [r.batch_id for r in am.rows]
     seen_at = [max(1, len({s.regime for s in starts if s.batch_id <= max(p, 0)})) for p in pos]
@@ -114,6 +114,18 @@ def _cl(summary: RunSummary, rows: list[list[float | None]], higher_is_better: b
         ks = [k for k, p in enumerate(pos) if p < end]
         if s.regime in col and ks:
             last_row[col[s.regime]] = max(ks)
+    return seen_at, last_row
+
+
+def _cl(
+    rows: list[list[float | None]], higher_is_better: bool, seen_at: list[int], last_row: dict[int, int]
+) -> dict[str, Any] | None:
+    """CL metrics of one matrix; a lower-is-better metric is negated for the computation, so forgetting
+    > 0 always means worse and backward transfer > 0 better (the average is in the metric's units)."""
+    if not rows or any(a is None for a in rows[-1]):
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    signed = [[None if v is None else sign * v for v in row] for row in rows]
     try:
         out: dict[str, Any] = dict(cl_summary(signed, seen_at, last_row))
     except Exception as exc:  # noqa: BLE001 - reporting must not fail the run

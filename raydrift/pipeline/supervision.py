@@ -324,8 +324,7 @@ class Supervisor:
         ray.get(st.catch_up.remote(self.position() - 1, sorted(self.quarantined)))
         self.stream = st
         if self.dispatch is not None:  # batches in flight were owned by the dead reader: serve them again
-            self.dispatch.forget_in_flight()
-            self.dispatch.stream_done = False
+            self.dispatch.serve_again()
 
     def recover(self, exc: BaseException, monitor: int | None = None) -> str:
         """Which actor died (restored now), or re-raise ``exc`` when none did."""
@@ -346,8 +345,7 @@ class Supervisor:
         # an object owned by a dead process (e.g. a batch of an earlier stream reader)
         if isinstance(exc, ray.exceptions.ObjectLostError | ray.exceptions.OwnerDiedError):
             if self.dispatch is not None:
-                self.dispatch.forget_in_flight()
-                self.dispatch.stream_done = False
+                self.dispatch.serve_again()
             ray.get(self.stream.rewind.remote(self.position()))
             return "objects"
         raise exc
