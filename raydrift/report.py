@@ -986,7 +986,9 @@ def _update_lines(summary: Mapping[str, Any]) -> list[str]:
                 _i(u.get("drift_batch_id")),
                 str(u.get("strategy") or "-"),
                 _f(u.get("waiting_seconds"), ".2f"),
+                _f(u.get("train_queue_seconds"), ".2f"),
                 _f(u.get("training_seconds"), ".2f"),
+                _f(u.get("train_handoff_seconds"), ".2f"),
                 _f(u.get("broadcasting_seconds"), ".2f"),
                 f"{_f(u.get('accuracy_before'))} -> {_f(u.get('accuracy_after'))}",
                 f"#{k}" if k else "-",
@@ -996,13 +998,16 @@ def _update_lines(summary: Mapping[str, Any]) -> list[str]:
             ]
         )
     lines += _table(
-        ["version", "batch", "strategy", "wait s", "train s", "bcast s", f"stream {_short(metric)}",
+        ["version", "batch", "strategy", "wait", "queue", "train", "hand-off", "bcast", f"stream {_short(metric)}",
          "follow-up", "test acc", "regime"],
         rows,
     )
     lines += [
         f"  stream {_short(metric)}: the monitored {metric} at the alarm -> on the first interval with the new weights",
         "  follow-up: #k, the drift's k-th extra update (still degraded); test acc: that regime's held-out test set",
+        "  seconds: wait, the update's data from the stream reader; train, the update, of which queue (the job",
+        "  waiting for a standing worker) and hand-off (its result back to the driver) are parts ('-' in-process);",
+        "  bcast, the new weights to every monitor",
     ]
     return lines
 
