@@ -331,14 +331,14 @@ class UpdateLifecycle:
         what = f"follow-up {job.followup} of the drift at batch {upd.drift_batch_id}, " if job.followup else ""
         return (
             f"update v{upd.version} ({what}batches {first}-{job.upto} + memory): waiting {job.t1 - job.t0:.2f}s, "
-            f"{_standing_split(upd)}training {res.training_seconds:.2f}s, gate {res.gating_seconds:.2f}s, "
+            f"training {res.training_seconds:.2f}s{_standing_split(upd)}, gate {res.gating_seconds:.2f}s, "
             f"broadcasting {broadcast_s:.2f}s{during}; regime {upd.regime} test {name} {before_s} -> {after_s}"
         )
 
 
 def _standing_split(upd: UpdateRecord) -> str:
-    """``queue 0.01s, hand-off 0.05s (on a standing worker), `` or nothing for an in-process update:
-    the part of ``training`` that was the job's wait for a worker and the result's trip back."""
+    """`` (queue 0.01s, hand-off 0.05s)`` on a standing worker, nothing for an in-process update: the
+    parts of ``training`` that were the job's wait for a worker and its result's trip back."""
     if upd.train_queue_seconds is None or upd.train_handoff_seconds is None:
         return ""
-    return f"queue {upd.train_queue_seconds:.2f}s, hand-off {upd.train_handoff_seconds:.2f}s of "
+    return f" (queue {upd.train_queue_seconds:.2f}s, hand-off {upd.train_handoff_seconds:.2f}s)"
