@@ -1330,25 +1330,11 @@ def section_on_drift(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 # the table
 
 
-def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
-    """One row per figure: value, baseline, ratio, target, met."""
-    rows: list[dict[str, Any]] = []
+AddRow = Callable[[str, str, str, float | None, str, bool | None], None]
+"""``add(figure, value, baseline, ratio, target, met)``: appends one row of the table."""
 
-    def add(
-        figure: str, value: str, baseline: str, ratio: float | None, target: str, met: bool | None
-    ) -> None:
-        rows.append(
-            {
-                "figure": figure,
-                "value": value,
-                "baseline": baseline,
-                "ratio": ratio,
-                "target": target,
-                "met": met,
-            }
-        )
 
-    tp = res.get("throughput", {}).get("models", {})
+def _throughput_figures(add: AddRow, tp: dict[str, Any]) -> None:
     for name, e in tp.items():
         base = e["plain"]["samples_per_second"]
         for p in e["pipeline"]:
@@ -1380,7 +1366,9 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
                 "(diagnostic)",
                 None,
             )
-    bc = res.get("broadcast", {}).get("weights", {})
+
+
+def _broadcast_figures(add: AddRow, bc: dict[str, Any]) -> None:
     for name, e in bc.items():
         for row in e["rows"]:
             add(
@@ -1408,7 +1396,10 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
                     "(diagnostic: the previous method)",
                     None,
                 )
-    for u in res.get("update", {}).get("runs", []):
+
+
+def _update_figures(add: AddRow, runs: list[dict[str, Any]]) -> None:
+    for u in runs:
         if "error" in u:
             add(
                 f"drift -> weights live, {u['train_workers']} train worker(s)",
@@ -1428,56 +1419,88 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
             f"overhead {u['fixed_overhead_seconds']} s <= {u['target_overhead_seconds']} s",
             u["fixed_overhead_seconds"] <= u["target_overhead_seconds"],
         )
-    c = res.get("coordinator")
-    if c:
+
+
+def _coordinator_figures(add: AddRow, c: dict[str, Any]) -> None:
+    add(
+        f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
+        f"{c['many']['driver_cpu_ms_per_batch']} ms",
+        f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms" if c.get("one") else "-",
+        c["ratio_cpu_vs_one_monitor"],
+        "(none)",
+        None,
+    )
+
+
+def _memory_figures(add: AddRow, mem: dict[str, Any]) -> None:
+    for kind, v in mem["peaks"].items():
         add(
-            f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
-            f"{c['many']['driver_cpu_ms_per_batch']} ms",
-            f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms" if c.get("one") else "-",
-            c["ratio_cpu_vs_one_monitor"],
-            "(none)",
+            f"peak RSS, {kind}",
+            f"{v['10L']} MB at 10L",
+            f"{v['L']} MB at L",
+            v["ratio"],
+            "equal within noise",
+            v["within_noise"],
+        )
+    ratio = mem["update_cost_ratio_last_vs_first_third"]
+    add(
+        "update cost, last vs first third of updates (10L)",
+        f"{mem['10L']['update_total_seconds_last_third']} s",
+        f"{mem['10L']['update_total_seconds_first_third']} s",
+        ratio,
+        "flat (<= 1.2x)",
+        None if ratio is None else ratio <= 1.2,
+    )
+    add(
+        f"accuracy-matrix evaluation per update (reporting), {mem['10L']['regimes']} regimes (10L)",
+        f"{mem['10L']['accuracy_matrix_seconds_median']} s",
+        f"{mem['L']['regimes']} regimes (L) {mem['L']['accuracy_matrix_seconds_median']} s",
+        mem.get("accuracy_matrix_ratio_10L_vs_L"),
+        "(reporting; grows with regimes)",
+        None,
+    )
+
+
+def _on_drift_figures(add: AddRow, od: dict[str, Any]) -> None:
+    for mode in [m for m in ("continue", "pause") if m in od]:
+        x = od[mode]
+        add(
+            f"samples evaluated during updates, on_drift={mode}",
+            f"{x['samples_during_updates']} in {x['updates']} update(s) of {x['update_seconds']} s",
+            f"{x['stream_samples']} stream samples",
+            None,
+            "-",
             None,
         )
-    mem = res.get("memory")
-    if mem:
-        for kind, v in mem["peaks"].items():
-            add(
-                f"peak RSS, {kind}",
-                f"{v['10L']} MB at 10L",
-                f"{v['L']} MB at L",
-                v["ratio"],
-                "equal within noise",
-                v["within_noise"],
-            )
-        ratio = mem["update_cost_ratio_last_vs_first_third"]
-        add(
-            "update cost, last vs first third of updates (10L)",
-            f"{mem['10L']['update_total_seconds_last_third']} s",
-            f"{mem['10L']['update_total_seconds_first_third']} s",
-            ratio,
-            "flat (<= 1.2x)",
-            None if ratio is None else ratio <= 1.2,
+
+
+def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
+    """One row per figure: value, baseline, ratio, target, met."""
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        figure: str, value: str, baseline: str, ratio: float | None, target: str, met: bool | None
+    ) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "value": value,
+                "baseline": baseline,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
         )
-        add(
-            f"accuracy-matrix evaluation per update (reporting), {mem['10L']['regimes']} regimes (10L)",
-            f"{mem['10L']['accuracy_matrix_seconds_median']} s",
-            f"{mem['L']['regimes']} regimes (L) {mem['L']['accuracy_matrix_seconds_median']} s",
-            mem.get("accuracy_matrix_ratio_10L_vs_L"),
-            "(reporting; grows with regimes)",
-            None,
-        )
-    od = res.get("on_drift")
-    if od:
-        for mode in [m for m in ("continue", "pause") if m in od]:
-            x = od[mode]
-            add(
-                f"samples evaluated during updates, on_drift={mode}",
-                f"{x['samples_during_updates']} in {x['updates']} update(s) of {x['update_seconds']} s",
-                f"{x['stream_samples']} stream samples",
-                None,
-                "-",
-                None,
-            )
+
+    _throughput_figures(add, res.get("throughput", {}).get("models", {}))
+    _broadcast_figures(add, res.get("broadcast", {}).get("weights", {}))
+    _update_figures(add, res.get("update", {}).get("runs", []))
+    if res.get("coordinator"):
+        _coordinator_figures(add, res["coordinator"])
+    if res.get("memory"):
+        _memory_figures(add, res["memory"])
+    if res.get("on_drift"):
+        _on_drift_figures(add, res["on_drift"])
     return rows
 
 
