@@ -55,9 +55,9 @@ One process, one local Ray cluster (``ray.init(address="local")``). Sections (``
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py            # full (about 11 min on 2 cores)
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick    # smoke run (2-3 min)
-    .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --overwrite   # full (about 11 min on 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick --out runs/pipeline-quick.json  # 2-3 min
+    .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2 --out runs/bu.json
 
 Writes ``benchmarks/results/pipeline.json`` (``--out``) and prints one table of figures and ratios. An
 existing ``--out`` file is never replaced without ``--overwrite`` (``--merge`` updates it in place).
