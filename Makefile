@@ -34,7 +34,8 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# issue 8's pipeline benchmark (~10 min on 2 cores; PIPELINE_ARGS=--quick for a smoke run)
+# issue 8's pipeline benchmark (~10 min on 2 cores); PIPELINE_ARGS=--overwrite re-records
+# benchmarks/results/pipeline.json, PIPELINE_ARGS='--quick --out runs/pipeline-quick.json' is a smoke run
 bench-pipeline: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/pipeline.py $(PIPELINE_ARGS)
 

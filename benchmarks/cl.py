@@ -284,9 +284,11 @@ def _guard_results(a: argparse.Namespace, partial: Path) -> None:
         partial.unlink(missing_ok=True)
         return
     if a.out.exists() and not a.resume:
-        raise SystemExit(f"{a.out} holds recorded results: pass --overwrite to replace them or --out PATH")
+        print(f"error: {a.out} holds recorded results: pass --overwrite to replace them or --out PATH", file=sys.stderr)
+        raise SystemExit(2)
     if partial.exists() and not a.resume:
-        raise SystemExit(f"{partial} holds an unfinished run: pass --resume to continue it or --overwrite")
+        print(f"error: {partial} holds an unfinished run: pass --resume to continue it or --overwrite", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

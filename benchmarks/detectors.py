@@ -675,22 +675,8 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        print(f"error: {args.json} exists: pass --overwrite to replace recorded results", file=sys.stderr)
-        return 2
-    if args.throughput:
-        t0 = time.perf_counter()
-        doc = {"command": _command(argv), "throughput": run_throughput(args)}
-        doc["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        if args.json is not None:
-            _write_json(args.json, doc)
-        return 0
-    if args.quick:
-        args.seeds, args.generators, args.n, args.change = 2, ["sea", "rbf"], 8000, 5000
-    levels = [lv for lv in args.levels if not (lv == "label-free" and args.no_label_free)]
-    t0 = time.perf_counter()
+def _stream_specs(args: argparse.Namespace) -> list[tuple]:
+    """``make_stream`` arguments of every stream: changes, then the stationary ones (``--stationary``)."""
     specs = [
         (g, k, s, args.n, args.change, args.width, args.train, args.tolerance)
         for g in args.generators
@@ -703,46 +689,65 @@ def main(argv: list[str] | None = None) -> int:
             for g in args.generators
             for s in range(args.seeds)
         ]
+    return specs
+
+
+def print_stream_errors(args: argparse.Namespace, streams: list[Stream]) -> None:
+    print("| generator | change | seeds | fixed model's error before -> after |\n|---|---|---|---|")
+    for g in args.generators:
+        for k in args.kinds:
+            ss = [s for s in streams if s.generator == g and s.kind == k]
+            eb = np.mean([s.error_before for s in ss])
+            ea = np.mean([s.error_after for s in ss])
+            print(f"| {g} | {k} | {len(ss)} | {eb:.3f} -> {ea:.3f} |")
+
+
+def _detector_jobs(
+    args: argparse.Namespace, levels: list[str], streams: list[Stream], stationary: list[Stream]
+) -> list[tuple[str, str, dict[str, Any], str, str, list[Stream]]]:
+    """One ``_job`` per detector, level and change kind (and per sample detector on the stationary streams)."""
+    jobs = []
+    for kind in args.kinds:
+        ss = [s for s in streams if s.kind == kind]
+        if "sample" in levels:
+            jobs += [(lab, n, p, "sample", kind, ss) for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)]
+        if "interval" in levels:
+            jobs += [
+                (lab, n, p, "interval", kind, ss) for lab, n, p in _selected(INTERVAL_DETECTORS, args.only)
+            ]
+        if "label-free" in levels:
+            lf = [s for s in ss if s.seed < args.label_free_seeds]
+            jobs += [
+                (lab, n, p, "label-free", kind, lf)
+                for lab, n, p in _selected(LABEL_FREE_DETECTORS, args.only)
+            ]
+    if stationary:
+        jobs += [
+            (lab, n, p, "sample", "stationary", stationary)
+            for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)
+        ]
+    return jobs
+
+
+def run_all(
+    args: argparse.Namespace, levels: list[str], t0: float
+) -> tuple[list[Stream], list[tuple[str, str, str, Cell]], list[dict[str, Any]]]:
+    """Every stream, every detector job and the oracle, in ``--workers`` processes: (streams, cells, oracle)."""
     with mp.get_context("fork").Pool(args.workers) as pool:
-        all_streams = pool.map(_stream_job, specs)
+        all_streams = pool.map(_stream_job, _stream_specs(args))
         streams = [s for s in all_streams if s.kind != "stationary"]
         stationary = [s for s in all_streams if s.kind == "stationary"]
         print(f"# {len(all_streams)} streams in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        print("| generator | change | seeds | fixed model's error before -> after |\n|---|---|---|---|")
-        for g in args.generators:
-            for k in args.kinds:
-                ss = [s for s in streams if s.generator == g and s.kind == k]
-                eb = np.mean([s.error_before for s in ss])
-                ea = np.mean([s.error_after for s in ss])
-                print(f"| {g} | {k} | {len(ss)} | {eb:.3f} -> {ea:.3f} |")
-        jobs = []
-        for kind in args.kinds:
-            ss = [s for s in streams if s.kind == kind]
-            if "sample" in levels:
-                jobs += [
-                    (lab, n, p, "sample", kind, ss) for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)
-                ]
-            if "interval" in levels:
-                jobs += [
-                    (lab, n, p, "interval", kind, ss)
-                    for lab, n, p in _selected(INTERVAL_DETECTORS, args.only)
-                ]
-            if "label-free" in levels:
-                lf = [s for s in ss if s.seed < args.label_free_seeds]
-                jobs += [
-                    (lab, n, p, "label-free", kind, lf)
-                    for lab, n, p in _selected(LABEL_FREE_DETECTORS, args.only)
-                ]
-        if stationary:
-            jobs += [
-                (lab, n, p, "sample", "stationary", stationary)
-                for lab, n, p in _selected(SAMPLE_DETECTORS, args.only)
-            ]
+        print_stream_errors(args, streams)
+        jobs = _detector_jobs(args, levels, streams, stationary)
         oracle_jobs = [s for s in streams if s.kind == "abrupt"] if not args.no_oracle else []
         async_oracle = pool.map_async(_oracle_job, oracle_jobs, chunksize=1)
         out = pool.map(_job, jobs, chunksize=1)
         oracle = async_oracle.get()
-    runs = [o for o in out if o[2] != "stationary"]
+    return all_streams, out, oracle
+
+
+def print_runs(runs: list[tuple[str, str, str, Cell]]) -> None:
     print()
     print(
         "| detector | level | change | detected | within 200 | mean delay (samples) | delay range | "
@@ -751,67 +756,113 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, level, kind, cell in runs:
         print(row(label, level, kind, cell))
-    if "label-free" in levels:
-        print()
-        print("Label-free detectors per generator (every change kind):")
-        print("| detector | generator | detected | mean delay (samples) |\n|---|---|---|---|")
-        for lab, _, _ in _selected(LABEL_FREE_DETECTORS, args.only):
-            for g in args.generators:
-                per = [
-                    p[2]
-                    for label, lev, _, c in runs
-                    if label == lab and lev == "label-free"
-                    for p in c.per_stream
-                    if p[0] == g
-                ]
-                found = [d for d in per if d is not None]
-                delay = f"{np.mean(found):.0f}" if found else "-"
-                print(f"| {lab} | {g} | {len(found)}/{len(per)} | {delay} |")
+
+
+def print_label_free(args: argparse.Namespace, runs: list[tuple[str, str, str, Cell]]) -> None:
+    print()
+    print("Label-free detectors per generator (every change kind):")
+    print("| detector | generator | detected | mean delay (samples) |\n|---|---|---|---|")
+    for lab, _, _ in _selected(LABEL_FREE_DETECTORS, args.only):
+        for g in args.generators:
+            per = [
+                p[2]
+                for label, lev, _, c in runs
+                if label == lab and lev == "label-free"
+                for p in c.per_stream
+                if p[0] == g
+            ]
+            found = [d for d in per if d is not None]
+            delay = f"{np.mean(found):.0f}" if found else "-"
+            print(f"| {lab} | {g} | {len(found)}/{len(per)} | {delay} |")
+
+
+def print_stationary(args: argparse.Namespace, out: list[tuple[str, str, str, Cell]], n_streams: int) -> None:
     stat_rows = [(lab, c) for lab, _, k, c in out if k == "stationary"]
-    if stat_rows:
-        print(
-            f"\nFalse alarms on {len(stationary)} stationary streams of {args.stationary:,} samples "
-            f"({len(stationary) * args.stationary:,} samples; sample level):"
-        )
-        print("| detector | false alarms | per 10k | streams with one or more |\n|---|---|---|---|")
-        for lab, c in stat_rows:
-            hit = sum(1 for p in c.per_stream if p[3])
-            print(f"| {lab} | {c.false_alarms_before} | {c.fa_per_10k():.3f} | {hit}/{len(c.per_stream)} |")
+    if not stat_rows:
+        return
+    print(
+        f"\nFalse alarms on {n_streams} stationary streams of {args.stationary:,} samples "
+        f"({n_streams * args.stationary:,} samples; sample level):"
+    )
+    print("| detector | false alarms | per 10k | streams with one or more |\n|---|---|---|---|")
+    for lab, c in stat_rows:
+        hit = sum(1 for p in c.per_stream if p[3])
+        print(f"| {lab} | {c.false_alarms_before} | {c.fa_per_10k():.3f} | {hit}/{len(c.per_stream)} |")
+
+
+def results_doc(
+    argv: list[str] | None,
+    args: argparse.Namespace,
+    wall: float,
+    all_streams: list[Stream],
+    out: list[tuple[str, str, str, Cell]],
+    oracle: list[dict[str, Any]],
+    target: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``--json`` writes: the command, the arguments, every stream and every cell."""
+    return {
+        "command": _command(argv),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "wall_seconds": round(wall, 1),
+        "streams": [
+            {
+                "generator": s.generator,
+                "kind": s.kind,
+                "seed": s.seed,
+                "start": s.start,
+                "error_before": s.error_before,
+                "error_after": s.error_after,
+            }
+            for s in all_streams
+        ],
+        "results": [
+            {
+                "detector": lab,
+                "level": lev,
+                "kind": k,
+                **{f: v for f, v in asdict(c).items()},
+                "fa_per_10k": c.fa_per_10k(),
+            }
+            for lab, lev, k, c in out
+        ],
+        "oracle": oracle,
+        "target": target,
+    }
+
+
+def main_throughput(args: argparse.Namespace, argv: list[str] | None) -> int:
+    t0 = time.perf_counter()
+    doc: dict[str, Any] = {"command": _command(argv), "throughput": run_throughput(args)}
+    doc["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json is not None:
+        _write_json(args.json, doc)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        print(f"error: {args.json} exists: pass --overwrite to replace recorded results", file=sys.stderr)
+        return 2
+    if args.throughput:
+        return main_throughput(args, argv)
+    if args.quick:
+        args.seeds, args.generators, args.n, args.change = 2, ["sea", "rbf"], 8000, 5000
+    levels = [lv for lv in args.levels if not (lv == "label-free" and args.no_label_free)]
+    t0 = time.perf_counter()
+    all_streams, out, oracle = run_all(args, levels, t0)
+    runs = [o for o in out if o[2] != "stationary"]
+    print_runs(runs)
+    if "label-free" in levels:
+        print_label_free(args, runs)
+    print_stationary(args, out, sum(1 for s in all_streams if s.kind == "stationary"))
     target = (
         print_target(runs, oracle, args.generators) if "abrupt" in args.kinds and "sample" in levels else {}
     )
     wall = time.perf_counter() - t0
     print(f"# total {wall:.1f}s", file=sys.stderr)
     if args.json is not None:
-        doc = {
-            "command": _command(argv),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "wall_seconds": round(wall, 1),
-            "streams": [
-                {
-                    "generator": s.generator,
-                    "kind": s.kind,
-                    "seed": s.seed,
-                    "start": s.start,
-                    "error_before": s.error_before,
-                    "error_after": s.error_after,
-                }
-                for s in all_streams
-            ],
-            "results": [
-                {
-                    "detector": lab,
-                    "level": lev,
-                    "kind": k,
-                    **{f: v for f, v in asdict(c).items()},
-                    "fa_per_10k": c.fa_per_10k(),
-                }
-                for lab, lev, k, c in out
-            ],
-            "oracle": oracle,
-            "target": target,
-        }
-        _write_json(args.json, doc)
+        _write_json(args.json, results_doc(argv, args, wall, all_streams, out, oracle, target))
     return 0
 
 

@@ -55,11 +55,12 @@ One process, one local Ray cluster (``ray.init(address="local")``). Sections (``
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py            # full (about 11 min on 2 cores)
-    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick    # smoke run (2-3 min)
-    .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --overwrite   # full (about 11 min on 2 cores)
+    nice -n 10 .venv/bin/python benchmarks/pipeline.py --quick --out runs/pipeline-quick.json  # 2-3 min
+    .venv/bin/python benchmarks/pipeline.py --only broadcast update --max-monitors 2 --out runs/bu.json
 
-Writes ``benchmarks/results/pipeline.json`` (``--out``) and prints one table of figures and ratios.
+Writes ``benchmarks/results/pipeline.json`` (``--out``) and prints one table of figures and ratios. An
+existing ``--out`` file is never replaced without ``--overwrite`` (``--merge`` updates it in place).
 Linux only (peak memory is read from ``/proc``).
 """
 
@@ -422,25 +423,10 @@ class Probe:
     _row_frame: Any = None
 
 
-@contextmanager
-def instrumented(probe: Probe) -> Iterator[type]:
-    """A Coordinator subclass that fills ``probe``, with the coordinator module's ``MetricsWriter``,
-    ``Updater`` and ``evaluate`` wrapped for the duration (restored afterwards).
+def _recording_writer(base: type, probe: Probe) -> type:
+    """``base`` (``MetricsWriter``) noting each interval record's time, CPU and last batch in ``probe``."""
 
-    Only seams that do not depend on how the loop is written are used: interval records written to
-    metrics.csv (the detector has accepted every batch up to ``last_batch``), the test-set evaluation
-    called from ``HeldOut.row`` (the accuracy matrix, which is reporting), the
-    arguments of each ``Updater.run`` (refs only: nothing is fetched inside the timed span), the
-    "actors are up" log line, and the actors' memory just before ``_shutdown`` kills them.
-    """
-    import raydrift.coordinator as cm
-    import raydrift.pipeline.heldout as heldout_module
-    import raydrift.trainer as trainer_module
-
-    def record_update(call: dict[str, Any]) -> None:
-        probe.updates.append(call)
-
-    class RecordingWriter(cm.MetricsWriter):  # type: ignore[misc, name-defined]
+    class RecordingWriter(base):  # type: ignore[misc, valid-type]
         def write(self, row: Any) -> None:
             if "last_batch" in row and "n_samples" in row:
                 if not probe.pids:
@@ -456,20 +442,27 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 )
             super().write(row)
 
-    def recording(base: type) -> type:
-        class Recording(base):  # type: ignore[misc, valid-type]
-            def run(self, *args: Any, **kwargs: Any) -> Any:
-                names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
-                call = dict(zip(names, args, strict=False)) | kwargs
-                out = super().run(*args, **kwargs)
-                record_update({**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds})
-                return out
+    return RecordingWriter
 
-        return Recording
 
-    RecordingUpdater = recording(trainer_module.Updater)
+def _recording_updater(base: type, probe: Probe) -> type:
+    """``base`` (``Updater``, ``StandingTrainer``) noting the arguments and result of each ``run``."""
 
-    evaluate = heldout_module.evaluate
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            names = ("weights_ref", "data_ref", "version", "strategy", "strategy_state_ref")
+            call = dict(zip(names, args, strict=False)) | kwargs
+            out = super().run(*args, **kwargs)
+            probe.updates.append(
+                {**call, "metrics": dict(out.metrics), "training_seconds": out.training_seconds}
+            )
+            return out
+
+    return Recording
+
+
+def _timed_evaluate(evaluate: Callable[..., Any], probe: Probe) -> Callable[..., Any]:
+    """``evaluate`` timing the calls made from ``HeldOut.row`` (the accuracy matrix) into ``probe``."""
 
     def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
         caller = sys._getframe(1)
@@ -487,7 +480,13 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 probe._row_frame = caller
                 probe.test_row_seconds.append(dt)
 
-    class InstrumentedCoordinator(cm.Coordinator):  # type: ignore[misc, name-defined]
+    return timed_evaluate
+
+
+def _instrumented_coordinator(base: type, probe: Probe) -> type:
+    """``base`` (``Coordinator``) noting when its actors are up and their memory before they are killed."""
+
+    class InstrumentedCoordinator(base):  # type: ignore[misc, valid-type]
         def log(self, msg: str, level: int = 1) -> None:
             if "monitor(s), detector" in msg and not probe.t_actors_up:
                 probe.t_actors_up = time.perf_counter()
@@ -508,14 +507,35 @@ def instrumented(probe: Probe) -> Iterator[type]:
                 probe.on_shutdown()
             super()._shutdown()
 
-    seams = [(cm, "MetricsWriter", RecordingWriter), (trainer_module, "Updater", RecordingUpdater),
-             (trainer_module, "StandingTrainer", recording(trainer_module.StandingTrainer)),
-             (heldout_module, "evaluate", timed_evaluate)]
+    return InstrumentedCoordinator
+
+
+@contextmanager
+def instrumented(probe: Probe) -> Iterator[type]:
+    """A Coordinator subclass that fills ``probe``, with the coordinator module's ``MetricsWriter``,
+    ``Updater`` and ``evaluate`` wrapped for the duration (restored afterwards).
+
+    Only seams that do not depend on how the loop is written are used: interval records written to
+    metrics.csv (the detector has accepted every batch up to ``last_batch``), the test-set evaluation
+    called from ``HeldOut.row`` (the accuracy matrix, which is reporting), the
+    arguments of each ``Updater.run`` (refs only: nothing is fetched inside the timed span), the
+    "actors are up" log line, and the actors' memory just before ``_shutdown`` kills them.
+    """
+    import raydrift.coordinator as cm
+    import raydrift.pipeline.heldout as heldout_module
+    import raydrift.trainer as trainer_module
+
+    seams = [
+        (cm, "MetricsWriter", _recording_writer(cm.MetricsWriter, probe)),
+        (trainer_module, "Updater", _recording_updater(trainer_module.Updater, probe)),
+        (trainer_module, "StandingTrainer", _recording_updater(trainer_module.StandingTrainer, probe)),
+        (heldout_module, "evaluate", _timed_evaluate(heldout_module.evaluate, probe)),
+    ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in seams]
     for module, name, value in seams:
         setattr(module, name, value)
     try:
-        yield InstrumentedCoordinator
+        yield _instrumented_coordinator(cm.Coordinator, probe)
     finally:
         for module, name, value in saved:
             setattr(module, name, value)
@@ -845,23 +865,19 @@ def section_broadcast(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def broadcast_of(
-    args: argparse.Namespace, model_name: str, sizes: list[int], versions: Any
+def put_get(obj: Any) -> None:
+    ray.get(ray.put(obj))
+
+
+def in_process_swap_costs(
+    harness: Harness, model: nn.Module, w: dict[str, Any], reps: int, versions: Any
 ) -> dict[str, Any]:
-    """Broadcast figures of one model's weights to ``sizes`` monitors."""
+    """The driver-side baselines (``ray.put`` + ``ray.get``, ``ray.put`` alone) and the monitor-side swap
+    timed in-process: ``set_weights`` with read-only arrays from the object store and with writable ones,
+    against ``build_model``, ``load_into`` and a zero-copy ``load_state_dict(assign=True)``."""
     from raydrift.monitor import Monitor
 
-    spec = harness_spec(model_name, 4)
-    harness = build_harness(**spec)
-    model = harness.build_model().eval()
-    w = to_numpy(model.state_dict())
-    nbytes = sum(v.nbytes for v in w.values())
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    reps = args.reps_broadcast
-
-    def put_get(obj: Any) -> None:
-        ray.get(ray.put(obj))
-
     for _ in range(3):  # the first puts of a size touch fresh object-store pages: warm it up first
         put_get(w)
         put_get(sd)
@@ -884,8 +900,8 @@ def broadcast_of(
             fresh.load_state_dict({k: torch.from_numpy(v) for k, v in w_store.items()}, assign=True)
 
     assign_only = timed(assign, reps)
-    entry: dict[str, Any] = {
-        "weights_mb": r(nbytes / MiB, 2),
+    return {
+        "weights_mb": r(sum(v.nbytes for v in w.values()) / MiB, 2),
         "baseline_put_get_ms": r(1000 * base, 3),
         "put_get_torch_state_dict_ms": r(1000 * base_torch, 3),
         "put_ms": r(1000 * put_only, 3),
@@ -896,6 +912,94 @@ def broadcast_of(
         "in_process_zero_copy_assign_ms": r(1000 * assign_only, 3),
         "rows": [],
     }
+
+
+@dataclass
+class BroadcastRound:
+    """One round of the broadcast figure to ``m`` monitors (seconds), and the version they hold after it."""
+
+    put_get: float  # the baseline, measured next to the broadcast
+    same_version_tasks: float  # tasks that carry no new version
+    broadcast: float  # the put, plus what carrying the version made the tasks longer
+    slowest_swap: float  # the longest swap inside a task
+    put_to_last_loaded: float
+    eager: float  # put + set_weights on every monitor, waited for
+    version: int
+    ref: Any
+
+
+def broadcast_round(
+    actors: list[Any], m: int, w: dict[str, Any], current: int, current_ref: Any, versions: Any
+) -> BroadcastRound:
+    """The baseline, tasks without a new version, tasks carrying one, and the eager alternative, back to
+    back on the first ``m`` monitors (which hold ``current``)."""
+    t0 = time.perf_counter()
+    put_get(w)
+    t1 = time.perf_counter()
+    # a task to every monitor that carries no new version: what sending the tasks costs anyway
+    s0 = time.perf_counter()
+    ray.get([a.evaluate_many.remote([], current, None) for a in actors[:m]])
+    s1 = time.perf_counter()
+    # what the coordinator does: one ray.put, then each monitor's next task carries the version
+    # and its ref (resolved by Ray), and the monitor loads it before evaluating
+    version = next(versions)
+    p0 = time.perf_counter()
+    ref = ray.put(w)
+    p1 = time.perf_counter()
+    ray.get([a.evaluate_many.remote([], version, ref) for a in actors[:m]])
+    p2 = time.perf_counter()
+    last = [s["last_swap"] for s in ray.get([a.stats.remote() for a in actors[:m]])]
+    if any(s is None or s[0] != version for s in last):
+        raise RuntimeError(f"monitors did not load version {version}: {last}")
+    # the eager alternative, for comparison: set_weights on every monitor, waited for
+    version = next(versions)
+    q0 = time.perf_counter()
+    ref = ray.put(w)
+    acks = ray.get([a.set_weights.remote(version, ref) for a in actors[:m]])
+    q1 = time.perf_counter()
+    if any(a != version for a in acks):
+        raise RuntimeError(f"monitors did not load version {version}: {acks}")
+    return BroadcastRound(
+        put_get=t1 - t0,
+        same_version_tasks=s1 - s0,
+        # the monitors' fetch (Ray's argument resolution), deserialisation and swap
+        broadcast=p1 - p0 + max(0.0, (p2 - p1) - (s1 - s0)),
+        slowest_swap=max(s[2] - s[1] for s in last),
+        put_to_last_loaded=p2 - p0,
+        eager=q1 - q0,
+        version=version,
+        ref=ref,
+    )
+
+
+def broadcast_row(m: int, rounds: list[BroadcastRound]) -> dict[str, Any]:
+    """The medians of ``rounds`` to ``m`` monitors, and their ratios to the put+get baseline."""
+    b, base_m = median([x.broadcast for x in rounds]), median([x.put_get for x in rounds])
+    e2e, pushes = median([x.put_to_last_loaded for x in rounds]), median([x.eager for x in rounds])
+    return {
+        "monitors": m,
+        "broadcast_ms": r(1000 * b, 3),
+        "tasks_without_a_new_version_ms": r(1000 * median([x.same_version_tasks for x in rounds]), 3),
+        "slowest_swap_in_task_ms": r(1000 * median([x.slowest_swap for x in rounds]), 3),
+        "put_to_last_monitor_loaded_ms": r(1000 * e2e, 3),
+        "eager_set_weights_ms": r(1000 * pushes, 3),
+        "baseline_put_get_ms": r(1000 * base_m, 3),
+        "ratio_vs_put_get": r(b / base_m, 2),
+        "ratio_put_to_last_loaded_vs_put_get": r(e2e / base_m, 2),
+        "ratio_eager_vs_put_get": r(pushes / base_m, 2),
+    }
+
+
+def broadcast_of(
+    args: argparse.Namespace, model_name: str, sizes: list[int], versions: Any
+) -> dict[str, Any]:
+    """Broadcast figures of one model's weights to ``sizes`` monitors."""
+    spec = harness_spec(model_name, 4)
+    harness = build_harness(**spec)
+    model = harness.build_model().eval()
+    w = to_numpy(model.state_dict())
+    reps = args.reps_broadcast
+    entry = in_process_swap_costs(harness, model, w, reps, versions)
     wref0 = ray.put(w)
     actors = start_monitor_actors(spec, wref0, max(sizes), 0.0, f"bc-{model_name}")
     rtt = timed(lambda: ray.get([a.stats.remote() for a in actors[:1]]), reps)
@@ -904,57 +1008,13 @@ def broadcast_of(
     for m in sizes:
         ray.get([a.set_weights.remote(current, current_ref) for a in actors])  # those not used so far too
         # the baseline is re-measured next to each broadcast (interleaved), so both see the same load
-        ts, bs, e2e, pushes, swaps, sames = [], [], [], [], [], []
+        rounds = []
         for rep in range(reps + 1):
-            t0 = time.perf_counter()
-            put_get(w)
-            t1 = time.perf_counter()
-            # a task to every monitor that carries no new version: what sending the tasks costs anyway
-            s0 = time.perf_counter()
-            ray.get([a.evaluate_many.remote([], current, None) for a in actors[:m]])
-            s1 = time.perf_counter()
-            # what the coordinator does: one ray.put, then each monitor's next task carries the version
-            # and its ref (resolved by Ray), and the monitor loads it before evaluating
-            version = next(versions)
-            p0 = time.perf_counter()
-            ref = ray.put(w)
-            p1 = time.perf_counter()
-            ray.get([a.evaluate_many.remote([], version, ref) for a in actors[:m]])
-            p2 = time.perf_counter()
-            last = [s["last_swap"] for s in ray.get([a.stats.remote() for a in actors[:m]])]
-            if any(s is None or s[0] != version for s in last):
-                raise RuntimeError(f"monitors did not load version {version}: {last}")
-            # the eager alternative, for comparison: set_weights on every monitor, waited for
-            version = next(versions)
-            q0 = time.perf_counter()
-            ref = ray.put(w)
-            acks = ray.get([a.set_weights.remote(version, ref) for a in actors[:m]])
-            q1 = time.perf_counter()
-            if any(a != version for a in acks):
-                raise RuntimeError(f"monitors did not load version {version}: {acks}")
-            current, current_ref = version, ref
+            one = broadcast_round(actors, m, w, current, current_ref, versions)
+            current, current_ref = one.version, one.ref
             if rep:  # the first round is a warm-up
-                bs.append(t1 - t0)
-                # the put, plus what carrying the version made the tasks longer: the monitors' fetch
-                # (Ray's argument resolution), deserialisation and swap
-                ts.append(p1 - p0 + max(0.0, (p2 - p1) - (s1 - s0)))
-                sames.append(s1 - s0)
-                swaps.append(max(s[2] - s[1] for s in last))
-                e2e.append(p2 - p0)
-                pushes.append(q1 - q0)
-        b, base_m = median(ts), median(bs)
-        row = {
-            "monitors": m,
-            "broadcast_ms": r(1000 * b, 3),
-            "tasks_without_a_new_version_ms": r(1000 * median(sames), 3),
-            "slowest_swap_in_task_ms": r(1000 * median(swaps), 3),
-            "put_to_last_monitor_loaded_ms": r(1000 * median(e2e), 3),
-            "eager_set_weights_ms": r(1000 * median(pushes), 3),
-            "baseline_put_get_ms": r(1000 * base_m, 3),
-            "ratio_vs_put_get": r(b / base_m, 2),
-            "ratio_put_to_last_loaded_vs_put_get": r(median(e2e) / base_m, 2),
-            "ratio_eager_vs_put_get": r(median(pushes) / base_m, 2),
-        }
+                rounds.append(one)
+        row = broadcast_row(m, rounds)
         entry["rows"].append(row)
         log(
             f"[broadcast] {model_name} ({entry['weights_mb']} MB) to {m} monitor(s): put + extra task time "
@@ -1039,8 +1099,8 @@ def import_seconds(modules: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    worker_counts = [w for w in (0, 1, 2) if w <= args.num_cpus][: args.update_workers]
+def ray_train_baselines(args: argparse.Namespace, tmp: Path, worker_counts: list[int]) -> dict[str, Any]:
+    """What a Train worker imports beyond a bare fit's (with workers), and bare ``fit()`` seconds."""
     out: dict[str, Any] = {"bare_fit_seconds": {}, "runs": []}
     if any(w > 0 for w in worker_counts):
         # what a Train worker imports for raydrift's loop beyond a bare fit's (torch, ray.train.torch);
@@ -1056,7 +1116,45 @@ def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         reps = 2 if w == 0 else args.reps_fit  # the first local-mode fit pays for imports
         out["bare_fit_seconds"][str(w)] = [r(bare_fit(w, tmp), 4) for _ in range(reps)]
         log(f"[update] bare TorchTrainer.fit() with {w} worker(s): {out['bare_fit_seconds'][str(w)]} s")
+    return out
 
+
+def update_row(
+    w: int, upd: dict[str, Any], probe: Probe, base: dict[str, Any], fits: list[float], wall: float
+) -> dict[str, Any]:
+    """The figures of the first update of a run with ``w`` train workers against the in-process ``base``."""
+    bare = median(fits[1:] if w == 0 else fits)  # local mode: the first fit pays for imports
+    overhead = upd["total_seconds"] - base["seconds"]
+    row = {
+        "train_workers": w,
+        "on_drift": upd.get("on_drift"),
+        "waiting_seconds": upd["waiting_seconds"],
+        "training_seconds": upd["training_seconds"],
+        "broadcasting_seconds": upd["broadcasting_seconds"],
+        "total_seconds": upd["total_seconds"],
+        "train_loop_seconds_in_ray_train": r(upd.get("train_loop_seconds"), 3),
+        "steps": upd.get("train_steps"),
+        "collecting_seconds": upd.get("collecting_seconds"),
+        "accuracy_matrix_seconds": [r(x, 3) for x in probe.test_row_seconds],
+        "in_process": base,
+        "fixed_overhead_seconds": r(overhead, 3),
+        # the same, against the loop's own time in this run (immune to the machine's load changing
+        # between the two measurements)
+        "overhead_around_loop_seconds": r(upd["total_seconds"] - (upd.get("train_loop_seconds") or 0.0), 3),
+        "gating_seconds": upd.get("gating_seconds"),
+        "ratio_vs_in_process": r(upd["total_seconds"] / max(base["seconds"], 1e-9), 2),
+        "bare_fit_seconds": r(bare, 4),
+        "target_overhead_seconds": 5.0 if w == 0 else r(bare + 1.0, 2),
+        "run_seconds": r(wall, 2),
+    }
+    if base["steps"] != row["steps"]:
+        row["warning"] = f"in-process steps {base['steps']} != update steps {row['steps']}"
+    return row
+
+
+def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    worker_counts = [w for w in (0, 1, 2) if w <= args.num_cpus][: args.update_workers]
+    out = ray_train_baselines(args, tmp, worker_counts)
     rb = args.update_regime_batches
     spec = harness_spec("mnist", rb)
     spec["options"] = {"regimes": ["identity", "rotate_90"], "regime_batches": rb}
@@ -1081,37 +1179,8 @@ def section_update(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 {"train_workers": w, "error": "no update went live", "rejected_updates": rejected}
             )
             continue
-        upd, rec = summary["updates"][0], probe.updates[0]
-        base = in_process_update(cfg, spec, rec, reps=args.reps)
-        fits = out["bare_fit_seconds"][str(w)]
-        bare = median(fits[1:] if w == 0 else fits)  # local mode: the first fit pays for imports
-        overhead = upd["total_seconds"] - base["seconds"]
-        row = {
-            "train_workers": w,
-            "on_drift": upd.get("on_drift"),
-            "waiting_seconds": upd["waiting_seconds"],
-            "training_seconds": upd["training_seconds"],
-            "broadcasting_seconds": upd["broadcasting_seconds"],
-            "total_seconds": upd["total_seconds"],
-            "train_loop_seconds_in_ray_train": r(upd.get("train_loop_seconds"), 3),
-            "steps": upd.get("train_steps"),
-            "collecting_seconds": upd.get("collecting_seconds"),
-            "accuracy_matrix_seconds": [r(x, 3) for x in probe.test_row_seconds],
-            "in_process": base,
-            "fixed_overhead_seconds": r(overhead, 3),
-            # the same, against the loop's own time in this run (immune to the machine's load changing
-            # between the two measurements)
-            "overhead_around_loop_seconds": r(
-                upd["total_seconds"] - (upd.get("train_loop_seconds") or 0.0), 3
-            ),
-            "gating_seconds": upd.get("gating_seconds"),
-            "ratio_vs_in_process": r(upd["total_seconds"] / max(base["seconds"], 1e-9), 2),
-            "bare_fit_seconds": r(bare, 4),
-            "target_overhead_seconds": 5.0 if w == 0 else r(bare + 1.0, 2),
-            "run_seconds": r(wall, 2),
-        }
-        if base["steps"] != row["steps"]:
-            row["warning"] = f"in-process steps {base['steps']} != update steps {row['steps']}"
+        base = in_process_update(cfg, spec, probe.updates[0], reps=args.reps)
+        row = update_row(w, summary["updates"][0], probe, base, out["bare_fit_seconds"][str(w)], wall)
         out["runs"].append(row)
         log(
             f"[update] {w} worker(s): total {row['total_seconds']} s (waiting {row['waiting_seconds']}, training "
@@ -1330,25 +1399,11 @@ def section_on_drift(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 # the table
 
 
-def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
-    """One row per figure: value, baseline, ratio, target, met."""
-    rows: list[dict[str, Any]] = []
+AddRow = Callable[[str, str, str, float | None, str, bool | None], None]
+"""``add(figure, value, baseline, ratio, target, met)``: appends one row of the table."""
 
-    def add(
-        figure: str, value: str, baseline: str, ratio: float | None, target: str, met: bool | None
-    ) -> None:
-        rows.append(
-            {
-                "figure": figure,
-                "value": value,
-                "baseline": baseline,
-                "ratio": ratio,
-                "target": target,
-                "met": met,
-            }
-        )
 
-    tp = res.get("throughput", {}).get("models", {})
+def _throughput_figures(add: AddRow, tp: dict[str, Any]) -> None:
     for name, e in tp.items():
         base = e["plain"]["samples_per_second"]
         for p in e["pipeline"]:
@@ -1380,7 +1435,9 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
                 "(diagnostic)",
                 None,
             )
-    bc = res.get("broadcast", {}).get("weights", {})
+
+
+def _broadcast_figures(add: AddRow, bc: dict[str, Any]) -> None:
     for name, e in bc.items():
         for row in e["rows"]:
             add(
@@ -1408,7 +1465,10 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
                     "(diagnostic: the previous method)",
                     None,
                 )
-    for u in res.get("update", {}).get("runs", []):
+
+
+def _update_figures(add: AddRow, runs: list[dict[str, Any]]) -> None:
+    for u in runs:
         if "error" in u:
             add(
                 f"drift -> weights live, {u['train_workers']} train worker(s)",
@@ -1428,56 +1488,88 @@ def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
             f"overhead {u['fixed_overhead_seconds']} s <= {u['target_overhead_seconds']} s",
             u["fixed_overhead_seconds"] <= u["target_overhead_seconds"],
         )
-    c = res.get("coordinator")
-    if c:
+
+
+def _coordinator_figures(add: AddRow, c: dict[str, Any]) -> None:
+    add(
+        f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
+        f"{c['many']['driver_cpu_ms_per_batch']} ms",
+        f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms" if c.get("one") else "-",
+        c["ratio_cpu_vs_one_monitor"],
+        "(none)",
+        None,
+    )
+
+
+def _memory_figures(add: AddRow, mem: dict[str, Any]) -> None:
+    for kind, v in mem["peaks"].items():
         add(
-            f"coordinator driver CPU per batch, {c['monitors']} monitors (asked {c['asked_monitors']})",
-            f"{c['many']['driver_cpu_ms_per_batch']} ms",
-            f"1 monitor {c['one']['driver_cpu_ms_per_batch']} ms" if c.get("one") else "-",
-            c["ratio_cpu_vs_one_monitor"],
-            "(none)",
+            f"peak RSS, {kind}",
+            f"{v['10L']} MB at 10L",
+            f"{v['L']} MB at L",
+            v["ratio"],
+            "equal within noise",
+            v["within_noise"],
+        )
+    ratio = mem["update_cost_ratio_last_vs_first_third"]
+    add(
+        "update cost, last vs first third of updates (10L)",
+        f"{mem['10L']['update_total_seconds_last_third']} s",
+        f"{mem['10L']['update_total_seconds_first_third']} s",
+        ratio,
+        "flat (<= 1.2x)",
+        None if ratio is None else ratio <= 1.2,
+    )
+    add(
+        f"accuracy-matrix evaluation per update (reporting), {mem['10L']['regimes']} regimes (10L)",
+        f"{mem['10L']['accuracy_matrix_seconds_median']} s",
+        f"{mem['L']['regimes']} regimes (L) {mem['L']['accuracy_matrix_seconds_median']} s",
+        mem.get("accuracy_matrix_ratio_10L_vs_L"),
+        "(reporting; grows with regimes)",
+        None,
+    )
+
+
+def _on_drift_figures(add: AddRow, od: dict[str, Any]) -> None:
+    for mode in [m for m in ("continue", "pause") if m in od]:
+        x = od[mode]
+        add(
+            f"samples evaluated during updates, on_drift={mode}",
+            f"{x['samples_during_updates']} in {x['updates']} update(s) of {x['update_seconds']} s",
+            f"{x['stream_samples']} stream samples",
+            None,
+            "-",
             None,
         )
-    mem = res.get("memory")
-    if mem:
-        for kind, v in mem["peaks"].items():
-            add(
-                f"peak RSS, {kind}",
-                f"{v['10L']} MB at 10L",
-                f"{v['L']} MB at L",
-                v["ratio"],
-                "equal within noise",
-                v["within_noise"],
-            )
-        ratio = mem["update_cost_ratio_last_vs_first_third"]
-        add(
-            "update cost, last vs first third of updates (10L)",
-            f"{mem['10L']['update_total_seconds_last_third']} s",
-            f"{mem['10L']['update_total_seconds_first_third']} s",
-            ratio,
-            "flat (<= 1.2x)",
-            None if ratio is None else ratio <= 1.2,
+
+
+def figures(res: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
+    """One row per figure: value, baseline, ratio, target, met."""
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        figure: str, value: str, baseline: str, ratio: float | None, target: str, met: bool | None
+    ) -> None:
+        rows.append(
+            {
+                "figure": figure,
+                "value": value,
+                "baseline": baseline,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
         )
-        add(
-            f"accuracy-matrix evaluation per update (reporting), {mem['10L']['regimes']} regimes (10L)",
-            f"{mem['10L']['accuracy_matrix_seconds_median']} s",
-            f"{mem['L']['regimes']} regimes (L) {mem['L']['accuracy_matrix_seconds_median']} s",
-            mem.get("accuracy_matrix_ratio_10L_vs_L"),
-            "(reporting; grows with regimes)",
-            None,
-        )
-    od = res.get("on_drift")
-    if od:
-        for mode in [m for m in ("continue", "pause") if m in od]:
-            x = od[mode]
-            add(
-                f"samples evaluated during updates, on_drift={mode}",
-                f"{x['samples_during_updates']} in {x['updates']} update(s) of {x['update_seconds']} s",
-                f"{x['stream_samples']} stream samples",
-                None,
-                "-",
-                None,
-            )
+
+    _throughput_figures(add, res.get("throughput", {}).get("models", {}))
+    _broadcast_figures(add, res.get("broadcast", {}).get("weights", {}))
+    _update_figures(add, res.get("update", {}).get("runs", []))
+    if res.get("coordinator"):
+        _coordinator_figures(add, res["coordinator"])
+    if res.get("memory"):
+        _memory_figures(add, res["memory"])
+    if res.get("on_drift"):
+        _on_drift_figures(add, res["on_drift"])
     return rows
 
 
@@ -1503,6 +1595,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--out", default=str(HERE / "results" / "pipeline.json"))
+    p.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     p.add_argument("--k", type=int, default=16, help="batches per task of the evaluate_many rows")
     p.add_argument(
         "--merge",
@@ -1535,6 +1628,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if Path(args.out).exists() and not (args.overwrite or args.merge):
+        print(
+            f"error: {args.out} exists: pass --overwrite to replace it, --merge to rerun sections into it, "
+            "or --out another file",
+            file=sys.stderr,
+        )
+        return 2
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     meta: dict[str, Any] = {

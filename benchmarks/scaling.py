@@ -13,6 +13,8 @@ start-up excluded):
 Usage (one Ray cluster, started here)::
 
     .venv/bin/python benchmarks/scaling.py --monitors 1 4 16 32 --batches 400 --batch-size 64
+
+Writes ``runs/bench-scaling.json`` (``--out``); an existing file is never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--out", default="runs/bench-scaling.json")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     p.add_argument(
         "--detector", action="store_true", help="only time DetectionEngine.ingest per batch (no Ray)"
     )
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             for bs in (64, 1024, 8192):
                 print(json.dumps(detector_cost(gran, bs)), flush=True)
         return 0
+    if Path(args.out).exists() and not args.overwrite:
+        print(f"error: {args.out} exists: pass --overwrite to replace it, or --out another file", file=sys.stderr)
+        return 2
 
     import tempfile
 

@@ -25,6 +25,9 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/trainer.py                 # about 5 min on 2 busy cores
     nice -n 10 .venv/bin/python benchmarks/trainer.py --jobs 3 --epochs 1 --modes in-process standing-1
+
+Writes ``benchmarks/results/trainer.json`` (``--out``); an existing file is never replaced without
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -132,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5, help="train.epochs of each update (configs/mnist.yaml: 5)")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "trainer.json")
+    ap.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     args = ap.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        print(f"error: {args.out} exists: pass --overwrite to replace it, or --out another file", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, namespace="raydrift",
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})

@@ -29,16 +29,18 @@ def test_the_standard_protocol_is_the_default() -> None:
     assert [tuple(p.shape) for p in model.parameters()][::2] == [(256, 784), (256, 256), (10, 256)]
 
 
-def test_recorded_results_are_not_overwritten(tmp_path: Path) -> None:
+def test_recorded_results_are_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cl.json"
     out.write_text('{"recorded": true}', encoding="utf-8")
-    with pytest.raises(SystemExit, match="pass --overwrite"):
+    with pytest.raises(SystemExit) as stop:
         cl.main(["--labels", "naive", "--seeds", "1", "--out", str(out)])
+    assert stop.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
     assert json.loads(out.read_text(encoding="utf-8")) == {"recorded": True}
     out.unlink()
     out.with_suffix(".partial.jsonl").write_text("", encoding="utf-8")
-    with pytest.raises(SystemExit, match="pass --resume"):
+    with pytest.raises(SystemExit) as stop:
         cl.main(["--labels", "naive", "--seeds", "1", "--out", str(out)])
+    assert stop.value.code == 2 and "pass --resume" in capsys.readouterr().err
 
 
 def test_a_tiny_run_writes_its_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,3 +105,18 @@ def test_figures_judge_each_target() -> None:
     assert met["update cost, last vs first third of updates (10L)"] is False
     assert pipeline.within_noise(600.0, 610.0)
     assert not pipeline.within_noise(600.0, 700.0)
+
+
+@pytest.mark.parametrize("script", ["pipeline", "scaling"])
+def test_an_existing_out_file_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], script: str
+) -> None:
+    import scaling
+
+    main = {"pipeline": pipeline.main, "scaling": scaling.main}[script]
+    out = tmp_path / "recorded.json"
+    out.write_text('{"recorded": true}')
+    assert main(["--out", str(out)]) == 2  # refused before any Ray cluster starts
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(out.read_text()) == {"recorded": True}

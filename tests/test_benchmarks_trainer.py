@@ -27,3 +27,11 @@ def test_the_update_is_8_window_batches_and_500_memory_samples() -> None:
     assert len(data.window_y) == 8 * 64 and len(data.memory_y) == 500
     assert data.window_x.shape[1:] == data.memory_x.shape[1:]
     assert weights and all(hasattr(v, "shape") for v in weights.values())
+
+
+def test_an_existing_out_file_is_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "trainer.json"
+    out.write_text("{}")
+    assert bench.main(["--out", str(out)]) == 2  # refused before the Ray cluster starts
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "{}"

@@ -28,47 +28,89 @@ from raydrift.report import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _updates() -> list[dict[str, Any]]:
+    """The two updates of :func:`make_summary`'s run (after the drifts at batches 23 and 44)."""
+    return [
+        {
+            "version": 1,
+            "drift_batch_id": 23,
+            "live_batch_id": 26,
+            "strategy": "replay",
+            "waiting_seconds": 0.25,
+            "training_seconds": 4.5,
+            "broadcasting_seconds": 0.125,
+            "total_seconds": 4.875,
+            "window_samples": 512,
+            "memory_samples": 300,
+            "train_loss": 0.41,
+            "regime": 1,
+            "accuracy_before": 0.512,
+            "accuracy_after": 0.903,
+            "test_accuracy_before": {0: 0.97, 1: 0.448, 2: 0.3},
+            "test_accuracy_after": {0: 0.93, 1: 0.917, 2: 0.31},
+        },
+        {
+            "version": 2,
+            "drift_batch_id": 44,
+            "strategy": "replay",
+            "waiting_seconds": 0.5,
+            "training_seconds": 5.25,
+            "broadcasting_seconds": 0.25,
+            "total_seconds": 6.0,
+            "window_samples": 512,
+            "memory_samples": 500,
+            "train_loss": 0.52,
+            "regime": 2,
+            "accuracy_before": 0.387,
+            "accuracy_after": 0.881,
+            "test_accuracy_before": {0: 0.93, 1: 0.917, 2: 0.352},
+            "test_accuracy_after": {0: 0.9, 1: 0.88, 2: 0.874},
+        },
+    ]
+
+
+def _drift_events() -> list[dict[str, Any]]:
+    return [
+        {
+            "batch_id": 23,
+            "sample_index": 1490,
+            "detector": "adwin",
+            "value": 0.4375,
+            "reference": 0.96,
+            "regime": 1,
+            "version": 0,
+        },
+        {
+            "batch_id": 44,
+            "sample_index": 2830,
+            "detector": "adwin",
+            "value": 0.3125,
+            "reference": 0.9,
+            "regime": 2,
+            "version": 1,
+        },
+    ]
+
+
+def _run_section(run_dir: Path) -> dict[str, Any]:
+    return {
+        "name": "mnist",
+        "run_dir": str(run_dir),
+        "status": "completed",
+        "started": "2025-01-01T10:00:00",
+        "finished": "2025-01-01T10:01:00",
+        "wall_seconds": 60.5,
+        "ray_address": "127.0.0.1:6379",
+        "dashboard_url": "http://127.0.0.1:8265",
+        "harness": "mnist",
+        "seed": 7,
+        "error": None,
+    }
+
+
 def make_summary(run_dir: Path, with_updates: bool = True) -> dict[str, Any]:
     """A complete summary of a 3-regime run: 60 batches, regime changes at 20 and 40."""
-    updates = []
-    if with_updates:
-        updates = [
-            {
-                "version": 1,
-                "drift_batch_id": 23,
-                "live_batch_id": 26,
-                "strategy": "replay",
-                "waiting_seconds": 0.25,
-                "training_seconds": 4.5,
-                "broadcasting_seconds": 0.125,
-                "total_seconds": 4.875,
-                "window_samples": 512,
-                "memory_samples": 300,
-                "train_loss": 0.41,
-                "regime": 1,
-                "accuracy_before": 0.512,
-                "accuracy_after": 0.903,
-                "test_accuracy_before": {0: 0.97, 1: 0.448, 2: 0.3},
-                "test_accuracy_after": {0: 0.93, 1: 0.917, 2: 0.31},
-            },
-            {
-                "version": 2,
-                "drift_batch_id": 44,
-                "strategy": "replay",
-                "waiting_seconds": 0.5,
-                "training_seconds": 5.25,
-                "broadcasting_seconds": 0.25,
-                "total_seconds": 6.0,
-                "window_samples": 512,
-                "memory_samples": 500,
-                "train_loss": 0.52,
-                "regime": 2,
-                "accuracy_before": 0.387,
-                "accuracy_after": 0.881,
-                "test_accuracy_before": {0: 0.93, 1: 0.917, 2: 0.352},
-                "test_accuracy_after": {0: 0.9, 1: 0.88, 2: 0.874},
-            },
-        ]
+    updates = _updates() if with_updates else []
     rows = [{"label": "initial", "version": 0, "batch_id": 0, "accuracy": [0.97, 0.448, 0.3]}]
     if with_updates:
         rows += [
@@ -76,19 +118,7 @@ def make_summary(run_dir: Path, with_updates: bool = True) -> dict[str, Any]:
             {"label": "update-2", "version": 2, "batch_id": 47, "accuracy": [0.9, 0.88, 0.874]},
         ]
     return {
-        "run": {
-            "name": "mnist",
-            "run_dir": str(run_dir),
-            "status": "completed",
-            "started": "2025-01-01T10:00:00",
-            "finished": "2025-01-01T10:01:00",
-            "wall_seconds": 60.5,
-            "ray_address": "127.0.0.1:6379",
-            "dashboard_url": "http://127.0.0.1:8265",
-            "harness": "mnist",
-            "seed": 7,
-            "error": None,
-        },
+        "run": _run_section(run_dir),
         "stream": {
             "batches": 60,
             "samples": 3840,
@@ -113,26 +143,7 @@ def make_summary(run_dir: Path, with_updates: bool = True) -> dict[str, Any]:
             "metric": "accuracy",
             "higher_is_better": True,
         },
-        "drift_events": [
-            {
-                "batch_id": 23,
-                "sample_index": 1490,
-                "detector": "adwin",
-                "value": 0.4375,
-                "reference": 0.96,
-                "regime": 1,
-                "version": 0,
-            },
-            {
-                "batch_id": 44,
-                "sample_index": 2830,
-                "detector": "adwin",
-                "value": 0.3125,
-                "reference": 0.9,
-                "regime": 2,
-                "version": 1,
-            },
-        ][: 2 if with_updates else 1],  # fmt: skip
+        "drift_events": _drift_events()[: 2 if with_updates else 1],
         "updates": updates,
         "accuracy_matrix": {"regimes": [0, 1, 2], "rows": rows},
         "cl_metrics": {
