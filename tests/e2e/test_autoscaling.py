@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import ray
-from fake_cluster import ROOT, FakeCluster, NodeType, fake_autoscaling_cluster, own_processes
+from fake_cluster import RAY, ROOT, FakeCluster, NodeType, fake_autoscaling_cluster, own_processes
 from pipeline_runs import run_pipeline
 from test_job_submit import job_status
 
@@ -325,7 +325,7 @@ JOB_OVERRIDES = [
 
 def ray_job(cluster: FakeCluster, *args: str, timeout: float = 60) -> str:
     out = subprocess.run(
-        [str(Path(cluster.env["PATH"].split(os.pathsep)[0]) / "ray"), "job", *args, "--address", cluster.dashboard_url],
+        [RAY, "job", args[0], "--address", cluster.dashboard_url, *args[1:]],
         env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, f"ray job {args[0]} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
