@@ -189,7 +189,7 @@ def _wait_for_head(proc: subprocess.Popen[bytes], temp: Path, gcs: int, timeout:
 def stop_cluster(proc: subprocess.Popen[bytes], temp: Path, timeout: float = 60) -> list[int]:
     """Stop the head (SIGTERM to ``ray start --block`` stops the processes it started), then kill
     what is left of this cluster (worker nodes: their command lines name its temp dir). Returns the
-    PIDs that had to be killed."""
+    PIDs still alive after that (none expected)."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
@@ -205,7 +205,10 @@ def stop_cluster(proc: subprocess.Popen[bytes], temp: Path, timeout: float = 60)
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return left
+    deadline = time.monotonic() + 10
+    while own_processes(str(temp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [pid for pid, _ in own_processes(str(temp))]
 
 
 @contextmanager
@@ -231,5 +234,6 @@ def fake_autoscaling_cluster(
             env=env,
         )
     finally:
-        stop_cluster(proc, temp)
+        survivors = stop_cluster(proc, temp)
         shutil.rmtree(temp, ignore_errors=True)
+    assert not survivors, f"processes of the fake cluster outlived it: {survivors}"
