@@ -100,7 +100,9 @@ def own_processes(marker: str) -> list[tuple[int, str]]:
     return found
 
 
-def autoscaling_config(gcs_address: str, types: tuple[NodeType, ...], idle_timeout_s: float) -> dict[str, object]:
+def autoscaling_config(
+    gcs_address: str, types: tuple[NodeType, ...], idle_timeout_s: float
+) -> dict[str, object]:
     """The cluster config the head's autoscaler reads (fake_multinode provider, no setup commands)."""
     nodes: dict[str, object] = {t.name: t.to_config() for t in types}
     nodes[HEAD_TYPE] = {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}
@@ -151,7 +153,9 @@ def cluster_env(extra_pythonpath: str = "") -> dict[str, str]:
     return env
 
 
-def _start_head(temp: Path, gcs: int, dash: int, env: dict[str, str], config: Path) -> subprocess.Popen[bytes]:
+def _start_head(
+    temp: Path, gcs: int, dash: int, env: dict[str, str], config: Path
+) -> subprocess.Popen[bytes]:
     cmd = [
         RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
         "--num-cpus=0", f"--autoscaling-config={config}",

@@ -133,7 +133,9 @@ class Observed:
     scale_down_s: float | None = None
 
 
-def watched_run(cluster: FakeCluster, tmp_path: Path, overrides: list[str], callbacks: tuple[Callback, ...] = ()) -> Observed:
+def watched_run(
+    cluster: FakeCluster, tmp_path: Path, overrides: list[str], callbacks: tuple[Callback, ...] = ()
+) -> Observed:
     """A run on the cluster while a thread samples it; then the wait for the idle nodes to go."""
     watch = Watch(head=head_id())
     stop = threading.Event()
@@ -236,18 +238,27 @@ def test_monitors_and_the_update_scale_the_cluster_up_from_zero(clean_run: Obser
     measured("worker nodes at most", w.most_nodes())
     measured(
         "updates (version, queue s, training s, total s)",
-        [(u["version"], u["train_queue_seconds"], u["training_seconds"], u["total_seconds"]) for u in s["updates"]],
+        [
+            (u["version"], u["train_queue_seconds"], u["training_seconds"], u["total_seconds"])
+            for u in s["updates"]
+        ],
     )
 
 
 def test_idle_nodes_are_removed_after_the_run(clean_run: Observed) -> None:
-    assert clean_run.scale_down_s is not None, f"worker nodes still up {SCALE_DOWN_BOUND_S:.0f} s after the run"
-    measured(f"scale-down after the run (s, idle timeout {IDLE_TIMEOUT_S:.0f} s)", round(clean_run.scale_down_s, 1))
+    assert clean_run.scale_down_s is not None, (
+        f"worker nodes still up {SCALE_DOWN_BOUND_S:.0f} s after the run"
+    )
+    measured(
+        f"scale-down after the run (s, idle timeout {IDLE_TIMEOUT_S:.0f} s)", round(clean_run.scale_down_s, 1)
+    )
 
 
 def test_monitors_asking_for_gpu_fractions_run_on_the_gpu_node(cluster: FakeCluster, tmp_path: Path) -> None:
     obs = watched_run(
-        cluster, tmp_path, ["monitor.num_gpus=0.5", "monitor.num_cpus=0", "train.num_workers=0", "data.num_regimes=2"]
+        cluster,
+        tmp_path,
+        ["monitor.num_gpus=0.5", "monitor.num_cpus=0", "train.num_workers=0", "data.num_regimes=2"],
     )
     assert obs.summary["run"]["status"] == "completed", obs.summary["run"]["error"]
     assert batch_ids(Path(obs.summary["run"]["run_dir"])) == list(range(32))
@@ -258,7 +269,11 @@ def test_monitors_asking_for_gpu_fractions_run_on_the_gpu_node(cluster: FakeClus
 
 def raylet_pid(node: dict[str, Any]) -> int:
     token = f"--raylet_socket_name={node['RayletSocketName']}"
-    (pid,) = [p for p, cmd in own_processes(token) if cmd.split(" ", 1)[0].endswith("/raylet") and token in cmd.split()]
+    (pid,) = [
+        p
+        for p, cmd in own_processes(token)
+        if cmd.split(" ", 1)[0].endswith("/raylet") and token in cmd.split()
+    ]
     return pid
 
 
@@ -301,9 +316,14 @@ def test_a_lost_node_costs_no_batch_and_one_restart_per_actor_on_it(
         kinds[kind] = kinds.get(kind, 0) + 1
     restarts = {k: v for k, v in (s["monitoring"]["actor_restarts"] or {}).items() if v}
     assert restarts == kinds, f"on the lost node: {kill.on_node}; recoveries: {s['recoveries']}"
-    replaced = [t for (name, node), t in obs.watch.first_seen.items() if name == "monitor-0" and node != kill.node]
+    replaced = [
+        t for (name, node), t in obs.watch.first_seen.items() if name == "monitor-0" and node != kill.node
+    ]
     assert replaced, "monitor-0 was replaced on another node"
-    measured("node loss: kill -> monitor-0 alive on a new node (s)", round(min(replaced) - (kill.at_s - obs.watch.started), 1))
+    measured(
+        "node loss: kill -> monitor-0 alive on a new node (s)",
+        round(min(replaced) - (kill.at_s - obs.watch.started), 1),
+    )
     measured("node loss: worker nodes at most", obs.watch.most_nodes())
     measured("node loss: actors on the node", kill.on_node)
     measured("node loss: restarts", restarts)
@@ -349,7 +369,9 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def test_ray_job_stop_ends_the_run_interrupted_and_it_resumes(cluster: FakeCluster, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     sets = [a for o in [*JOB_OVERRIDES, f"logging.runs_dir={runs}"] for a in ("--set", o)]
-    out = ray_job(cluster, "submit", "--no-wait", "--", "raydrift", "run", str(ROOT / "configs" / "mnist.yaml"), *sets)
+    out = ray_job(
+        cluster, "submit", "--no-wait", "--", "raydrift", "run", str(ROOT / "configs" / "mnist.yaml"), *sets
+    )
     match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out)
     assert match, out[-3000:]
     job = match.group(1)
@@ -358,9 +380,13 @@ def test_ray_job_stop_ends_the_run_interrupted_and_it_resumes(cluster: FakeClust
         found = list(runs.glob("jobstop-*"))
         return found[0] if found else None
 
-    wait_for(lambda: (d := run_dir()) is not None and len(batch_ids(d)) >= 6, 240, "the job never got to batch 6")
+    wait_for(
+        lambda: (d := run_dir()) is not None and len(batch_ids(d)) >= 6, 240, "the job never got to batch 6"
+    )
     ray_job(cluster, "stop", job)
-    wait_for(lambda: job_status(ray_job(cluster, "status", job), job) == "STOPPED", 120, "the job did not stop")
+    wait_for(
+        lambda: job_status(ray_job(cluster, "status", job), job) == "STOPPED", 120, "the job did not stop"
+    )
     directory = run_dir()
     assert directory is not None
     wait_for(lambda: (directory / "summary.json").is_file(), 30, "no summary after the stop")
