@@ -9,7 +9,7 @@ CONFIG ?= configs/mnist.yaml
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean bench bench-pipeline
+.PHONY: install run test test-autoscaling lint typecheck check clean bench bench-pipeline
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# left out of `make test` (pyproject addopts): a fake autoscaling cluster, ~4 min (docs/cluster.md)
+test-autoscaling: $(STAMP)
+	$(BIN)/python -m pytest -q -m autoscaling tests/e2e/test_autoscaling.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
