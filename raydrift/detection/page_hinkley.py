@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from river import stats
-
-from river import drift
+from river import drift, stats
 
 from raydrift.detection.base import RiverDetector, check_param
 
