@@ -7,9 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 from river import drift
+from scipy.stats import ks_2samp
 
+from raydrift.detection import calibration as calib
 from raydrift.detection import make_detector
 from raydrift.detection.page_hinkley import PageHinkleyDetector
+from raydrift.detection.two_sample import _ks_statistics, ks_window_statistics
 
 PH_PARAMS: list[dict[str, Any]] = [
     {},
@@ -108,3 +111,68 @@ def test_page_hinkley_fast_path_does_not_call_rivers_update() -> None:
 
     det.river.update = boom
     assert _fast_alarms(det, _stream(1), 64)
+
+
+# --- ks calibration: window statistics from ranks, streams followed incrementally ------------------
+
+
+@pytest.mark.parametrize(("n", "m", "d"), [(50, 50, 1), (20, 30, 3), (200, 200, 16), (7, 13, 2)])
+def test_ks_window_statistics_are_scipys(n: int, m: int, d: int) -> None:
+    """The calibration's KS statistics (ranks against the sorted reference, no sort per window) are
+    scipy's ``ks_2samp`` statistics, and bit for bit the detector's own test's."""
+    rng = np.random.default_rng(n * m + d)
+    ref, x = rng.standard_normal((n, d)), rng.standard_normal((6 * m, d))
+    starts = np.array([0, 3, m, 2 * m + 1, 5 * m])
+    fast = ks_window_statistics(ref, x, starts, m)
+    for row, s in zip(fast, starts.tolist(), strict=True):
+        w = x[s : s + m]
+        scipy_stats = [ks_2samp(ref[:, f], w[:, f]).statistic for f in range(d)]
+        np.testing.assert_allclose(row, scipy_stats, rtol=0, atol=1e-12)
+        assert np.array_equal(row, _ks_statistics(ref, w))
+
+
+def test_ks_exact_statistic_handles_ties_as_scipy() -> None:
+    """The detector's test (sorted pooled sample) on discrete values with many ties."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a, b = rng.integers(0, 5, (40, 2)).astype(float), rng.integers(0, 6, (25, 2)).astype(float)
+        expected = [ks_2samp(a[:, f], b[:, f]).statistic for f in range(2)]
+        np.testing.assert_allclose(_ks_statistics(a, b), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ks", "mmd"])
+def test_a_simulated_stream_run_in_pieces_is_the_stream_run_at_once(name: str) -> None:
+    """Following a stream longer computes only its new tests, and they are those of one long run."""
+    params: dict[str, Any] = {"reference_size": 30, "window_size": 20, "test_every": 7, "ert": 300}
+    if name == "mmd":
+        params |= {"permutations": 99, "seed": 2}
+    det = make_detector(name, params)
+    start = det._simulate(2)  # type: ignore[attr-defined]
+    whole = start(np.random.default_rng(11)).more(40)
+    pieces = start(np.random.default_rng(11))
+    parts = np.concatenate([pieces.more(1), pieces.more(9), pieces.more(30)])
+    assert np.array_equal(whole, parts)
+    # and the p-values of the detector's own test on those windows, one by one after a restart
+    xs = np.random.default_rng(11).standard_normal((30 + 20 + 39 * 7, 2))
+    det.reset()  # type: ignore[attr-defined]
+    one_by_one = [det._test(xs[:30], xs[30 + 7 * k : 50 + 7 * k])[1] for k in range(40)]  # type: ignore[attr-defined]
+    assert np.array_equal(whole, one_by_one)
+
+
+def test_threshold_solved_on_first_alarm_candidates_is_the_full_solution() -> None:
+    """Solving on the first-alarm candidates gives the first alarms of the full matrix at every
+    threshold (checked against the plain computation on random discrete p-values)."""
+    rng = np.random.default_rng(0)
+    p = rng.integers(1, 40, (200, 300)) / 40.0
+    p[:50, 250:] = calib._NOT_RUN  # streams that ran fewer tests
+    lengths = np.where(np.arange(200) < 50, 250, 300)
+    coins = rng.random(p.shape)
+    p_c, coins_c, index = calib.first_alarm_candidates(p, coins)
+    assert p_c.shape[1] < p.shape[1] // 4
+    levels = np.unique(p[p <= 1.0])
+    for tau in (0.0, 0.3, 1.5, 4.9, 12.0, 38.9):
+        full = calib.alarms_at(p, coins, levels, tau)
+        cand = calib.alarms_at(p_c, coins_c, levels, tau)
+        assert np.array_equal(full.any(axis=1), cand.any(axis=1))
+        got = calib.mean_run_length(cand, lengths, 100, 10, index)
+        assert got == calib.mean_run_length(full, lengths, 100, 10)
