@@ -12,7 +12,7 @@ from scipy.stats import ks_2samp
 from raydrift.detection import calibration as calib
 from raydrift.detection import make_detector
 from raydrift.detection.page_hinkley import PageHinkleyDetector
-from raydrift.detection.two_sample import _ks_statistics, ks_window_statistics
+from raydrift.detection.two_sample import _ks_statistics, ks_window_statistics, ranks_right
 
 PH_PARAMS: list[dict[str, Any]] = [
     {},
@@ -176,3 +176,15 @@ def test_threshold_solved_on_first_alarm_candidates_is_the_full_solution() -> No
         assert np.array_equal(full.any(axis=1), cand.any(axis=1))
         got = calib.mean_run_length(cand, lengths, 100, 10, index)
         assert got == calib.mean_run_length(full, lengths, 100, 10)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 200])
+def test_ranks_by_grid_are_searchsorted(n: int) -> None:
+    """The grid ranking equals a binary search, with ties, values outside the range and huge ones."""
+    rng = np.random.default_rng(n)
+    for t in range(12):
+        ref = np.sort(rng.standard_normal(n) * rng.uniform(0.01, 100.0))
+        if t % 3 == 0:
+            ref = np.sort(rng.integers(0, 4, n).astype(float))
+        x = np.concatenate([rng.standard_normal(500) * 3, ref, rng.integers(-1, 6, 50), [1e308, -1e308]])
+        assert np.array_equal(ranks_right(ref, x), np.searchsorted(ref, x, side="right"))
