@@ -19,7 +19,9 @@ dependent, so the threshold is found by simulation, once per setting, at the fir
    is censored (the mean is the total time at risk over the runs that ended);
 4. the streams censored at that threshold are run 4 times longer and the threshold solved again, up to
    3 times: the references under which false alarms are rare make the long runs that dominate the
-   mean, so they are followed rather than extrapolated.
+   mean, so they are followed rather than extrapolated. A stream keeps its generators, so following it
+   computes only its new tests; the threshold is solved on each stream's first-alarm candidates
+   (:func:`first_alarm_candidates`), the same first alarms at every threshold as the full matrix.
 
 The p-value of one test is (nearly) distribution-free: KS's depends on ranks only (exact for
 continuous features), MMD's permutation p-value is uniform for any exchangeable sample. So the
