@@ -633,6 +633,66 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --- bocpd's ert: the measured run length on stationary streams against the requested one -------------
+
+
+@dataclass
+class RunLengthRow:
+    """``bocpd`` with ``threshold: null`` (set from ``ert``) on one stationary stream."""
+
+    model: str
+    ert: float
+    values: int
+    alarms: int
+    threshold: float
+    mean_run_length: float  # (values to each alarm + the unfinished last run) / alarms
+    ratio: float  # mean_run_length / ert
+    standard_error: float  # of the ratio
+    within_20_percent: bool
+
+
+def bocpd_run_length(model: str, ert: float, n: int, seed: int = 7) -> RunLengthRow:
+    """Feed ``n`` stationary values (``bernoulli``: 0/1 with p = 0.1; ``normal``: standard normal)."""
+    from raydrift.detection import make_detector
+
+    det = make_detector("bocpd", {"model": model, "ert": ert})
+    rng = np.random.default_rng(seed)
+    xs = (rng.random(n) < 0.1).astype(float) if model == "bernoulli" else rng.standard_normal(n)
+    runs, last = [], 0
+    for i, x in enumerate(xs.tolist()):
+        det.update(x)
+        if det.drift_detected:
+            runs.append(i + 1 - last)
+            last = i + 1
+    r = np.array(runs, dtype=float)
+    mean = (float(r.sum()) + n - last) / max(1, r.size)
+    se = float(r.std() / np.sqrt(r.size)) / ert if r.size > 1 else float("nan")
+    return RunLengthRow(
+        model,
+        ert,
+        n,
+        int(r.size),
+        float(det._threshold),
+        round(mean, 1),  # type: ignore[attr-defined]
+        round(mean / ert, 3),
+        round(se, 3),
+        abs(mean / ert - 1.0) <= 0.2,
+    )
+
+
+def _run_length_specs(specs: list[str]) -> list[tuple[str, float, int]] | None:
+    out = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 3 or parts[0] not in ("bernoulli", "normal"):
+            return None
+        try:
+            out.append((parts[0], float(parts[1]), int(parts[2])))
+        except ValueError:
+            return None
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 generators, 2 seeds, 8,000-sample streams")
@@ -671,6 +731,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=5, help="throughput repetitions (the median is kept)")
     ap.add_argument(
         "--mnist-batches", type=int, default=300, help="batches of the MNIST plain loop (0: skip it)"
+    )
+    ap.add_argument(
+        "--bocpd-ert",
+        nargs="+",
+        default=None,
+        metavar="MODEL:ERT:VALUES",
+        help="only bocpd's measured run length on stationary streams against ert, e.g. bernoulli:1000:300000",
     )
     return ap
 
@@ -844,6 +911,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None and args.json.exists() and not args.overwrite:
         print(f"error: {args.json} exists: pass --overwrite to replace recorded results", file=sys.stderr)
         return 2
+    if args.bocpd_ert is not None:
+        return _main_bocpd_ert(args, argv)
     if args.throughput:
         return main_throughput(args, argv)
     if args.quick:
@@ -863,6 +932,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# total {wall:.1f}s", file=sys.stderr)
     if args.json is not None:
         _write_json(args.json, results_doc(argv, args, wall, all_streams, out, oracle, target))
+    return 0
+
+
+def _main_bocpd_ert(args: argparse.Namespace, argv: list[str] | None) -> int:
+    specs = _run_length_specs(args.bocpd_ert)
+    if specs is None:
+        print(
+            "error: --bocpd-ert takes MODEL:ERT:VALUES with MODEL bernoulli or normal, e.g. normal:1000:300000",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        "| model | ert | values | alarms | threshold | mean run length | / ert | standard error | within 20% |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for model, ert, n in specs:
+        t = bocpd_run_length(model, ert, n)
+        rows.append(t)
+        print(
+            f"| {t.model} | {t.ert:,.0f} | {t.values:,} | {t.alarms} | {t.threshold:.4f} | {t.mean_run_length:,.0f} | "
+            f"{t.ratio:.2f} | {t.standard_error:.2f} | {'yes' if t.within_20_percent else 'no'} |",
+            flush=True,
+        )
+    if args.json is not None:
+        _write_json(args.json, {"command": _command(argv), "bocpd_ert": [asdict(t) for t in rows]})
     return 0
 
 

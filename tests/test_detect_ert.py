@@ -54,7 +54,7 @@ def test_the_simulation_is_the_detector(name: str, monkeypatch: pytest.MonkeyPat
     simulate = det._simulate(2)  # type: ignore[attr-defined]
     for i in range(8):
         tests = 30
-        p = simulate(np.random.default_rng([5, i]), tests)
+        p = simulate(np.random.default_rng([5, i])).more(tests)
         rng = np.random.default_rng([5, i])
         xs = rng.standard_normal((30 + 20 + (tests - 1) * 5, 2))
         det.reset()  # type: ignore[attr-defined]

@@ -27,3 +27,18 @@ def test_recorded_results_are_not_overwritten_without_the_flag(tmp_path: Path, c
     assert out.read_text() == "{}" and "--overwrite" in capsys.readouterr().err
     assert detectors.main([*args, "--only", "adwin", "--json", str(out), "--overwrite"]) == 0
     assert '"throughput"' in out.read_text()
+
+
+def test_bocpd_run_length_row_counts_the_runs() -> None:
+    """The ``--bocpd-ert`` measurement: alarms on a stationary stream, the run lengths' mean."""
+    row = detectors.bocpd_run_length("bernoulli", 200.0, 3000)
+    assert row.alarms >= 1 and row.values == 3000
+    assert row.mean_run_length == round(3000 / row.alarms, 1)  # the runs and the unfinished one cover the stream
+    assert row.ratio == pytest.approx(row.mean_run_length / 200.0, abs=1e-3)
+    assert row.within_20_percent == (abs(row.ratio - 1.0) <= 0.2)
+
+
+def test_bocpd_ert_spec_mistake_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert detectors.main(["--bocpd-ert", "poisson:1000:10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MODEL:ERT:VALUES" in err

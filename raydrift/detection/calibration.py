@@ -19,7 +19,9 @@ dependent, so the threshold is found by simulation, once per setting, at the fir
    is censored (the mean is the total time at risk over the runs that ended);
 4. the streams censored at that threshold are run 4 times longer and the threshold solved again, up to
    3 times: the references under which false alarms are rare make the long runs that dominate the
-   mean, so they are followed rather than extrapolated.
+   mean, so they are followed rather than extrapolated. A stream keeps its generators, so following it
+   computes only its new tests; the threshold is solved on each stream's first-alarm candidates
+   (:func:`first_alarm_candidates`), the same first alarms at every threshold as the full matrix.
 
 The p-value of one test is (nearly) distribution-free: KS's depends on ranks only (exact for
 continuous features), MMD's permutation p-value is uniform for any exchangeable sample. So the
@@ -41,7 +43,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,8 +52,10 @@ __all__ = [
     "CALIBRATION_SPAN",
     "CALIBRATION_STREAMS",
     "Calibration",
+    "SimulatedStream",
     "calibrate",
     "alarms_at",
+    "first_alarm_candidates",
     "mean_run_length",
     "solve_threshold",
 ]
@@ -63,7 +67,7 @@ CALIBRATION_SPAN = 3.0
 #: Seed of the simulated samples (the same threshold for the same setting on every machine).
 CALIBRATION_SEED = 19
 #: Bumped when the simulation changes: cached files of an older version are recomputed.
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 _MEMORY: dict[str, Calibration] = {}
 
@@ -142,16 +146,42 @@ def alarms_at(p_values: np.ndarray, coins: np.ndarray, levels: np.ndarray, tau: 
     return (p_values < level) | ((p_values == level) & (coins < q))
 
 
-def mean_run_length(alarms: np.ndarray, lengths: np.ndarray, first_test: int, test_every: int) -> float:
+def mean_run_length(
+    alarms: np.ndarray, lengths: np.ndarray, first_test: int, test_every: int, index: np.ndarray | None = None
+) -> float:
     """The mean run length (values) given which tests alarm (``(streams, tests)``; stream ``i`` ran
     ``lengths[i]`` tests): the tests at risk over the runs that ended, as values. A run's ``k``-th test
-    (0-based) comes ``first_test + k * test_every`` values after the (re)start."""
-    idx, hit = np.argmax(alarms, axis=1), alarms.any(axis=1)
+    (0-based) comes ``first_test + k * test_every`` values after the (re)start. ``index``: the test
+    each column stands for, per stream, when the columns are a selection (:func:`first_alarm_candidates`)."""
+    col, hit = np.argmax(alarms, axis=1), alarms.any(axis=1)
     events = int(hit.sum())
     if events == 0:
         return math.inf
+    idx = col if index is None else index[np.arange(index.shape[0]), col]
     at_risk = float(np.where(hit, idx + 1, lengths).sum())
     return first_test + test_every * (at_risk / events - 1.0)
+
+
+def first_alarm_candidates(p_values: np.ndarray, coins: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The only tests that can be a run's first alarm, whatever the threshold: those whose p-value is
+    at most every earlier one's (a test after a smaller p-value cannot be first: that one alarmed,
+    being below any level this one reaches). ``(p-values, coins, test index)`` of those tests, per
+    stream, left-aligned and padded with tests that never alarm: a few dozen columns instead of
+    thousands, the same first alarms at every threshold."""
+    p = np.asarray(p_values, dtype=np.float64)
+    keep = np.empty(p.shape, dtype=bool)
+    keep[:, :1] = True
+    if p.shape[1] > 1:
+        keep[:, 1:] = p[:, 1:] <= np.minimum.accumulate(p, axis=1)[:, :-1]
+    keep &= p <= 1.0  # padding (tests a stream did not run) never alarms
+    rows, cols = np.nonzero(keep)
+    pos = np.cumsum(keep, axis=1)[rows, cols] - 1
+    width = max(1, int(pos.max()) + 1) if pos.size else 1
+    p_c = np.full((p.shape[0], width), _NOT_RUN)
+    coins_c = np.ones_like(p_c)
+    index = np.zeros(p_c.shape, dtype=np.int64)
+    p_c[rows, pos], coins_c[rows, pos], index[rows, pos] = p[rows, cols], coins[rows, cols], cols
+    return p_c, coins_c, index
 
 
 def solve_threshold(
@@ -159,31 +189,42 @@ def solve_threshold(
 ) -> tuple[float, float, float, np.ndarray]:
     """The randomised threshold whose mean run length is ``ert``: ``(level, probability at the level,
     mean run length, which streams alarmed)`` (an alarm when the p-value is below the level, or equal
-    to it with that probability)."""
-    levels = _levels(p_values)
+    to it with that probability). Solved on the :func:`first_alarm_candidates` alone."""
+    p_c, coins_c, index = first_alarm_candidates(p_values, coins)
+    levels = _levels(p_c)
     lo, hi = 0.0, float(levels.size)  # the run length shrinks as tau grows
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if mean_run_length(alarms_at(p_values, coins, levels, mid), lengths, first_test, test_every) >= ert:
+        alarms = alarms_at(p_c, coins_c, levels, mid)
+        if mean_run_length(alarms, lengths, first_test, test_every, index) >= ert:
             lo = mid
         else:
             hi = mid
     j = min(int(hi), levels.size - 1)
     q = hi - j if int(hi) < levels.size else 1.0
-    alarms = alarms_at(p_values, coins, levels, hi)
-    run = mean_run_length(alarms, lengths, first_test, test_every)
+    alarms = alarms_at(p_c, coins_c, levels, hi)
+    run = mean_run_length(alarms, lengths, first_test, test_every, index)
     return float(levels[j]), float(q), float(run), np.asarray(alarms.any(axis=1))
+
+
+class SimulatedStream(Protocol):
+    """One simulated stationary stream, run test by test: :meth:`more` gives the p-values of its next
+    ``tests`` tests (the same stream whether it is run in one call or in several)."""
+
+    def more(self, tests: int) -> np.ndarray: ...
 
 
 class _Streams:
     """The simulated streams' p-values and coins, ``(streams, tests)``, padded where a stream ran
-    fewer tests (``lengths``). Each stream has its own seed, so running it longer extends it."""
+    fewer tests (``lengths``). Each stream has its own seed and keeps its generators, so following it
+    longer runs only the new tests."""
 
-    def __init__(self, simulate: Callable[[np.random.Generator, int], np.ndarray], tests: int) -> None:
-        self.simulate = simulate
+    def __init__(self, simulate: Callable[[np.random.Generator], SimulatedStream], tests: int) -> None:
         self.p = np.full((CALIBRATION_STREAMS, tests), _NOT_RUN)
         self.coins = np.ones_like(self.p)
         self.lengths = np.zeros(CALIBRATION_STREAMS, dtype=np.int64)
+        self._streams = [simulate(np.random.default_rng([CALIBRATION_SEED, i])) for i in range(CALIBRATION_STREAMS)]
+        self._coins = [np.random.default_rng([CALIBRATION_SEED, i, 1]) for i in range(CALIBRATION_STREAMS)]
         self.run(np.arange(CALIBRATION_STREAMS), tests)
 
     def run(self, rows: np.ndarray, tests: int) -> None:
@@ -192,14 +233,16 @@ class _Streams:
             self.p = np.pad(self.p, pad, constant_values=_NOT_RUN)
             self.coins = np.pad(self.coins, pad, constant_values=1.0)
         for i in rows:
-            self.p[i, :tests] = self.simulate(np.random.default_rng([CALIBRATION_SEED, int(i)]), tests)
-            self.coins[i, :tests] = np.random.default_rng([CALIBRATION_SEED, int(i), 1]).random(tests)
-            self.lengths[i] = tests
+            have = int(self.lengths[i])
+            if tests > have:
+                self.p[i, have:tests] = self._streams[i].more(tests - have)
+                self.coins[i, have:tests] = self._coins[i].random(tests - have)
+                self.lengths[i] = tests
 
 
 def calibrate(
     key: dict[str, Any],
-    simulate: Callable[[np.random.Generator, int], np.ndarray],
+    simulate: Callable[[np.random.Generator], SimulatedStream],
     ert: float,
     first_test: int,
     test_every: int,
@@ -212,8 +255,8 @@ def calibrate(
     key : dict
         What the threshold depends on (JSON-serialisable); the simulation's size is added.
     simulate : callable
-        ``simulate(rng, tests)``: the p-values of the first ``tests`` tests of one stationary stream
-        drawn from ``rng`` (a longer call on the same seed extends the same stream).
+        ``simulate(rng)``: one stationary stream drawn from ``rng``, as a :class:`SimulatedStream`
+        (``.more(tests)``: the p-values of its next ``tests`` tests).
     ert : float
         Requested mean run length (values).
     first_test, test_every : int
@@ -244,7 +287,7 @@ def calibrate(
 
 def _solve(
     key: str,
-    simulate: Callable[[np.random.Generator, int], np.ndarray],
+    simulate: Callable[[np.random.Generator], SimulatedStream],
     tests: int,
     ert: float,
     first_test: int,

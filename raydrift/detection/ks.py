@@ -11,10 +11,10 @@ from raydrift.detection.base import check_param
 from raydrift.detection.two_sample import (
     CORRECTIONS,
     TwoSampleDetector,
-    _ks_statistics,
     combine_p_values,
     ks_sf,
     ks_test,
+    ks_window_statistics,
 )
 
 __all__ = ["KSDetector"]
@@ -84,18 +84,12 @@ class KSDetector(TwoSampleDetector):
     def _test(self, reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
         return ks_test(reference, current, self.correction)
 
-    def _p_values(self, reference: np.ndarray, windows: list[np.ndarray]) -> np.ndarray:
-        # the statistics per window, their p-values in one call (what ks_test computes, vectorised)
+    def _p_values(self, reference: np.ndarray, x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        # the statistics of all windows from ranks against the sorted reference, their p-values in one
+        # call: what ks_test computes, vectorised (the same floats for samples without ties)
         ref = np.asarray(reference, dtype=np.float64).reshape(reference.shape[0], -1)
-        (n, d), m = ref.shape, windows[0].shape[0]
-        # many windows side by side as columns of one call (the statistic is per column)
-        chunk = max(1, 4_000_000 // ((n + m) * d))
-        parts = []
-        for c in range(0, len(windows), chunk):
-            ws = np.stack(windows[c : c + chunk]).astype(np.float64).reshape(-1, m, d)
-            both = _ks_statistics(np.tile(ref, (1, ws.shape[0])), ws.transpose(1, 0, 2).reshape(m, -1))
-            parts.append(both.reshape(ws.shape[0], d))
-        stats = np.concatenate(parts)
+        n, m = ref.shape[0], self.window_size
+        stats = ks_window_statistics(ref, np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1), starts, m)
         sf = np.clip(ks_sf(stats, round(n * m / (n + m))), 0.0, 1.0)
         return combine_p_values(sf, self.correction)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from river import drift
+from river import drift, stats
 
 from raydrift.detection.base import RiverDetector, check_param
 
@@ -76,7 +76,50 @@ class PageHinkleyDetector(RiverDetector):
         self.mode = mode
         self._build()
 
+    def update_many(self, values: list[float]) -> int:
+        """River's Page-Hinkley fed in one tight loop over local variables: the arithmetic of
+        :meth:`river.drift.PageHinkley.update` (and of its running ``stats.Mean``), value by value in
+        the same order, so the sums and alarms are bit-identical, without River's four method calls
+        per value. The state is written back to the River object at the end (or at the alarm)."""
+        river = self._river
+        mean = getattr(river, "_x_mean", None)
+        if type(river) is not drift.PageHinkley or type(mean) is not stats.Mean or not _has_ph_state(river):
+            return super().update_many(values)  # another River version's internals: the public loop
+        if river._drift_detected:  # River resets on the update after an alarm
+            river._reset()
+            mean = river._x_mean
+        up, down = river.mode != "down", river.mode != "up"
+        n, m = mean.n, mean._mean
+        si, sd, lo, hi = river._sum_increase, river._sum_decrease, river._min_increase, river._max_decrease
+        alpha, delta, thr, min_n = river.alpha, river.delta, river.threshold, river.min_instances
+        alarm = -1
+        for i, x in enumerate(values):
+            n += 1.0
+            m += (1.0 / n) * (x - m)
+            dev = x - m
+            si = alpha * si + dev - delta
+            sd = alpha * sd + dev + delta
+            if si < lo:
+                lo = si
+            if sd > hi:
+                hi = sd
+            if n >= min_n and ((up and si - lo > thr) or (down and hi - sd > thr)):
+                alarm = i
+                break
+        mean.n, mean._mean = n, m
+        river._sum_increase, river._sum_decrease, river._min_increase, river._max_decrease = si, sd, lo, hi
+        river._drift_detected = alarm >= 0
+        return alarm
+
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
         yield {"threshold": 20.0, "mode": "up", "min_instances": 50}
+
+
+_PH_STATE = ("_drift_detected", "_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease")
+
+
+def _has_ph_state(river: Any) -> bool:
+    """Whether ``river`` holds the attributes the fast path reads (River 0.21-0.26's PageHinkley)."""
+    return all(hasattr(river, a) for a in _PH_STATE) and hasattr(river._x_mean, "_mean")

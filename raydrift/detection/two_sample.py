@@ -30,7 +30,15 @@ from scipy.stats import kstwo
 from raydrift.detection.base import NativeDetector, check_param
 from raydrift.detection.calibration import Calibration, calibrate
 
-__all__ = ["CORRECTIONS", "TwoSampleDetector", "combine_p_values", "ks_test", "mmd_test"]
+__all__ = [
+    "CORRECTIONS",
+    "TwoSampleDetector",
+    "combine_p_values",
+    "ks_test",
+    "ks_window_statistics",
+    "mmd_test",
+    "ranks_right",
+]
 
 CORRECTIONS = ("bonferroni", "fdr_bh", "none")
 
@@ -102,17 +110,77 @@ def mmd_test(
 
 
 def _ks_statistics(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-column two-sample KS statistic sup |F_x - F_y| (ties handled exactly)."""
+    """Per-column two-sample KS statistic sup |F_x - F_y| (ties handled exactly), as
+    ``|n m (F_x - F_y)|`` counted in integers and divided once: the same float for the same value
+    whichever way it is computed (:func:`ks_window_statistics` gives it too)."""
     n, m = x.shape[0], y.shape[0]
     z = np.concatenate([x, y])
     order = np.argsort(z, axis=0, kind="stable")
     zs = np.take_along_axis(z, order, axis=0)
-    steps = np.where(order < n, 1.0 / n, -1.0 / m)
-    diff = np.cumsum(steps, axis=0)
+    diff = np.cumsum(np.where(order < n, m, -n), axis=0)  # n m (F_x - F_y), exact
     # only where the next sorted value differs is the ECDF difference attained (ties move together)
     last_of_tie = np.ones_like(zs, dtype=bool)
     last_of_tie[:-1] = zs[1:] != zs[:-1]
-    return np.max(np.where(last_of_tie, np.abs(diff), 0.0), axis=0)
+    return np.max(np.where(last_of_tie, np.abs(diff), 0), axis=0) / (n * m)
+
+
+def ranks_right(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(ref, x, side="right")`` (``ref`` sorted, 1-D), by a grid of equal cells
+    over ``ref``'s range: a value's rank is the reference values in lower cells plus those of its own
+    cell at or below it (a few comparisons; the cell is a monotone function of the value, the same
+    for ``ref`` and ``x``, so the count is exact). Several times faster than a binary search per value."""
+    n = ref.size
+    if n == 0 or not (np.isfinite(ref[[0, -1]]).all() and ref[-1] > ref[0]) or not np.isfinite(x).all():
+        return np.searchsorted(ref, x, side="right")
+    cells = 8 * n
+    lo, scale = float(ref[0]), cells / float(ref[-1] - ref[0])
+
+    def cell(v: np.ndarray) -> np.ndarray:  # 0: below ref[0], cells + 1: above ref[-1] (at most)
+        with np.errstate(over="ignore"):  # a huge value: inf, clipped to the top cell
+            return np.clip(np.floor((v - lo) * scale), -1, cells).astype(np.int64) + 1
+
+    g_ref = cell(ref)
+    first = np.searchsorted(g_ref, np.arange(cells + 2), side="left")  # reference values in lower cells
+    occupancy = np.bincount(g_ref, minlength=cells + 2)
+    table = np.full((cells + 2, int(occupancy.max())), np.inf)  # each cell's reference values
+    table[g_ref, np.arange(n) - first[g_ref]] = ref
+    g = cell(x)
+    rank = first[g]
+    for j in range(table.shape[1]):
+        rank += table[g, j] <= x
+    return rank
+
+
+def ks_window_statistics(reference: np.ndarray, x: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray:
+    """The per-feature KS statistics of ``reference`` ``(n, d)`` against each window
+    ``x[s : s + m]``, ``s`` in ``starts``: ``(len(starts), d)``, without sorting a window.
+
+    Each value of ``x`` is ranked once against the sorted reference (``c``: reference values at or
+    below it); a window's counts per rank give ``A_c`` (window values of rank at most ``c``), and
+    ``n m sup |F_ref - F_win| = max(max_c |c m - A_c n|, max_c |c m - A_{c-1} n|)`` (the ECDFs just
+    below the next reference value and at the reference value; with ``u_c = c m - A_c n``, ``u_n = 0``,
+    that is ``max(m + max_{c<n} u_c, -min_c u_c)``). Exact when no window value equals a
+    reference value (samples of continuous distributions), and then the same float as
+    :func:`_ks_statistics`.
+    """
+    n, d = reference.shape
+    ranks = np.empty(x.shape, dtype=np.int64)
+    ref = np.sort(reference, axis=0)
+    for f in range(d):
+        ranks[:, f] = ranks_right(ref[:, f], x[:, f])
+    c_m = np.arange(n, dtype=np.int64) * m
+    out = np.empty((len(starts), d))
+    chunk = max(1, 2_000_000 // (m * d + (n + 1) * d))
+    for lo in range(0, len(starts), chunk):
+        s = np.asarray(starts[lo : lo + chunk], dtype=np.int64)
+        k = s.size
+        r = ranks[s[:, None] + np.arange(m)]  # (k, m, d)
+        key = (np.arange(k * d).reshape(k, 1, d) * (n + 1)) + r
+        counts = np.bincount(key.ravel(), minlength=k * d * (n + 1)).reshape(k, d, n + 1)
+        # u_c = c m - A_c n for c < n (u_n = 0): the statistic is max(max u + m, -min u), in integers
+        u = c_m - np.cumsum(counts[:, :, :n], axis=2) * n
+        out[lo : lo + k] = np.maximum(u.max(axis=2) + m, -u.min(axis=2)) / (n * m)
+    return out
 
 
 def ks_test(x: np.ndarray, y: np.ndarray, correction: str = "bonferroni") -> tuple[float, float]:
@@ -299,18 +367,11 @@ class TwoSampleDetector(NativeDetector):
         return cal
 
     def _simulate(self, d: int) -> Any:
+        """``simulate(rng)`` for :func:`~raydrift.detection.calibration.calibrate`: one stationary
+        stream of i.i.d. standard normal samples with ``d`` features, run through this detector's test."""
         sim = self.clone()
         assert isinstance(sim, TwoSampleDetector)
-        r, w, every = self.reference_size, self.window_size, self.test_every
-
-        def simulate(rng: np.random.Generator, tests: int) -> np.ndarray:
-            """The p-values of this detector's first ``tests`` tests on a stationary stream of i.i.d.
-            standard normal samples drawn from ``rng`` (the same seed extends the same stream)."""
-            x = rng.standard_normal((r + w + (tests - 1) * every, d))
-            sim.reset()  # as after a restart: mmd's permutations start again from its seed
-            return sim._p_values(x[:r], [x[r + k * every : r + k * every + w] for k in range(tests)])
-
-        return simulate
+        return lambda rng: _WindowStream(sim, rng, d)
 
     @property
     def values_since_change(self) -> int | None:
@@ -363,9 +424,11 @@ class TwoSampleDetector(NativeDetector):
         level, q = self._calibrated[0], self._calibrated[1]
         return p < level or (p == level and float(self._coin.random()) < q)
 
-    def _p_values(self, reference: np.ndarray, windows: list[np.ndarray]) -> np.ndarray:
-        """The p-values of the tests of ``reference`` against each window (the calibration's loop)."""
-        return np.array([self._test(reference, w)[1] for w in windows])
+    def _p_values(self, reference: np.ndarray, x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The p-values of the tests of ``reference`` against the windows ``x[s : s + window_size]``
+        for ``s`` in ``starts``, in order (the calibration's loop; a subclass may vectorise it)."""
+        w = self.window_size
+        return np.array([self._test(reference, x[s : s + w])[1] for s in starts.tolist()])
 
     def _locate(self, reference: np.ndarray, current: np.ndarray) -> int:
         """Values since the most likely single shift of the standardised feature means, among the
@@ -387,3 +450,41 @@ class TwoSampleDetector(NativeDetector):
 
     def _test(self, reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
         raise NotImplementedError
+
+
+class _WindowStream:
+    """One simulated stationary stream through a detector's test (the calibration's
+    :class:`~raydrift.detection.calibration.SimulatedStream`): the first ``reference_size`` values are
+    the reference, test ``k`` compares it with the ``window_size`` values from
+    ``reference_size + k * test_every`` on, as the detector does after a (re)start. It keeps its
+    generators (samples, and ``mmd``'s permutations, started from the detector's seed as after a
+    restart) and the values the next windows overlap, so running it in several calls gives the
+    p-values of one call."""
+
+    def __init__(self, sim: TwoSampleDetector, rng: np.random.Generator, d: int) -> None:
+        sim.reset()
+        self._sim, self._rng, self._d = sim, rng, d
+        self._perm = sim._rng  # the permutations' generator as after a restart
+        self._reference = rng.standard_normal((sim.reference_size, d))
+        self._buf = np.empty((0, d))  # values from stream position _buf_start (after the reference)
+        self._buf_start = 0
+        self._tests = 0
+
+    def more(self, tests: int) -> np.ndarray:
+        # in pieces: the values of a long extension are never all in memory at once
+        return np.concatenate([self._more(min(512, tests - k)) for k in range(0, tests, 512)] or [np.empty(0)])
+
+    def _more(self, tests: int) -> np.ndarray:
+        sim = self._sim
+        every, w = sim.test_every, sim.window_size
+        first = self._tests * every  # start of the next window, after the reference
+        need = first + (tests - 1) * every + w - (self._buf_start + self._buf.shape[0])
+        if need > 0:
+            self._buf = np.concatenate([self._buf, self._rng.standard_normal((need, self._d))])
+        sim._rng = self._perm
+        starts = first - self._buf_start + every * np.arange(tests)
+        p = sim._p_values(self._reference, self._buf, starts)
+        self._tests += tests
+        drop = min(self._tests * every - self._buf_start, self._buf.shape[0])
+        self._buf, self._buf_start = self._buf[drop:].copy(), self._buf_start + drop  # not a view of it all
+        return p
