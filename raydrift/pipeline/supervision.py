@@ -108,6 +108,11 @@ class ActorFactory:
         ).remote(cfg.drift_detection.model_dump(), self.metric, self.higher_is_better, cfg.seed, self.metric_domain)
 
 
+def _shown(resources: dict[str, float]) -> dict[str, float]:
+    """CPU, GPU and custom resources (not memory, nor Ray's per-node ``node:<ip>`` markers)."""
+    return {k: v for k, v in resources.items() if k not in ("memory", "object_store_memory") and not k.startswith("node:")}
+
+
 def _kill(handle: ActorHandle) -> None:
     try:
         ray.kill(handle)
@@ -168,13 +173,17 @@ class Supervisor:
             ray.get(self.detector.load_state_dict.remote(detector_state))
         self.wait_until_up()
 
-    def wait_until_up(self, say_every: float = 30.0) -> None:
-        """Wait for every monitor to answer; every ``say_every`` s say which are still waiting and what
-        they ask for, and fail after ``ray.actor_start_timeout_s`` (an autoscaling cluster may take
-        minutes to add a node; a request no node type can satisfy never starts)."""
+    def wait_until_up(self, say_every: float | None = None) -> None:
+        """Wait for every monitor to answer; every ``say_every`` s (5 s on an autoscaling cluster, else
+        30 s) say which are still waiting, what they ask for and what the autoscaler is doing, and fail
+        after ``ray.actor_start_timeout_s`` (an autoscaling cluster may take minutes to add a node)."""
+        from raydrift.feasibility import autoscaler_status
+
         names = {m.stats.remote(): f"monitor-{i}" for i, m in enumerate(self.monitors)}
         pending = list(names)
         mc, limit = self.cfg.monitor, self.cfg.ray.actor_start_timeout_s
+        if say_every is None:
+            say_every = 5.0 if self.cfg.ray.autoscaling else 30.0
         ask = {"CPU": mc.num_cpus, **({"GPU": mc.num_gpus} if mc.num_gpus else {}), **dict(mc.resources)}
         t0 = time.monotonic()
         while pending:
@@ -189,9 +198,11 @@ class Supervisor:
             ray.get(ready)  # a monitor that failed to start raises here
             if pending:
                 waiting = ", ".join(names[r] for r in pending)
+                scaler = autoscaler_status()
                 self.log(
                     f"waiting for {waiting} to start ({time.monotonic() - t0:.0f} s): each asks for {ask}, "
-                    f"available now {ray.available_resources()}"
+                    f"available now {_shown(ray.available_resources())}"
+                    + (f"; autoscaler: {scaler}" if scaler else "")
                 )
 
     def handles(self) -> list[ActorHandle]:
