@@ -312,7 +312,7 @@ class Supervisor:
         """One restart of ``role``, unless ``slot``'s actor already died (and was counted) on the same
         lost node: a replacement placed on a node that was dying is the same loss."""
         if judged is not None and judged.node_id:
-            where = f"node {judged.node_id[:8]}"
+            where = f"node {judged.node_id}"
             detail += f" (with its {where})" if judged.verdict is Verdict.NODE_DEAD else f" ({where} alive)"
             key = (slot, judged.node_id)
             if judged.verdict is Verdict.NODE_DEAD and key in self.node_losses:
