@@ -117,3 +117,17 @@ def test_pending_line_says_what_the_autoscaler_does() -> None:
     assert line == "demand {CPU: 0.5, GPU: 0.5} x2; launching gpu_node x1; 1 node(s) starting (cpu_node)"
     assert pending_line(json.dumps({"autoscaler_report": {}})) == ""
     assert pending_line(None) == "" and pending_line(b"not json") == ""
+
+
+@pytest.mark.parametrize("launcher", ["aws.yaml", "gcp.yaml"])
+def test_the_launcher_configs_refuse_two_gpus_per_monitor(launcher: str) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "cluster" / launcher
+    types = node_types_from_autoscaling_config(yaml.safe_load(path.read_text()))
+    assert types is not None and max(t.resources.get("GPU", 0.0) for t in types) == 1.0
+    check_feasible(cfg("monitor.num_gpus=0.5"), types)
+    with pytest.raises(UserError, match="no node type"):
+        check_feasible(cfg("monitor.num_gpus=2"), types)
