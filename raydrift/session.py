@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -211,24 +212,49 @@ def _quiet_stderr() -> Iterator[None]:
 _HOST_PORT = re.compile(r"^[\w.\-]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$")
 
 
-def probe_auth(address: str) -> None:
+def _reachable(address: str, timeout_s: float = 5.0) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def probe_auth(address: str, timeout_s: float = 15.0) -> None:
     """A token-auth cluster that refuses this machine's (missing or wrong) token: one line saying what
-    to set. Only a ``host:port`` GCS address is probed; anything else is left to ``ray.init``."""
+    to set; a ``host:port`` where nothing listens is one line too (Ray's GCS client would wait for it
+    for minutes). Only ``host:port`` addresses are probed, for at most ``timeout_s``; anything else is
+    left to ``ray.init``."""
     if not _HOST_PORT.match(address):
         return
+    if not _reachable(address):
+        raise UserError(
+            f"nothing answers at the Ray cluster address '{address}': check the address (the GCS port, "
+            "6379 by default) and that the cluster is up (ray status)"
+        )
     try:
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
         from ray.exceptions import AuthenticationError
     except ImportError:  # another Ray version
         return
-    try:
-        with _quiet_stderr():  # Ray's C++ client logs the refusal too: the UserError says it once
+    refused: list[BaseException] = []
+
+    def probe() -> None:
+        try:
             GcsClient(address=address)
-    except AuthenticationError:
+        except AuthenticationError as exc:
+            refused.append(exc)
+        except Exception:  # noqa: BLE001 - anything else: ray.init says it
+            pass
+
+    with _quiet_stderr():  # Ray's C++ client logs the refusal too: the UserError says it once
+        t = threading.Thread(target=probe, name="raydrift-auth-probe", daemon=True)
+        t.start()
+        t.join(timeout_s)
+    if refused:
         why = "no token was found here" if not _token_found() else "it refused this machine's token"
-        raise UserError(f"the Ray cluster at '{address}' requires token authentication and {why}: {_TOKEN_HINT}") from None
-    except Exception:  # noqa: BLE001 - unreachable and the like: ray.init says it
-        return
+        raise UserError(f"the Ray cluster at '{address}' requires token authentication and {why}: {_TOKEN_HINT}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -97,11 +95,13 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         log.close()
 
 
+@pytest.mark.e2e
 def test_the_head_enforces_the_token(head: Head) -> None:
     out = _run([RAY, "job", "list", "--address", head.dashboard], _env(Path("/nonexistent"), RAY_AUTH_MODE="token"))
     assert out.returncode != 0
 
 
+@pytest.mark.e2e
 def test_ray_job_submit_as_in_the_readme(head: Head, tmp_path: Path) -> None:
     (tmp_path / "job.py").write_text("import ray\nray.init()\nprint('cpus', int(ray.cluster_resources()['CPU']))\n")
     cmd = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--", "python", "job.py"]
@@ -110,6 +110,7 @@ def test_ray_job_submit_as_in_the_readme(head: Head, tmp_path: Path) -> None:
     assert "cpus 1" in out.stdout
 
 
+@pytest.mark.e2e
 def test_raydrift_finds_the_token_without_ray_auth_mode(head: Head) -> None:
     cmd = [sys.executable, "-m", "raydrift.cli", "validate", "configs/river-sea.yaml", "--address", head.gcs,
            "--set", "monitor.num_monitors=1", "--set", "train.num_workers=0"]
@@ -118,6 +119,7 @@ def test_raydrift_finds_the_token_without_ray_auth_mode(head: Head) -> None:
     assert ": OK" in out.stdout
 
 
+@pytest.mark.e2e
 def test_no_token_here_is_one_line_saying_what_to_set(head: Head, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "raydrift.cli", "validate", "configs/river-sea.yaml", "--address", head.gcs]
     out = _run(cmd, _env(tmp_path))  # an empty HOME: no token on this "machine"
@@ -125,3 +127,28 @@ def test_no_token_here_is_one_line_saying_what_to_set(head: Head, tmp_path: Path
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert "requires token authentication" in lines[0] and "RAY_AUTH_TOKEN" in lines[0]
+
+
+def test_a_token_on_this_machine_sets_token_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from raydrift.session import use_token_if_found
+
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(var, "")  # recorded: whatever the code sets is undone after the test
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert use_token_if_found() is False and "RAY_AUTH_MODE" not in os.environ
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t" * 32)
+    assert use_token_if_found() is True and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's own choice stands
+    assert use_token_if_found() is False and os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_an_address_where_nothing_listens_is_one_line() -> None:
+    from raydrift.errors import UserError
+    from raydrift.session import probe_auth
+
+    [port] = _free_ports(1)
+    with pytest.raises(UserError, match=f"nothing answers at the Ray cluster address '127.0.0.1:{port}'"):
+        probe_auth(f"127.0.0.1:{port}")
+    probe_auth("auto")  # not host:port: left to ray.init
