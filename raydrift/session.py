@@ -14,6 +14,13 @@ stop``, ``timeout`` or a Kubernetes stop into a failed run. :func:`install_stop_
 raydrift's back after the session starts: the first SIGINT or SIGTERM raises :class:`RunInterrupted`
 in the main thread, the run writes what it has with status ``interrupted``, and the CLI exits with
 ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+
+Connecting to a cluster with token authentication: when this machine has a token
+(``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is not set,
+the session sets ``RAY_AUTH_MODE=token`` so that Ray sends it; a cluster that refuses the connection
+(no token, or a wrong one) is one :class:`UserError` line found by a quick probe of its GCS, before
+``ray.init`` (which would retry for a while and end in a traceback). With ``ray.autoscaling: true``
+the session checks the cluster's node types can ever hold the run (:mod:`raydrift.feasibility`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -33,6 +42,8 @@ from raydrift.errors import UserError
 
 __all__ = [
     "LOOPBACK",
+    "probe_auth",
+    "use_token_if_found",
     "RayInfo",
     "RaySession",
     "RunInterrupted",
@@ -151,6 +162,101 @@ class RayInfo:
     started_here: bool
 
 
+_TOKEN_HINT = (
+    "put the cluster's token in ~/.ray/auth_token (on the head: ray get-auth-token) or set RAY_AUTH_TOKEN, "
+    "with RAY_AUTH_MODE=token"
+)
+
+
+def _token_found() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    candidates = [path] if path else [os.path.join(os.path.expanduser("~"), ".ray", "auth_token")]
+    return any(os.path.isfile(p) and os.path.getsize(p) > 0 for p in candidates)
+
+
+def use_token_if_found() -> bool:
+    """``RAY_AUTH_MODE=token`` for this process (and the Ray CLI it starts) when a token is on this
+    machine and the user set no mode; True when the mode is token after this."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    if not _token_found():
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    with contextlib.suppress(Exception):  # Ray read its config at import: read it again
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null meanwhile (C++ logging bypasses ``sys.stderr``)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+_HOST_PORT = re.compile(r"^[\w.\-]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$")
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def probe_auth(address: str, timeout_s: float = 15.0) -> None:
+    """A token-auth cluster that refuses this machine's (missing or wrong) token: one line saying what
+    to set; a ``host:port`` where nothing listens is one line too (Ray's GCS client would wait for it
+    for minutes). Only ``host:port`` addresses are probed, for at most ``timeout_s``; anything else is
+    left to ``ray.init``."""
+    if not _HOST_PORT.match(address):
+        return
+    if not _reachable(address):
+        raise UserError(
+            f"nothing answers at the Ray cluster address '{address}': check the address (the GCS port, "
+            "6379 by default) and that the cluster is up (ray status)"
+        )
+    try:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray version
+        return
+    refused: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            GcsClient(address=address)
+        except AuthenticationError as exc:
+            refused.append(exc)
+        except Exception:  # noqa: BLE001 - anything else: ray.init says it
+            pass
+
+    with _quiet_stderr():  # Ray's C++ client logs the refusal too: the UserError says it once
+        t = threading.Thread(target=probe, name="raydrift-auth-probe", daemon=True)
+        t.start()
+        t.join(timeout_s)
+    if refused:
+        why = "no token was found here" if not _token_found() else "it refused this machine's token"
+        raise UserError(f"the Ray cluster at '{address}' requires token authentication and {why}: {_TOKEN_HINT}")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -205,13 +311,36 @@ class RaySession:
 
             auto_init_hook.enable_auto_connect = False
         self._check_loopback()
+        if self.cfg.ray.autoscaling and not self.started:
+            self._check_node_types()
         url = getattr(ctx, "dashboard_url", None)
         return self.info(f"http://{url}" if url and not str(url).startswith("http") else url)
 
     def _connect(self) -> Any:
         import ray
 
+        assert self.address is not None
+        use_token_if_found()
+        probe_auth(self.address)
         return ray.init(address=self.address, **self._kwargs())
+
+    def _check_node_types(self) -> None:
+        """``ray.autoscaling``: refuse a request no node type of the cluster can ever satisfy."""
+        import ray
+
+        from raydrift.feasibility import check_feasible, discover_node_types
+
+        address = ray.get_runtime_context().gcs_address
+        types, source = discover_node_types(address)
+        if types is None:
+            if self.cfg.verbosity >= 1:
+                print(f"raydrift: ray.autoscaling: requests not checked against node types: {source}", file=sys.stderr)
+            return
+        try:
+            check_feasible(self.cfg, types, f"the cluster at {address} ({source})")
+        except UserError:
+            self.shutdown()
+            raise
 
     def _start_local(self) -> Any:
         import ray

@@ -10,6 +10,10 @@ When a call fails because an actor died, :meth:`Supervisor.recover` finds which 
   batches it owned are served again.
 
 Each replacement counts against ``reliability.max_actor_restarts`` per role; beyond it the run fails.
+Before a dead actor is replaced, the supervisor waits (bounded) for Ray's verdict on its node
+(:mod:`raydrift.pipeline.node_verdict`): a replacement made while a lost node is not yet declared dead
+could land on it and die again. A lost node therefore costs one restart of each actor it held, and a
+replacement that still died with the same node is not counted a second time.
 The detector and stream are called through typed methods here (never by method name), and every call
 that changes the detector's state is logged for the re-feed.
 """
@@ -26,6 +30,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from raydrift.actors import DetectorActor, MonitorActor, StreamReader
 from raydrift.config import RaydriftConfig
 from raydrift.detection.engine import DetectionOutput, IntervalRecord
+from raydrift.pipeline.node_verdict import Judged, NodeVerdicts, RayClusterState, Verdict, actor_id_of
 
 if TYPE_CHECKING:
     from raydrift.pipeline.broadcast import Broadcast
@@ -103,6 +108,11 @@ class ActorFactory:
         ).remote(cfg.drift_detection.model_dump(), self.metric, self.higher_is_better, cfg.seed, self.metric_domain)
 
 
+def _shown(resources: dict[str, float]) -> dict[str, float]:
+    """CPU, GPU and custom resources (not memory, nor Ray's per-node ``node:<ip>`` markers)."""
+    return {k: v for k, v in resources.items() if k not in ("memory", "object_store_memory") and not k.startswith("node:")}
+
+
 def _kill(handle: ActorHandle) -> None:
     try:
         ray.kill(handle)
@@ -147,6 +157,8 @@ class Supervisor:
         self.det_snapshot: Any = None
         self.stream_snapshot: dict[str, Any] | None = None
         self.quarantined: set[int] = set()
+        self.verdicts = NodeVerdicts(RayClusterState())
+        self.node_losses: set[tuple[str, str]] = set()  # (actor slot, node id) already counted
 
     # --- start and stop -------------------------------------------------------------------------
     def start(self, stream_state: dict[str, Any] | None = None, detector_state: Any = None) -> None:
@@ -161,13 +173,17 @@ class Supervisor:
             ray.get(self.detector.load_state_dict.remote(detector_state))
         self.wait_until_up()
 
-    def wait_until_up(self, say_every: float = 30.0) -> None:
-        """Wait for every monitor to answer; every ``say_every`` s say which are still waiting and what
-        they ask for, and fail after ``ray.actor_start_timeout_s`` (an autoscaling cluster may take
-        minutes to add a node; a request no node type can satisfy never starts)."""
+    def wait_until_up(self, say_every: float | None = None) -> None:
+        """Wait for every monitor to answer; every ``say_every`` s (5 s on an autoscaling cluster, else
+        30 s) say which are still waiting, what they ask for and what the autoscaler is doing, and fail
+        after ``ray.actor_start_timeout_s`` (an autoscaling cluster may take minutes to add a node)."""
+        from raydrift.feasibility import autoscaler_status
+
         names = {m.stats.remote(): f"monitor-{i}" for i, m in enumerate(self.monitors)}
         pending = list(names)
         mc, limit = self.cfg.monitor, self.cfg.ray.actor_start_timeout_s
+        if say_every is None:
+            say_every = 5.0 if self.cfg.ray.autoscaling else 30.0
         ask = {"CPU": mc.num_cpus, **({"GPU": mc.num_gpus} if mc.num_gpus else {}), **dict(mc.resources)}
         t0 = time.monotonic()
         while pending:
@@ -182,9 +198,11 @@ class Supervisor:
             ray.get(ready)  # a monitor that failed to start raises here
             if pending:
                 waiting = ", ".join(names[r] for r in pending)
+                scaler = autoscaler_status()
                 self.log(
                     f"waiting for {waiting} to start ({time.monotonic() - t0:.0f} s): each asks for {ask}, "
-                    f"available now {ray.available_resources()}"
+                    f"available now {_shown(ray.available_resources())}"
+                    + (f"; autoscaler: {scaler}" if scaler else "")
                 )
 
     def handles(self) -> list[ActorHandle]:
@@ -282,7 +300,25 @@ class Supervisor:
         return self.det_snapshot, self.stream_snapshot
 
     # --- recovery ---------------------------------------------------------------------------------
-    def _count(self, role: str, detail: str) -> None:
+    def _judge(self, handles: list[ActorHandle]) -> list[Judged]:
+        """Ray's verdict on each dead actor's node (waited for, bounded), before it is replaced."""
+        t0 = time.monotonic()
+        judged = self.verdicts.wait([actor_id_of(h) for h in handles])
+        if time.monotonic() - t0 > 1.0:
+            self.log(f"waited {time.monotonic() - t0:.0f} s for Ray's verdict on the dead actors' nodes")
+        return judged
+
+    def _count(self, role: str, detail: str, slot: str = "", judged: Judged | None = None) -> None:
+        """One restart of ``role``, unless ``slot``'s actor already died (and was counted) on the same
+        lost node: a replacement placed on a node that was dying is the same loss."""
+        if judged is not None and judged.node_id:
+            where = f"node {judged.node_id}"
+            detail += f" (with its {where})" if judged.verdict is Verdict.NODE_DEAD else f" ({where} alive)"
+            key = (slot, judged.node_id)
+            if judged.verdict is Verdict.NODE_DEAD and key in self.node_losses:
+                self.log(f"warning: {detail}; recovered (the same node loss: not counted again)")
+                return
+            self.node_losses.add(key)
         self.restarts[role] += 1
         limit = self.cfg.reliability.max_actor_restarts
         self.on_restart(role, detail)
@@ -292,17 +328,17 @@ class Supervisor:
             )
         self.log(f"warning: {detail}; recovered (restart {self.restarts[role]}/{limit})")
 
-    def replace_monitor(self, i: int) -> None:
+    def replace_monitor(self, i: int, judged: Judged | None = None) -> None:
         """A dead monitor: a new one with the current weights; its in-flight batches go out again."""
-        self._count("monitor", f"monitor {i} died")
+        self._count("monitor", f"monitor {i} died", f"monitor-{i}", judged)
         _kill(self.monitors[i])
         self.monitors[i] = self.factory.monitor(i, self.broadcast.weights_ref, self.broadcast.version)
         if self.dispatch is not None:
             self.dispatch.monitor_replaced(i, self.broadcast.version)
 
-    def restore_detector(self) -> None:
+    def restore_detector(self, judged: Judged | None = None) -> None:
         """A dead detector: a new one from the snapshot, re-fed every call made since."""
-        self._count("detector", "the detector died")
+        self._count("detector", "the detector died", "detector", judged)
         _kill(self.detector)
         det = self.factory.detector()
         if self.det_snapshot is not None:
@@ -314,9 +350,9 @@ class Supervisor:
             ray.get(last)
         self.detector = det
 
-    def restore_stream(self) -> None:
+    def restore_stream(self, judged: Judged | None = None) -> None:
         """A dead stream reader: a new one from the snapshot, caught up to the accepted position."""
-        self._count("stream", "the stream reader died")
+        self._count("stream", "the stream reader died", "stream", judged)
         _kill(self.stream)
         st = self.factory.stream()
         if self.stream_snapshot is not None:
@@ -329,15 +365,15 @@ class Supervisor:
     def recover(self, exc: BaseException, monitor: int | None = None) -> str:
         """Which actor died (restored now), or re-raise ``exc`` when none did."""
         if not _alive(self.detector):
-            self.restore_detector()
+            self.restore_detector(self._judge([self.detector])[0])
             return "detector"
         if not _alive(self.stream):
-            self.restore_stream()
+            self.restore_stream(self._judge([self.stream])[0])
             return "stream"
         candidates = [monitor] if monitor is not None else range(len(self.monitors))
         dead = [i for i in candidates if not _alive(self.monitors[i])]
-        for i in dead:
-            self.replace_monitor(i)
+        for i, judged in zip(dead, self._judge([self.monitors[i] for i in dead]), strict=True):
+            self.replace_monitor(i, judged)
         if dead:
             return "monitor"
         if monitor is not None and isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):
