@@ -340,7 +340,7 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local cluster (default: all)")
     num_gpus: int | None = Field(None, ge=0)
     autoscaling: bool = Field(
-        False, description="the cluster adds nodes on demand: skip the check that it already has the resources"
+        False, description="the cluster adds nodes on demand: check the request against its node types and their maximum counts (raydrift/feasibility.py) instead of the resources it has now"
     )
     node_ip_address: str = Field(
         "127.0.0.1",
@@ -352,7 +352,7 @@ class RayConfig(_Section):
         600.0,
         gt=0,
         description="the run fails if its actors are not all up after this many seconds (a request no node "
-        "can satisfy would otherwise wait forever); what is still waiting is printed every 30 s",
+        "can satisfy would otherwise wait forever); what is still waiting is printed every 30 s (every 5 s, with what the autoscaler reports, when ray.autoscaling is true)",
     )
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
