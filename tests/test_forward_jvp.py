@@ -38,7 +38,9 @@ def _conv_net() -> nn.Module:
 
 
 def _conv1d_net() -> nn.Module:
-    return nn.Sequential(nn.Unflatten(1, (1, 14)), nn.Conv1d(1, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(30, 1))
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 14)), nn.Conv1d(1, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(30, 1)
+    )
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -53,7 +55,9 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
-def _case(name: str, with_vx: bool, frozen: bool) -> tuple[nn.Module, Tensor, dict[str, Tensor], Tensor | None]:
+def _case(
+    name: str, with_vx: bool, frozen: bool
+) -> tuple[nn.Module, Tensor, dict[str, Tensor], Tensor | None]:
     torch.manual_seed(0)
     factory, shape = MODELS[name]
     model = factory().eval()
