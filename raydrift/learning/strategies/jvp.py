@@ -8,8 +8,9 @@ One step minimises ``J(θ) = L_c(θ) + β · L_h(θ, x_h) + λ · φ(D(θ)) [+ �
 ``v_θ = s · g_c / ‖g_c‖`` (``g_c = ∇θ L_c``, held constant) and
 ``v_x = κ · (x_c − x_h) / (‖x_c‖ + ‖x_h‖)``.
 
-``D`` and ``L_h`` come out of **one** forward-mode JVP of ``(θ, x) ↦ L_h`` (``torch.func.jvp`` over
-``torch.func.functional_call``); back-propagating through it gives ``∇θ D = H_θθ v_θ + H_θx v_x``
+``D`` and ``L_h`` come out of **one** forward-mode JVP of ``(θ, x) ↦ L_h`` (the outputs' JVP by
+:func:`raydrift.learning.forward_jvp.forward_jvp`: hand-written for ``nn.Sequential`` models,
+``torch.func.jvp`` otherwise; then the loss's JVP on the outputs); back-propagating through it gives ``∇θ D = H_θθ v_θ + H_θx v_x``
 (a Hessian-vector product) and ``∇θ L_h`` in the same pass. ``g_c`` is the gradient the step computes
 anyway: the current loss is back-propagated first and its gradient read from ``p.grad``.
 
@@ -21,15 +22,17 @@ JVP of ``(θ, x) ↦ f_θ(x)`` gives the outputs (for ``L_h`` and the logit repl
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from raydrift.data import StepContext, UpdateData
 from raydrift.harness import Harness
+from raydrift.learning.forward_jvp import forward_jvp
 from raydrift.learning.strategies.base import StrategyOptions, UpdateStrategy
 from raydrift.learning.strategies.derpp import LogitBank, LogitReplayState, as_rows, logit_replay_sum
 
@@ -137,7 +140,8 @@ def directional_derivative(
     v_theta: dict[str, Tensor],
     v_x: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(L_h, D, f_θ(x_h))`` from one forward-mode JVP of ``(θ, x) ↦ L_h(θ, x)`` at ``(θ, x_h)``.
+    """``(L_h, D, f_θ(x_h))`` from one forward-mode JVP of ``(θ, x) ↦ L_h(θ, x)`` at ``(θ, x_h)``
+    (:func:`~raydrift.learning.forward_jvp.forward_jvp` of the outputs, then the loss's JVP).
 
     Parameters
     ----------
@@ -159,24 +163,9 @@ def directional_derivative(
         The history loss, its directional derivative along ``(v_θ, v_x)`` and the model's outputs
         on ``x_hist`` (for logit replay without a second forward pass).
     """
-    named = dict(model.named_parameters())
-    params = {k: named[k] for k in v_theta}
-    if v_x is None:
-
-        def f_theta(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            out = functional_call(model, p, (x_hist,))
-            return loss_fn(out, y_hist), out
-
-        result: Any = jvp(f_theta, (params,), (v_theta,), has_aux=True)
-    else:
-
-        def f_both(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-            out = functional_call(model, p, (x,))
-            return loss_fn(out, y_hist), out
-
-        result = jvp(f_both, (params, x_hist), (v_theta, v_x), has_aux=True)
-    lh, d, out = result  # (primal, tangent, aux)
-    return lh, d, out
+    out, dout = forward_jvp(model, x_hist, v_theta, v_x)
+    result: Any = jvp(lambda o: loss_fn(o, y_hist), (out,), (dout,))  # the loss's JVP on the outputs
+    return result[0], result[1], out
 
 
 def output_directional_derivative(
@@ -187,21 +176,33 @@ def output_directional_derivative(
     The outputs keep their shape; the tangent has the outputs' shape (differentiable in θ, like
     :func:`directional_derivative`'s ``D``).
     """
-    named = dict(model.named_parameters())
-    params = {k: named[k] for k in v_theta}
-    result: Any
-    if v_x is None:
-        result = jvp(lambda p: functional_call(model, p, (x_hist,)), (params,), (v_theta,))
-    else:
-        result = jvp(lambda p, x: functional_call(model, p, (x,)), (params, x_hist), (v_theta, v_x))
-    out, dout = result  # (primal, tangent)
-    return out, dout
+    return forward_jvp(model, x_hist, v_theta, v_x)
 
 
 def output_change_sum(dout: Tensor) -> Tensor:
     """``Σ_i mean_k dout[i, k]²``: the squared first-order output change, summed over samples."""
     rows = as_rows(dout)
     return (rows * rows).mean(dim=1).sum()
+
+
+@dataclass
+class _Tangent:
+    """``v_θ = scale · grads`` (``grads``: the global ``g_c``; ``held``: the ``p.grad`` taken out)."""
+
+    grads: list[Tensor]
+    scale: float
+    held: list[Tensor] | None
+
+    def restore(self, plist: list[Tensor]) -> None:
+        """Add the taken-out ``g_c`` share back into ``p.grad`` (``p.grad = g_c + the history's``)."""
+        if self.held is None:
+            return
+        for p, g in zip(plist, self.held, strict=True):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+        self.held = None
 
 
 class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded logits (logit_weight > 0)
@@ -251,9 +252,12 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         return {k: p for k, p in model.named_parameters() if p.requires_grad}
 
     def _v_theta(self, params: dict[str, Tensor], grads: list[Tensor]) -> dict[str, Tensor]:
-        norm = torch.sqrt(sum((g.double() * g.double()).sum() for g in grads))  # type: ignore[arg-type]
-        scale = float(self.options.sign) / float(norm) if float(norm) > 0 else 0.0
-        return {k: (g * scale).detach() for k, g in zip(params, grads, strict=True)}
+        if not grads:
+            return {}
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))  # one pass
+        scale = float(self.options.sign) / norm if norm > 0 else 0.0
+        scaled = torch._foreach_mul([g.detach() for g in grads], scale)  # new tensors: p.grad may grow
+        return dict(zip(params, scaled, strict=True))
 
     def _logit_term(self, out: Tensor, hist_index: Tensor | None) -> Tensor:
         if self.options.logit_weight <= 0 or self._z is None or hist_index is None:
@@ -322,34 +326,48 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             lc.backward()
         if ctx.global_hist_n == 0:  # no history anywhere: a naive step (same branch on every rank)
             return lc.detach()
-        v = self._global_v_theta(params, plist, ctx.all_reduce)
+        tangent = self._global_tangent(plist, ctx.all_reduce)
+        v = dict(zip(params, tangent.grads, strict=True))
         local = x_hist is not None and y_hist is not None and len(x_hist) > 0
         hist = (x_hist, y_hist) if local and x_hist is not None and y_hist is not None else None
-        # 2. input tangent, with the global batch norms
+        # 2. input tangent, with the global batch norms (divided by the scale put back on the result)
         v_x = self._global_input_tangent(x_cur, x_hist if local else None, ctx, device)
+        v_x = None if v_x is None else v_x / tangent.scale
         # 3. one JVP on the history shard, and one backward pass through it
-        if self.options.target == "outputs":
-            extra = self._outputs_step(model, harness, hist, v, v_x, ctx, device)
-        else:
-            extra = self._loss_step(model, harness, hist, v, v_x, ctx, device)
+        step = self._outputs_step if self.options.target == "outputs" else self._loss_step
+        try:
+            extra = step(model, harness, hist, v, v_x, tangent.scale, ctx, device)
+        finally:
+            tangent.restore(plist)
         return (lc + extra).detach()
 
-    def _global_v_theta(
-        self, params: dict[str, Tensor], plist: list[Tensor], reduce: Callable[[Tensor], Any] | None
-    ) -> dict[str, Tensor]:
-        """``v_θ`` from the global ``g_c`` (this rank's share is in ``p.grad``; summed over ranks)."""
+    def _global_tangent(self, plist: list[Tensor], reduce: Callable[[Tensor], Any] | None) -> _Tangent:
+        """The global ``g_c`` (this rank's share is in ``p.grad``; summed over ranks) and ``s/‖g_c‖``.
+
+        ``v_θ = scale · g_c`` is never formed: a JVP is linear in its tangent, so the steps take the
+        JVP along ``g_c`` (and ``v_x / scale``) and multiply its result by ``scale``, which saves a
+        pass over the parameters. With one process the tangent *is* ``p.grad``: it is taken out of
+        the parameters for the history backward pass and added back after (:meth:`_Tangent.restore`).
+        """
         for p in plist:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad.detach().clone() for p in plist]  # type: ignore[union-attr]
-        if reduce is not None:  # the global g_c, so that v_θ is the same on every rank
+        grads = [p.grad.detach() for p in plist]  # type: ignore[union-attr]
+        held: list[Tensor] | None = None
+        if reduce is not None:  # the global g_c (a copy), so that v_θ is the same on every rank
             flat = torch.cat([g.reshape(-1) for g in grads])
             reduce(flat)
             grads = [
                 c.view_as(g)
                 for c, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)
             ]
-        return self._v_theta(params, grads)
+        else:
+            held = grads
+            for p in plist:
+                p.grad = None
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
+        scale = float(self.options.sign) / norm if norm > 0 else 1.0  # g_c = 0: any scale, v_θ = 0
+        return _Tangent(grads, scale, held)
 
     def _global_input_tangent(
         self, x_cur: Tensor, x_hist: Tensor | None, ctx: StepContext, device: torch.device
@@ -378,6 +396,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         hist: tuple[Tensor, Tensor] | None,
         v: dict[str, Tensor],
         v_x: Tensor | None,
+        scale: float,
         ctx: StepContext,
         device: torch.device,
     ) -> Tensor:
@@ -387,7 +406,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         if hist is not None:
             w = len(hist[0]) / ctx.global_hist_n
             lh, d, out = directional_derivative(model, harness.loss, hist[0], hist[1], v, v_x)
-            lh_share, d_share = lh * w, d * w
+            lh_share, d_share = lh * w, d * (w * scale)
             logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
         d_global = d_share.detach().clone().reshape(1)
         if ctx.all_reduce is not None:  # φ sees the global D (the same on every rank)
@@ -410,6 +429,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         hist: tuple[Tensor, Tensor] | None,
         v: dict[str, Tensor],
         v_x: Tensor | None,
+        scale: float,
         ctx: StepContext,
         device: torch.device,
     ) -> Tensor:
@@ -420,7 +440,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         o = self.options
         out, dout = output_directional_derivative(model, hist[0], v, v_x)
         lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
-        pen_share = output_change_sum(dout) / ctx.global_hist_n
+        pen_share = output_change_sum(dout) * (scale * scale / ctx.global_hist_n)
         logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
         total = o.replay_weight * lh_share + o.penalty_weight * pen_share + o.logit_weight * logit_share
         total.backward()
