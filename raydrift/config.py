@@ -217,7 +217,7 @@ def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class ContinualLearningConfig(_Section):
-    strategy: str = Field("jvp", description="update strategy: registry name or 'package.module:ClassName'")
+    strategy: str = Field("replay", description="update strategy: registry name or 'package.module:ClassName'")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="the strategy's options (its Options model; list them with 'raydrift keys')",

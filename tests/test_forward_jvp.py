@@ -136,3 +136,31 @@ def test_no_tangent_gives_zeros() -> None:
     y, dy = forward_jvp(model, x, {})
     torch.testing.assert_close(y, model(x))
     assert dy.shape == y.shape and not bool(dy.any())
+
+
+class _Attention(nn.Module):
+    """One self-attention block through ``scaled_dot_product_attention`` (a ViT's core)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).squeeze(1).sum(dim=1)
+
+
+def test_attention_models_get_a_tangent_matching_finite_differences() -> None:
+    # the fused CPU attention kernel has no forward-mode AD: the fallback must pick the math kernel
+    torch.manual_seed(0)
+    model = _Attention().double()
+    x = torch.randn(3, 5, 8, dtype=torch.double)
+    v = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    out, tangent = forward_jvp(model, x, v)
+    eps = 1e-6
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.add_(eps * v[k])
+        shifted = model(x)
+    assert out.shape == shifted.shape == (3, 8)
+    assert torch.allclose(tangent, (shifted - out) / eps, atol=1e-4)

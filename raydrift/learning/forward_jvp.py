@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["forward_jvp", "func_jvp", "is_handwritten"]
 
@@ -65,10 +66,13 @@ def func_jvp(
     named = dict(module.named_parameters())
     params = {k: named[k] for k in v_theta}
     result: Any
-    if v_x is None:
-        result = jvp(lambda p: functional_call(module, p, (x,)), (params,), (v_theta,))
-    else:
-        result = jvp(lambda p, xx: functional_call(module, p, (xx,)), (params, x), (v_theta, v_x))
+    # attention's fused kernels (flash, memory-efficient) have no forward-mode AD; the math kernel is
+    # plain matmuls and softmax, which do (a ViT's update would fail with NotImplementedError otherwise)
+    with sdpa_kernel([SDPBackend.MATH]):
+        if v_x is None:
+            result = jvp(lambda p: functional_call(module, p, (x,)), (params,), (v_theta,))
+        else:
+            result = jvp(lambda p, xx: functional_call(module, p, (xx,)), (params, x), (v_theta, v_x))
     return result[0], result[1]
 
 
