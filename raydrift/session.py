@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from raydrift._stderr import quiet_stderr
 from raydrift.config import RaydriftConfig
 from raydrift.errors import UserError
 
@@ -192,23 +193,6 @@ def use_token_if_found() -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 goes to /dev/null meanwhile (C++ logging bypasses ``sys.stderr``)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 _HOST_PORT = re.compile(r"^[\w.\-]+:\d+$|^\[[0-9a-fA-F:]+\]:\d+$")
 
 
@@ -248,7 +232,7 @@ def probe_auth(address: str, timeout_s: float = 15.0) -> None:
         except Exception:  # noqa: BLE001 - anything else: ray.init says it
             pass
 
-    with _quiet_stderr():  # Ray's C++ client logs the refusal too: the UserError says it once
+    with quiet_stderr():  # Ray's C++ client logs the refusal too: the UserError says it once
         t = threading.Thread(target=probe, name="raydrift-auth-probe", daemon=True)
         t.start()
         t.join(timeout_s)

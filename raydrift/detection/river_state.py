@@ -16,10 +16,6 @@ as an attribute of a module, or called.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +25,7 @@ from river._river_rust import stats as rust_stats
 from river.drift import binary
 from river.drift.binary import hddm_w
 
+from raydrift._stderr import quiet_stderr
 from raydrift.plain_state import KIND, StateError, from_plain, to_plain
 
 __all__ = ["RIVER_CLASSES", "RIVER_METHODS", "river_from_plain", "river_to_plain"]
@@ -95,7 +92,7 @@ def _native_from_plain(value: dict[str, Any], cls: type, where: str) -> Any:
     if type(state) is not bytes or len(state) > MAX_NATIVE_BYTES:
         raise StateError(f"{where}['state']: expected bytes (at most {MAX_NATIVE_BYTES})")
     try:
-        with _quiet_stderr():  # a Rust panic prints its message and backtrace on fd 2
+        with quiet_stderr():  # a Rust panic prints its message and backtrace on fd 2
             obj: Any = cls.__new__(cls, *args)
             obj.__setstate__(state)
     except (KeyboardInterrupt, SystemExit):
@@ -103,20 +100,6 @@ def _native_from_plain(value: dict[str, Any], cls: type, where: str) -> Any:
     except BaseException as exc:  # noqa: BLE001 - Rust's parser refused the bytes (a PanicException)
         raise StateError(f"{where}: not a valid {cls.__qualname__} state ({type(exc).__name__})") from None
     return obj
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 goes to /dev/null meanwhile (a refused state must stay a one-line error)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _method_from_plain(obj: Any, key: str, name: str, value: Any, where: str) -> Any:

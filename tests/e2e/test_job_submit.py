@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_cluster import own_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -52,21 +53,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def own_processes(marker: str) -> list[int]:
-    """Pids of processes whose command line mentions ``marker`` (this cluster's temp dir)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            pids.append(int(proc.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +101,7 @@ def head() -> Iterator[dict[str, str]]:
         deadline = time.monotonic() + 30
         while own_processes(temp) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = own_processes(temp)
+        left = [pid for pid, _ in own_processes(temp)]
         for pid in left:  # only processes of this cluster (their command line names its temp dir)
             try:
                 os.kill(pid, signal.SIGKILL)
