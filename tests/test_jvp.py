@@ -196,6 +196,8 @@ def test_grad_of_d_equals_double_backward_hvp(kappa: float) -> None:
         {"penalty": "identity", "sign": 1, "penalty_weight": 2.0},
         {"target": "outputs"},
         {"target": "outputs", "input_scale": 0.5, "replay_weight": 0.3, "penalty_weight": 3.0},
+        {"target": "outputs", "tangent": "unit"},
+        {"tangent": "unit", "input_scale": 0.5},
     ],
 )
 def test_fast_backward_equals_reference_loss_gradient(params: dict[str, Any]) -> None:
@@ -271,7 +273,8 @@ def test_jvp_step_forgets_less_than_replay_on_conflicting_gradients() -> None:
     assert cos < -0.3
 
     batches = (xc, yc, xh, yh)
-    cfg = clcfg(penalty_weight=10.0, replay_weight=1.0, penalty="square", sign=-1)
+    # the spec's unit tangent (v_θ = -g_c/‖g_c‖): the numbers above are that form's
+    cfg = clcfg(penalty_weight=10.0, replay_weight=1.0, penalty="square", sign=-1, tangent="unit")
     replay = ReplayUpdate(options=ReplayOptions(replay_weight=1.0))
     lr = 0.5
     after_replay, len_replay = sgd_step(model, replay, harness, batches, lr)

@@ -300,7 +300,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         v = self._v_theta(params, grads_t)
         g_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads_t])))
         r = as_rows(grads[0] * len(x_cur))  # per-sample output gradients of the current loss
-        rel = self._relative(g_norm, float((r * r).sum(dim=1).mean()))
+        rel = self._relative(g_norm, float((r * r).sum(dim=1).mean()) * r.shape[1])
         kappa = self.options.input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
         if self.options.target == "outputs":
@@ -322,8 +322,9 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         """What turns the unit-tangent quantity into the penalised one (1 with ``tangent: unit``).
 
         ``tangent: progress``: ``1/‖g_c‖`` (``v_θ = s g_c/‖g_c‖²``); for target ``outputs`` also
-        ``r̄ = sqrt(mean_j ‖∂ℓ_j/∂f_j‖²)`` over the current batch, which measures an output change in
-        units of the loss. 0 when ``g_c = 0`` (no step, nothing to penalise).
+        ``sqrt(C · mean_j ‖∂ℓ_j/∂f_j‖²)`` over the current batch (``r_sq_mean``, ``C`` outputs per
+        sample), which measures an output change in units of the loss and turns the penalty's mean
+        over outputs into a sum. 0 when ``g_c = 0`` (no step, nothing to penalise).
         """
         if self.options.tangent == "unit":
             return 1.0
@@ -385,7 +386,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         lc.backward()
         if want_r and out.grad is not None:  # out.grad_j = (∂ℓ_j/∂f_j) / global_n
             r = as_rows(out.grad.detach()) * ctx.global_n
-            r_sq = (r * r).sum()
+            r_sq = (r * r).sum() * r.shape[1]  # times C: the penalty's mean over outputs becomes a sum
         return lc, r_sq
 
     def _needs_r(self) -> bool:
