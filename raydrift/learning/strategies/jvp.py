@@ -306,6 +306,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         if self.options.target == "outputs":
             out, dout = output_directional_derivative(model, x_hist, v, v_x)
             pen = output_change_sum(dout) * rel * rel / len(x_hist)
+            pen = torch.log1p(pen) if self._bounded() else pen
             return (
                 lc
                 + self.options.replay_weight * harness.loss(out, y_hist)
@@ -388,6 +389,12 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
             r = as_rows(out.grad.detach()) * ctx.global_n
             r_sq = (r * r).sum() * r.shape[1]  # times C: the penalty's mean over outputs becomes a sum
         return lc, r_sq
+
+    def _bounded(self) -> bool:
+        """``tangent: progress`` with target ``outputs`` penalises ``log(1 + P)``: ``P`` grows without
+        bound on a step that makes no progress on the current batch (``‖g_c‖ → 0`` while its outputs are
+        still wrong), and ``∇ log(1 + P) = ∇P / (1 + P)`` stays bounded there."""
+        return self._needs_r()
 
     def _needs_r(self) -> bool:
         return self.options.tangent == "progress" and self.options.target == "outputs"
@@ -494,18 +501,31 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         ctx: StepContext,
         device: torch.device,
     ) -> Tensor:
-        """``β L_h + λ P + α logits`` (target ``outputs``): a mean over history samples, so each rank
-        back-propagates its shard's share and no collective is needed; returns this rank's share."""
-        if hist is None:
-            return torch.zeros((), device=device)
+        """``β L_h + λ ψ(P) + α logits`` (target ``outputs``); returns this rank's share.
+
+        ``P`` is a mean over history samples: each rank back-propagates its shard's share. With
+        ``tangent: progress`` ``ψ(P) = log(1 + P)`` (:meth:`_bounded`) needs the global ``P`` first
+        (one scalar collective); with ``unit`` ``ψ(P) = P`` and no collective is needed."""
         o = self.options
-        out, dout = output_directional_derivative(model, hist[0], v, v_x)
-        lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
-        pen_share = output_change_sum(dout) * (factor * factor / ctx.global_hist_n)
-        logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
-        total = o.replay_weight * lh_share + o.penalty_weight * pen_share + o.logit_weight * logit_share
-        total.backward()
-        return total.detach()
+        zero = torch.zeros((), device=device)
+        lh_share = pen_share = logit_share = zero
+        if hist is not None:
+            out, dout = output_directional_derivative(model, hist[0], v, v_x)
+            lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
+            pen_share = output_change_sum(dout) * (factor * factor / ctx.global_hist_n)
+            logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
+        weight, pen_value = 1.0, pen_share.detach()
+        if self._bounded():
+            p_global = pen_share.detach().clone().reshape(1).to(torch.float64)
+            if ctx.all_reduce is not None:
+                ctx.all_reduce(p_global)
+            weight = 1.0 / (1.0 + float(p_global[0]))  # d log(1 + P) / dP
+            pen_value = torch.log1p(p_global[0]).to(pen_share.dtype) / ctx.world_size
+        if hist is None:
+            return o.penalty_weight * pen_value
+        surrogate = o.replay_weight * lh_share + o.penalty_weight * weight * pen_share + o.logit_weight * logit_share
+        surrogate.backward()
+        return (o.replay_weight * lh_share + o.logit_weight * logit_share).detach() + o.penalty_weight * pen_value
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -513,3 +533,5 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         yield {"target": "loss", "penalty": "hinge", "input_scale": 1.0}
         yield {"target": "loss", "penalty": "identity", "sign": 1, "logit_weight": 0.5}
         yield {"input_scale": 0.5, "logit_weight": 0.0}
+        yield {"tangent": "unit", "input_scale": 0.5}
+        yield {"target": "loss", "tangent": "unit"}
