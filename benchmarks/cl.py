@@ -77,6 +77,9 @@ ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
     "jvp target=outputs λ=10 + logits": ("jvp", {"penalty_weight": 10.0}),
     "jvp target=outputs λ=1, no logits": ("jvp", {"logit_weight": 0.0}),
     "jvp λ=0, no logits (= replay)": ("jvp", {"penalty_weight": 0.0, "logit_weight": 0.0}),
+    "jvp target=outputs tangent=unit λ=1 + logits (the earlier default)": ("jvp", {"tangent": "unit"}),
+    "jvp target=outputs λ=0.3 + logits": ("jvp", {"penalty_weight": 0.3}),
+    "jvp target=outputs λ=3 + logits": ("jvp", {"penalty_weight": 3.0}),
 }
 
 
@@ -231,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, strategies only (a smoke run)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick: 1)")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (validation: 3)"
+    )
     p.add_argument("--ablation-seeds", type=int, default=None, help="seeds of the ablation (default: --seeds)")
     p.add_argument(
         "--per-task", type=int, default=None, help="disjoint training digits per task (default: all, the same)"
@@ -272,7 +278,7 @@ def _jobs(a: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], int]:
     jobs = [
         {"seed": s, "label": label, "strategy": configs[label][0], "params": configs[label][1], **fixed}
         for group, n_seeds in groups  # the strategies first (every seed), then the ablation
-        for s in range(n_seeds)
+        for s in range(a.first_seed, a.first_seed + n_seeds)
         for label in group
     ]
     return jobs, list(configs), seeds

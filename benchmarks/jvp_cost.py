@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "der++": DERPPUpdate(),
         "jvp (target loss)": JVPRegularizedUpdate(options=options),
         "jvp (target outputs)": JVPRegularizedUpdate(options=JVPOptions(input_scale=a.kappa, target="outputs")),
+        "jvp (target outputs, unit tangent)": JVPRegularizedUpdate(
+            options=JVPOptions(input_scale=a.kappa, target="outputs", tangent="unit")
+        ),
         "jvp (naive: 2nd pass for g_c)": NaiveJVP(options=options),
     }
     memory = UpdateData(xc, yc, xh, yh, memory_ids=torch.arange(len(yh)))
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"median of {a.repeats}:"
     )
     for name, t in med.items():
-        print(f"  {name:32s} {1000 * t:7.1f} ms   {t / med['replay']:.2f}x replay")
+        print(f"  {name:36s} {1000 * t:7.1f} ms   {t / med['replay']:.2f}x replay")
     return med
 
 

@@ -74,6 +74,14 @@ class JVPOptions(StrategyOptions):
         "output change; penalty square only) or the history 'loss' (phi(D), penalty and sign apply)",
     )
 
+    tangent: Literal["progress", "unit"] = Field(
+        "progress",
+        description="length of v_theta: 'progress' (s*g_c/|g_c|^2, the step that lowers the current loss "
+        "by one to first order; target outputs then weighs the output change by the current batch's mean "
+        "squared output gradient: a scale-free penalty) or 'unit' (s*g_c/|g_c|, the earlier form, whose "
+        "size depends on the model's parametrisation)",
+    )
+
     @model_validator(mode="after")
     def _outputs_take_square(self) -> JVPOptions:
         if self.target == "outputs" and self.penalty != "square":
@@ -192,6 +200,7 @@ class _Tangent:
     grads: list[Tensor]
     scale: float
     held: list[Tensor] | None
+    norm: float = 0.0
 
     def restore(self, plist: list[Tensor]) -> None:
         """Add the taken-out ``g_c`` share back into ``p.grad`` (``p.grad = g_c + the history's``)."""
@@ -279,20 +288,25 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         ``g_c`` is taken with a separate ``autograd.grad``; the logit term is left out (it needs the
         memory rows of the history batch, which only :meth:`backward` receives).
         """
-        lc = harness.loss(model(x_cur), y_cur)
+        out_c = model(x_cur)
+        lc = harness.loss(out_c, y_cur)
         if x_hist is None or y_hist is None or len(x_hist) == 0:
             return lc
         params = self._trainable(model)
-        grads = torch.autograd.grad(lc, list(params.values()), retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(lc, [out_c, *params.values()], retain_graph=True, allow_unused=True)
         grads_t = [
-            torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values(), strict=True)
+            torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], params.values(), strict=True)
         ]
         v = self._v_theta(params, grads_t)
+        g_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads_t])))
+        r = as_rows(grads[0] * len(x_cur))  # per-sample output gradients of the current loss
+        rel = self._relative(g_norm, float((r * r).sum(dim=1).mean()) * r.shape[1])
         kappa = self.options.input_scale
         v_x = input_tangent(x_cur, x_hist, kappa).detach() if kappa > 0 else None
         if self.options.target == "outputs":
             out, dout = output_directional_derivative(model, x_hist, v, v_x)
-            pen = output_change_sum(dout) / len(x_hist)
+            pen = output_change_sum(dout) * rel * rel / len(x_hist)
+            pen = torch.log1p(pen) if self._bounded() else pen
             return (
                 lc
                 + self.options.replay_weight * harness.loss(out, y_hist)
@@ -302,8 +316,23 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         return (
             lc
             + self.options.replay_weight * lh
-            + self.options.penalty_weight * penalty(d, self.options.penalty)
+            + self.options.penalty_weight * penalty(d * rel, self.options.penalty)
         )
+
+    def _relative(self, g_norm: float, r_sq_mean: float) -> float:
+        """What turns the unit-tangent quantity into the penalised one (1 with ``tangent: unit``).
+
+        ``tangent: progress``: ``1/‖g_c‖`` (``v_θ = s g_c/‖g_c‖²``); for target ``outputs`` also
+        ``sqrt(C · mean_j ‖∂ℓ_j/∂f_j‖²)`` over the current batch (``r_sq_mean``, ``C`` outputs per
+        sample), which measures an output change in units of the loss and turns the penalty's mean
+        over outputs into a sum. 0 when ``g_c = 0`` (no step, nothing to penalise).
+        """
+        if self.options.tangent == "unit":
+            return 1.0
+        if g_norm <= 0:
+            return 0.0
+        rel = 1.0 / g_norm
+        return rel * r_sq_mean**0.5 if self.options.target == "outputs" else rel
 
     # --- the step the loop takes ----------------------------------------------------------------------
     def backward(
@@ -320,13 +349,13 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         plist = list(params.values())
         device = plist[0].device if plist else torch.device("cpu")
         # 1. current loss: forward + backward; its gradient (this rank's share) is g_c's share.
-        lc = torch.zeros((), device=device)
-        if len(x_cur) > 0 and ctx.global_n > 0:
-            lc = harness.loss(model(x_cur), y_cur) * (len(x_cur) / ctx.global_n)
-            lc.backward()
+        lc, r_sq = self._current_step(model, harness, x_cur, y_cur, ctx, device)
         if ctx.global_hist_n == 0:  # no history anywhere: a naive step (same branch on every rank)
             return lc.detach()
         tangent = self._global_tangent(plist, ctx.all_reduce)
+        # what multiplies the JVP along (g_c, v_x / scale) to give the penalised quantity
+        r_mean = self._global_mean(r_sq, ctx) if self._needs_r() else 0.0
+        factor = tangent.scale * self._relative(tangent.norm, r_mean)
         v = dict(zip(params, tangent.grads, strict=True))
         local = x_hist is not None and y_hist is not None and len(x_hist) > 0
         hist = (x_hist, y_hist) if local and x_hist is not None and y_hist is not None else None
@@ -336,10 +365,47 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         # 3. one JVP on the history shard, and one backward pass through it
         step = self._outputs_step if self.options.target == "outputs" else self._loss_step
         try:
-            extra = step(model, harness, hist, v, v_x, tangent.scale, ctx, device)
+            extra = step(model, harness, hist, v, v_x, factor, ctx, device)
         finally:
             tangent.restore(plist)
         return (lc + extra).detach()
+
+    def _current_step(
+        self, model: nn.Module, harness: Harness, x_cur: Tensor, y_cur: Tensor, ctx: StepContext, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Forward + backward of this rank's share of ``L_c`` (its gradient lands in ``p.grad``); also
+        ``Σ_j ‖∂ℓ_j/∂f_j‖²`` over this rank's current rows when the penalty needs it (else 0)."""
+        lc = torch.zeros((), device=device)
+        r_sq = torch.zeros((), device=device)
+        if len(x_cur) == 0 or ctx.global_n == 0:
+            return lc, r_sq
+        out = model(x_cur)
+        want_r = self._needs_r()
+        if want_r:
+            out.retain_grad()
+        lc = harness.loss(out, y_cur) * (len(x_cur) / ctx.global_n)
+        lc.backward()
+        if want_r and out.grad is not None:  # out.grad_j = (∂ℓ_j/∂f_j) / global_n
+            r = as_rows(out.grad.detach()) * ctx.global_n
+            r_sq = (r * r).sum() * r.shape[1]  # times C: the penalty's mean over outputs becomes a sum
+        return lc, r_sq
+
+    def _bounded(self) -> bool:
+        """``tangent: progress`` with target ``outputs`` penalises ``log(1 + P)``: ``P`` grows without
+        bound on a step that makes no progress on the current batch (``‖g_c‖ → 0`` while its outputs are
+        still wrong), and ``∇ log(1 + P) = ∇P / (1 + P)`` stays bounded there."""
+        return self._needs_r()
+
+    def _needs_r(self) -> bool:
+        return self.options.tangent == "progress" and self.options.target == "outputs"
+
+    @staticmethod
+    def _global_mean(r_sq: Tensor, ctx: StepContext) -> float:
+        """``mean_j ‖∂ℓ_j/∂f_j‖²`` over the global current batch (one scalar collective)."""
+        total = r_sq.detach().clone().reshape(1).to(torch.float64)
+        if ctx.all_reduce is not None:
+            ctx.all_reduce(total)
+        return float(total[0]) / ctx.global_n if ctx.global_n > 0 else 0.0
 
     def _global_tangent(self, plist: list[Tensor], reduce: Callable[[Tensor], Any] | None) -> _Tangent:
         """The global ``g_c`` (this rank's share is in ``p.grad``; summed over ranks) and ``s/‖g_c‖``.
@@ -367,7 +433,7 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
                 p.grad = None
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
         scale = float(self.options.sign) / norm if norm > 0 else 1.0  # g_c = 0: any scale, v_θ = 0
-        return _Tangent(grads, scale, held)
+        return _Tangent(grads, scale, held, norm)
 
     def _global_input_tangent(
         self, x_cur: Tensor, x_hist: Tensor | None, ctx: StepContext, device: torch.device
@@ -396,17 +462,19 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         hist: tuple[Tensor, Tensor] | None,
         v: dict[str, Tensor],
         v_x: Tensor | None,
-        scale: float,
+        factor: float,
         ctx: StepContext,
         device: torch.device,
     ) -> Tensor:
-        """``β L_h + λ φ(D) + α logits`` (target ``loss``): back-propagated; returns this rank's share."""
+        """``β L_h + λ φ(D) + α logits`` (target ``loss``): back-propagated; returns this rank's share.
+
+        ``factor`` times the JVP along ``(g_c, v_x / scale)`` is ``D`` (see :meth:`backward`)."""
         o = self.options
         lh_share = d_share = logit_share = torch.zeros((), device=device)
         if hist is not None:
             w = len(hist[0]) / ctx.global_hist_n
             lh, d, out = directional_derivative(model, harness.loss, hist[0], hist[1], v, v_x)
-            lh_share, d_share = lh * w, d * (w * scale)
+            lh_share, d_share = lh * w, d * (w * factor)
             logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
         d_global = d_share.detach().clone().reshape(1)
         if ctx.all_reduce is not None:  # φ sees the global D (the same on every rank)
@@ -429,22 +497,35 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         hist: tuple[Tensor, Tensor] | None,
         v: dict[str, Tensor],
         v_x: Tensor | None,
-        scale: float,
+        factor: float,
         ctx: StepContext,
         device: torch.device,
     ) -> Tensor:
-        """``β L_h + λ P + α logits`` (target ``outputs``): a mean over history samples, so each rank
-        back-propagates its shard's share and no collective is needed; returns this rank's share."""
-        if hist is None:
-            return torch.zeros((), device=device)
+        """``β L_h + λ ψ(P) + α logits`` (target ``outputs``); returns this rank's share.
+
+        ``P`` is a mean over history samples: each rank back-propagates its shard's share. With
+        ``tangent: progress`` ``ψ(P) = log(1 + P)`` (:meth:`_bounded`) needs the global ``P`` first
+        (one scalar collective); with ``unit`` ``ψ(P) = P`` and no collective is needed."""
         o = self.options
-        out, dout = output_directional_derivative(model, hist[0], v, v_x)
-        lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
-        pen_share = output_change_sum(dout) * (scale * scale / ctx.global_hist_n)
-        logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
-        total = o.replay_weight * lh_share + o.penalty_weight * pen_share + o.logit_weight * logit_share
-        total.backward()
-        return total.detach()
+        zero = torch.zeros((), device=device)
+        lh_share = pen_share = logit_share = zero
+        if hist is not None:
+            out, dout = output_directional_derivative(model, hist[0], v, v_x)
+            lh_share = harness.loss(out, hist[1]) * (len(hist[0]) / ctx.global_hist_n)
+            pen_share = output_change_sum(dout) * (factor * factor / ctx.global_hist_n)
+            logit_share = self._logit_term(out, ctx.hist_index) / ctx.global_hist_n
+        weight, pen_value = 1.0, pen_share.detach()
+        if self._bounded():
+            p_global = pen_share.detach().clone().reshape(1).to(torch.float64)
+            if ctx.all_reduce is not None:
+                ctx.all_reduce(p_global)
+            weight = 1.0 / (1.0 + float(p_global[0]))  # d log(1 + P) / dP
+            pen_value = torch.log1p(p_global[0]).to(pen_share.dtype) / ctx.world_size
+        if hist is None:
+            return o.penalty_weight * pen_value
+        surrogate = o.replay_weight * lh_share + o.penalty_weight * weight * pen_share + o.logit_weight * logit_share
+        surrogate.backward()
+        return (o.replay_weight * lh_share + o.logit_weight * logit_share).detach() + o.penalty_weight * pen_value
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -452,3 +533,5 @@ class JVPRegularizedUpdate(LogitReplayState, UpdateStrategy):  # state: recorded
         yield {"target": "loss", "penalty": "hinge", "input_scale": 1.0}
         yield {"target": "loss", "penalty": "identity", "sign": 1, "logit_weight": 0.5}
         yield {"input_scale": 0.5, "logit_weight": 0.0}
+        yield {"tangent": "unit", "input_scale": 0.5}
+        yield {"target": "loss", "tangent": "unit"}
