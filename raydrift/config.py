@@ -181,6 +181,9 @@ LEGACY_STRATEGY_KEYS: dict[str, dict[str, str]] = {
 #: Options an old config of a strategy implies (what the strategy did when the old keys existed).
 LEGACY_IMPLIED: dict[str, dict[str, Any]] = {"jvp": {"target": "loss"}}
 
+#: The schema default strategy when the old keys existed: an old config that names no strategy ran it.
+LEGACY_DEFAULT_STRATEGY = "replay"
+
 
 def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a raw ``continual_learning:`` mapping) with the old prefixed keys moved or dropped."""
@@ -190,7 +193,10 @@ def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
     if not old:
         return data
     out = {k: v for k, v in data.items() if k not in LEGACY_STRATEGY_KEYS}
-    strategy = str(out.get("strategy", "replay"))
+    implied_strategy = "strategy" not in out
+    if implied_strategy:  # the schema default was replay when these keys existed: keep what it ran
+        out["strategy"] = LEGACY_DEFAULT_STRATEGY
+    strategy = str(out["strategy"])
     params = out.get("params")
     params = dict(params) if isinstance(params, Mapping) else {}
     moved, dropped = [], []
@@ -208,6 +214,8 @@ def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
                 moved.append(f"(implied) 'continual_learning.params.{key}: {value}'")
     if moved or "params" in out:
         out["params"] = params
+    if moved and implied_strategy:
+        moved.insert(0, f"(implied: the default then) 'continual_learning.strategy: {strategy}'")
     if moved:
         msg = f"old continual_learning keys for strategy '{strategy}': write {', '.join(moved)}"
         if dropped:
@@ -217,7 +225,7 @@ def _move_legacy_strategy_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class ContinualLearningConfig(_Section):
-    strategy: str = Field("replay", description="update strategy: registry name or 'package.module:ClassName'")
+    strategy: str = Field("jvp", description="update strategy: registry name or 'package.module:ClassName'")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="the strategy's options (its Options model; list them with 'raydrift keys')",

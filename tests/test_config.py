@@ -220,6 +220,16 @@ def test_strategy_params_are_validated_against_the_strategys_model() -> None:
         assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
+def test_an_old_config_without_a_strategy_keeps_the_default_it_ran(tmp_path: Path) -> None:
+    # the schema default is jvp now; an old config (its prefixed keys say so) that names no strategy
+    # ran replay, the default then, and keeps it; a new config that names none gets jvp
+    with pytest.warns(FutureWarning, match="implied: the default then"):
+        cfg = build_config(write(tmp_path, "continual_learning:\n  replay_weight: 0.5\n"))
+    assert cfg.continual_learning.strategy == "replay"
+    assert cfg.continual_learning.params == {"replay_weight": 0.5}
+    assert build_config(write(tmp_path, "continual_learning:\n  memory_size: 100\n")).continual_learning.strategy == "jvp"
+
+
 def test_old_prefixed_strategy_keys_are_mapped_with_a_warning(tmp_path: Path) -> None:
     # An old config: the chosen strategy's prefixed keys move under params (the warning names the new
     # key); the other strategies' keys (a saved run config holds all of them) are dropped.

@@ -70,7 +70,9 @@ def test_update_raises_the_new_regime_accuracy(trained_run: dict[str, Any]) -> N
     for upd in s["updates"]:
         r = upd["regime"]
         before, after = upd["test_accuracy_before"][r], upd["test_accuracy_after"][r]
-        assert after > before + 0.1, (
+        # a drift's first update lifts its regime; a follow-up (the stream window still under the
+        # reference) starts from a recovered model, so it is held to the gate below, not to a lift
+        assert upd["followup"] > 0 or after > before + 0.1, (
             f"update v{upd['version']}: regime {r} accuracy {before:.3f} -> {after:.3f}"
         )
         assert (
