@@ -69,6 +69,7 @@ def _stream(seed: int) -> list[float]:
 
 PARAMS = [
     {"hazard": 0.01, "prior_kappa": 0.1, "prior_slope_kappa": 1.0, "prior_alpha": 1.0, "burn_in": 5},
+    {"hazard": 0.001, "prior_kappa": 0.01, "prior_slope_kappa": 100.0, "prior_alpha": 1.0, "burn_in": 5},
     {"hazard": 0.05, "prior_kappa": 0.5, "prior_slope_kappa": 0.05, "prior_alpha": 2.0, "burn_in": 8},
 ]
 
@@ -95,14 +96,14 @@ def test_matches_the_unvectorised_recursion(p: dict[str, float], seed: int) -> N
 
 def test_restarts_on_the_values_since_the_change() -> None:
     xs = _stream(0)
-    det = TrendBOCPDDetector(threshold=0.99)
+    det = TrendBOCPDDetector()
     i = -1
     while not det.drift_detected:
         i += 1
         det.update(xs[i])
     k = det.values_since_change
     assert k is not None and 70 <= i < 80 and abs(i - k + 1 - 70) <= 2
-    fresh = TrendBOCPDDetector(threshold=0.99)
+    fresh = TrendBOCPDDetector()
     for x in xs[i - k + 1 : i + 1]:
         fresh.update(x)
     for x in xs[i + 1 :]:
@@ -128,14 +129,14 @@ def test_a_noisy_trend_is_no_change_but_a_kink_is(scale: float) -> None:
     trend = scale * (0.02 * t + rng.normal(0.0, 1.0, t.size))
     plain = _alarms(BOCPDDetector(model="normal", threshold=0.99), trend)
     assert len(plain) >= 10  # the i.i.d. segment model takes the trend for many level shifts
-    assert _alarms(TrendBOCPDDetector(threshold=0.99), trend) == []
+    assert _alarms(TrendBOCPDDetector(), trend) == []
     kink = trend + scale * np.where(t >= 1500, -0.1 * (t - 1500), 0.0)  # the slope turns from +0.02 to -0.08
-    alarms = _alarms(TrendBOCPDDetector(threshold=0.99), kink)
+    alarms = _alarms(TrendBOCPDDetector(), kink)
     assert alarms and 1500 <= alarms[0] < 1600
 
 
 def test_prunes_to_max_runs_and_checks_its_params() -> None:
-    det = TrendBOCPDDetector(threshold=0.99, max_runs=20)
+    det = TrendBOCPDDetector(max_runs=20)
     rng = np.random.default_rng(0)
     kept = []
     for x in rng.normal(0.0, 1.0, 500):

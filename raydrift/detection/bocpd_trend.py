@@ -91,14 +91,14 @@ class TrendBOCPDDetector(NativeDetector):
     >>> rng = np.random.default_rng(0)
     >>> t = np.arange(400.0)
     >>> xs = 0.05 * t + rng.normal(0.0, 1.0, 400) + np.where(t >= 300, 4.0, 0.0)  # a trend, then a jump
-    >>> det = TrendBOCPDDetector(threshold=0.99)
+    >>> det = TrendBOCPDDetector()
     >>> alarms = []
     >>> for i, x in enumerate(xs):
     ...     det.update(x)
     ...     if det.drift_detected:
     ...         alarms.append((i, i - det.values_since_change + 1))
     >>> alarms
-    [(300, 300)]
+    [(301, 300)]
     """
 
     name: ClassVar[str] = "bocpd_trend"
@@ -106,12 +106,12 @@ class TrendBOCPDDetector(NativeDetector):
 
     def __init__(
         self,
-        hazard: float = 0.01,
+        hazard: float = 0.001,
         ert: float = 10_000.0,
-        threshold: float | None = None,
+        threshold: float | None = 0.9999,
         max_runs: int = 100,
-        prior_kappa: float = 0.1,
-        prior_slope_kappa: float = 1.0,
+        prior_kappa: float = 0.01,
+        prior_slope_kappa: float = 100.0,
         prior_alpha: float = 1.0,
         burn_in: int = 5,
     ) -> None:
