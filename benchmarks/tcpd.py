@@ -24,14 +24,19 @@ Usage::
     python benchmarks/tcpd.py --tcpd /path/to/TCPD                       # never, adwin, bocpd
     python benchmarks/tcpd.py --tcpd PATH --detectors never adwin "bocpd:hazard=0.004,threshold=0.9999"
     python benchmarks/tcpd.py --tcpd PATH --direction degrade --per-series --json out.json
+    python benchmarks/tcpd.py --tcpd PATH --tune nile businv --marginals --detectors "bocpd_trend:hazard=0.01|0.001"
 
 A detector is ``name`` or ``name:key=value,key=value`` (values read as JSON where they parse, else as
-strings). ``--json`` never replaces an existing file without ``--overwrite``.
+strings); ``key=a|b`` runs one setting per value (several such keys: every combination). ``--tune
+SERIES...`` adds the mean F1 over those series and over the others (settings picked on the first are
+judged on the second); ``--marginals`` prints, per parameter value, the mean of that F1 over the
+grid's settings with that value. ``--json`` never replaces an existing file without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -172,19 +177,33 @@ class DetectorSpec:
         return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in self.params.items())
 
 
-def parse_spec(text: str) -> DetectorSpec:
-    """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse)."""
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_specs(text: str) -> list[DetectorSpec]:
+    """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse); a value
+    ``a|b|c`` gives one detector per choice (every combination over the keys: a grid)."""
     name, _, rest = text.partition(":")
-    params: dict[str, Any] = {}
+    choices: list[tuple[str, list[Any]]] = []
     for item in filter(None, rest.split(",")):
         key, sep, raw = item.partition("=")
         if not sep:
             raise SystemExit(f"error: detector '{text}': '{item}' is not key=value")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
-    return DetectorSpec(name.strip(), params)
+        choices.append((key.strip(), [_value(v) for v in raw.split("|")]))
+    combos = itertools.product(*(values for _, values in choices))
+    return [DetectorSpec(name.strip(), {k: v for (k, _), v in zip(choices, combo, strict=True)}) for combo in combos]
+
+
+def parse_spec(text: str) -> DetectorSpec:
+    """One detector (see :func:`parse_specs`; no ``|`` choices)."""
+    specs = parse_specs(text)
+    if len(specs) != 1:
+        raise SystemExit(f"error: detector '{text}' names {len(specs)} settings, expected one")
+    return specs[0]
 
 
 def detect(values: np.ndarray, spec: DetectorSpec, direction: str, batch: int) -> list[int]:
@@ -260,16 +279,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", choices=("first", "each"), default="first", help="multivariate series: first dimension, or each")
     p.add_argument("--series", nargs="+", default=None, help="only these series")
     p.add_argument("--per-series", action="store_true", help="print each series' F1 per detector")
+    p.add_argument("--tune", nargs="+", default=None, help="series to pick settings on: their mean F1 and the others'")
+    p.add_argument(
+        "--marginals", action="store_true", help="per parameter value, the mean (tune) F1 over the grid"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
-def _print_table(results: list[DetectorResult], per_series: bool) -> None:
-    width = max(len(DetectorSpec(r.detector, r.params).label) for r in results)
-    print(f"{'detector':<{width}}  mean F1  seconds")
+def subset_mean(r: DetectorResult, names: set[str], inside: bool = True) -> float:
+    """Mean F1 over the series in ``names`` (``inside``) or over the others."""
+    f1 = [s.f1 for s in r.series if (s.series in names) == inside]
+    return float(np.mean(f1)) if f1 else float("nan")
+
+
+def marginals(results: list[DetectorResult], names: set[str] | None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per detector name, per parameter, per value: the mean F1 (over ``names``, else every series)
+    of the settings with that value, averaged over the other parameters' values in the grid."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in results:
-        print(f"{DetectorSpec(r.detector, r.params).label:<{width}}  {r.mean_f1:7.3f}  {r.seconds:7.1f}")
+        score = r.mean_f1 if names is None else subset_mean(r, names)
+        for key, value in r.params.items():
+            out.setdefault(r.detector, {}).setdefault(key, {}).setdefault(json.dumps(value), []).append(score)
+    return {
+        d: {k: {v: float(np.mean(s)) for v, s in vals.items()} for k, vals in keys.items()} for d, keys in out.items()
+    }
+
+
+def _print_table(results: list[DetectorResult], per_series: bool, tune: set[str] | None) -> None:
+    width = max(len(DetectorSpec(r.detector, r.params).label) for r in results)
+    extra = "   tune  others" if tune else ""
+    print(f"{'detector':<{width}}  mean F1  seconds{extra}")
+    for r in results:
+        cols = f"  {subset_mean(r, tune):5.3f}   {subset_mean(r, tune, False):5.3f}" if tune else ""
+        print(f"{DetectorSpec(r.detector, r.params).label:<{width}}  {r.mean_f1:7.3f}  {r.seconds:7.1f}{cols}")
     if not per_series:
         return
     names = [s.series for s in results[0].series]
@@ -290,10 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     if not data:
         print(f"error: no series found under {a.tcpd}", file=sys.stderr)
         return 2
-    specs = [parse_spec(t) for t in a.detectors]
+    specs = [s for t in a.detectors for s in parse_specs(t)]
+    tune = set(a.tune) if a.tune else None
+    if tune and not tune <= {s.name for s in data}:
+        print(f"error: --tune names unknown series: {sorted(tune - {s.name for s in data})}", file=sys.stderr)
+        return 2
     results = [evaluate(s, data, a.direction, a.batch, a.dims) for s in specs]
     print(f"{len(data)} series, direction {a.direction}, batches of {a.batch}, dims {a.dims}, margin {MARGIN}")
-    _print_table(results, a.per_series)
+    _print_table(results, a.per_series, tune)
+    margins = marginals(results, tune) if a.marginals else {}
+    for det, keys in margins.items():
+        print(f"\n{det}: mean {'tune ' if tune else ''}F1 per parameter value (over the grid)")
+        for key, vals in keys.items():
+            best = max(vals, key=lambda v: vals[v])
+            print(f"  {key}: " + ", ".join(f"{v} {m:.3f}" for v, m in vals.items()) + f"  -> {best}")
     if a.json is not None:
         doc = {
             "command": " ".join(sys.argv),
@@ -301,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch": a.batch,
             "dims": a.dims,
             "margin": MARGIN,
+            "tune": sorted(tune) if tune else None,
+            "marginals": margins,
             "results": [asdict(r) for r in results],
         }
         a.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -110,3 +110,32 @@ def test_json_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert tcpd.main(["--tcpd", str(tmp_path), "--detectors", "never", "--json", str(out)]) == 2
     assert out.read_text() == "recorded"
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_grid_spec_gives_every_combination() -> None:
+    specs = tcpd.parse_specs("bocpd_trend:hazard=0.01|0.001,threshold=0.99,prior_kappa=0.1|1|10")
+    assert len(specs) == 6 and {s.name for s in specs} == {"bocpd_trend"}
+    assert {(s.params["hazard"], s.params["prior_kappa"]) for s in specs} == {
+        (h, k) for h in (0.01, 0.001) for k in (0.1, 1, 10)
+    }
+    assert all(s.params["threshold"] == 0.99 for s in specs)
+    with pytest.raises(SystemExit):
+        tcpd.parse_spec("bocpd:hazard=0.01|0.02")
+
+
+def test_marginals_average_over_the_other_parameters() -> None:
+    def result(params: dict[str, float], f1s: list[float]) -> tcpd.DetectorResult:
+        rows = [tcpd.SeriesResult(f"s{i}", 10, [], f, f, f) for i, f in enumerate(f1s)]
+        return tcpd.DetectorResult("d", params, float(np.mean(f1s)), 0.0, rows)
+
+    rs = [
+        result({"a": 1, "b": 1}, [0.2, 0.9]),
+        result({"a": 1, "b": 2}, [0.4, 0.9]),
+        result({"a": 2, "b": 1}, [0.6, 0.1]),
+        result({"a": 2, "b": 2}, [1.0, 0.1]),
+    ]
+    m = tcpd.marginals(rs, {"s0"})["d"]  # on series s0 only
+    assert m["a"] == pytest.approx({"1": 0.3, "2": 0.8})
+    assert m["b"] == pytest.approx({"1": 0.4, "2": 0.7})
+    assert tcpd.subset_mean(rs[0], {"s0"}, inside=False) == pytest.approx(0.9)
+    assert tcpd.marginals(rs, None)["d"]["a"] == pytest.approx({"1": 0.6, "2": 0.45})
