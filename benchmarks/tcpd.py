@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             "marginals": margins,
             "results": [asdict(r) for r in results],
         }
-        a.json.write_text(json.dumps(doc, indent=1) + "\n")
+        a.json.write_text(json.dumps(doc, separators=(",", ":")) + "\n")  # compact: grids are large
     return 0
 
 
