@@ -30,7 +30,9 @@ A detector is ``name`` or ``name:key=value,key=value`` (values read as JSON wher
 strings); ``key=a|b`` runs one setting per value (several such keys: every combination). ``--tune
 SERIES...`` adds the mean F1 over those series and over the others (settings picked on the first are
 judged on the second); ``--marginals`` prints, per parameter value, the mean of that F1 over the
-grid's settings with that value. ``--json`` never replaces an existing file without ``--overwrite``.
+grid's settings with that value. ``--stationary N`` also counts each detector's alarms on three N-value streams without a change
+(i.i.d. normal, i.i.d. exponential, Gaussian AR(1) with coefficient 0.5), fed the same way.
+``--json`` never replaces an existing file without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -269,6 +271,29 @@ def evaluate(spec: DetectorSpec, data: list[Series], direction: str, batch: int,
     return DetectorResult(spec.name, spec.params, mean, time.perf_counter() - t0, rows)
 
 
+def stationary_streams(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Streams without a change: i.i.d. normal, i.i.d. exponential (skewed, like a per-sample loss),
+    and a Gaussian AR(1) with coefficient 0.5 (autocorrelated)."""
+    rng = np.random.default_rng(seed)
+    e = rng.normal(0.0, 1.0, n)
+    ar = np.zeros(n)
+    for i in range(1, n):
+        ar[i] = 0.5 * ar[i - 1] + e[i]
+    return {"normal": rng.normal(0.0, 1.0, n), "exponential": rng.exponential(1.0, n), "ar1(0.5)": ar}
+
+
+def _print_stationary(specs: list[DetectorSpec], n: int, direction: str, batch: int) -> None:
+    streams = stationary_streams(n)
+    width = max(len(s.label) for s in specs)
+    print(f"\nfalse alarms on {n:,} stationary values (direction {direction}, batches of {batch}; seed 0)")
+    print(f"{'detector':<{width}}  " + "  ".join(f"{k:>11}" for k in streams) + "  us/value")
+    for spec in specs:
+        t0 = time.perf_counter()
+        counts = [len(detect(xs, spec, direction, batch)) for xs in streams.values()]
+        us = (time.perf_counter() - t0) / (n * len(streams)) * 1e6
+        print(f"{spec.label:<{width}}  " + "  ".join(f"{c:>11}" for c in counts) + f"  {us:8.1f}")
+
+
 # --- the command ---------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", nargs="+", default=None, help="series to pick settings on: their mean F1 and the others'")
     p.add_argument(
         "--marginals", action="store_true", help="per parameter value, the mean (tune) F1 over the grid"
+    )
+    p.add_argument(
+        "--stationary", type=int, default=0, help="also count false alarms on N-value streams without a change"
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -342,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [evaluate(s, data, a.direction, a.batch, a.dims) for s in specs]
     print(f"{len(data)} series, direction {a.direction}, batches of {a.batch}, dims {a.dims}, margin {MARGIN}")
     _print_table(results, a.per_series, tune)
+    if a.stationary > 0:
+        _print_stationary(specs, a.stationary, a.direction, a.batch)
     margins = marginals(results, tune) if a.marginals else {}
     for det, keys in margins.items():
         print(f"\n{det}: mean {'tune ' if tune else ''}F1 per parameter value (over the grid)")

@@ -139,3 +139,15 @@ def test_marginals_average_over_the_other_parameters() -> None:
     assert m["b"] == pytest.approx({"1": 0.4, "2": 0.7})
     assert tcpd.subset_mean(rs[0], {"s0"}, inside=False) == pytest.approx(0.9)
     assert tcpd.marginals(rs, None)["d"]["a"] == pytest.approx({"1": 0.6, "2": 0.45})
+
+
+def test_stationary_streams_have_no_change_built_in() -> None:
+    st = tcpd.stationary_streams(20_000)
+    assert set(st) == {"normal", "exponential", "ar1(0.5)"}
+    for xs in st.values():
+        assert xs.shape == (20_000,)
+        halves = xs[:10_000].mean(), xs[10_000:].mean()
+        assert abs(halves[0] - halves[1]) < 0.1
+    ar = st["ar1(0.5)"]
+    assert np.corrcoef(ar[:-1], ar[1:])[0, 1] == pytest.approx(0.5, abs=0.05)
+    assert st["exponential"].min() >= 0.0
