@@ -151,3 +151,15 @@ def test_stationary_streams_have_no_change_built_in() -> None:
     ar = st["ar1(0.5)"]
     assert np.corrcoef(ar[:-1], ar[1:])[0, 1] == pytest.approx(0.5, abs=0.05)
     assert st["exponential"].min() >= 0.0
+
+
+def test_two_changes_in_the_last_batch_are_both_found() -> None:
+    # one batch holds the whole series: the second change is found in the rest of the alarm's batch,
+    # fed on resuming (the empty batch after the last one lets it be fed)
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.normal(0, 1, 30), rng.normal(10, 1, 15), rng.normal(-10, 1, 15)])
+    s = tcpd.Series("two", [xs], {"a": [30, 45]})
+    spec = tcpd.parse_spec("bocpd:hazard=0.01,threshold=0.99")
+    for batch in (64, 1):
+        assert tcpd.predict(s, spec, "any", batch, "first") == [30, 45]
+    assert tcpd.f_measure(s.annotations, [30, 45]).f1 == 1.0

@@ -70,7 +70,9 @@ class TrendBOCPDDetector(NativeDetector):
         Expected run time between false alarms (> 1); sets ``threshold`` when that is null (for now by
         the posterior-odds stand-in :func:`raydrift.detection.bocpd.calibrated_threshold`).
     threshold : float or None
-        Alarm when the posterior probability of a change since the last restart reaches it, in (0, 1).
+        Alarm when the posterior probability of a change since the last restart reaches it, in (0, 1);
+        null: set from ``ert``. The default, 0.9999, and the priors' defaults were picked on 6 TCPD
+        series (``docs/drift_detectors.md``, "Real-world change points").
     max_runs : int
         Run lengths kept in the posterior (>= 2): the cost of one update.
     prior_kappa : float
