@@ -19,6 +19,7 @@ __all__ = ["DETECTOR_REGISTRY", "list_detectors", "make_detector", "resolve_dete
 DETECTOR_REGISTRY: dict[str, str] = {
     "adwin": "raydrift.detection.adwin:ADWINDetector",
     "bocpd": "raydrift.detection.bocpd:BOCPDDetector",
+    "bocpd_trend": "raydrift.detection.bocpd_trend:TrendBOCPDDetector",
     "cusum": "raydrift.detection.cusum:CUSUMDetector",
     "ddm": "raydrift.detection.ddm:DDMDetector",
     "eddm": "raydrift.detection.eddm:EDDMDetector",
