@@ -80,6 +80,10 @@ ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
     "jvp target=outputs tangent=unit λ=1 + logits (the earlier default)": ("jvp", {"tangent": "unit"}),
     "jvp target=outputs λ=0.3 + logits": ("jvp", {"penalty_weight": 0.3}),
     "jvp target=outputs λ=3 + logits": ("jvp", {"penalty_weight": 3.0}),
+    "jvp target=outputs λ=1 + logits α=1": ("jvp", {"logit_weight": 1.0}),
+    "jvp λ=0 + logits α=1": ("jvp", {"penalty_weight": 0.0, "logit_weight": 1.0}),
+    "jvp target=outputs λ=2 + logits": ("jvp", {"penalty_weight": 2.0}),
+    "jvp target=outputs λ=1 + logits α=2": ("jvp", {"logit_weight": 2.0}),
 }
 
 

@@ -166,6 +166,16 @@ class MNISTNet(nn.Module):
         x = self.dropout2(F.relu(self.fc1(x)))
         return self.fc2(x)
 
+    def jvp_layers(self) -> list[tuple[str, nn.Module]]:
+        """``forward`` as a chain of modules: the JVP update propagates it by hand
+        (``raydrift/learning/forward_jvp.py``) instead of through ``torch.func.jvp``."""
+        return [
+            ("conv1", self.conv1), ("", nn.MaxPool2d(2)), ("", nn.ReLU()),
+            ("conv2", self.conv2), ("", nn.MaxPool2d(2)), ("", nn.ReLU()),
+            ("", nn.Flatten(1)), ("dropout1", self.dropout1),
+            ("fc1", self.fc1), ("", nn.ReLU()), ("dropout2", self.dropout2), ("fc2", self.fc2),
+        ]
+
 
 class MNISTMLP(nn.Sequential):
     """784-256-256-10 ReLU MLP on flattened images: the standard rotated-MNIST continual-learning model

@@ -37,6 +37,32 @@ def _conv_net() -> nn.Module:
     )
 
 
+class _Opaque(nn.Module):
+    """A model whose forward forward_jvp cannot see into (no Sequential, no jvp_layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def _pool_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Unflatten(1, (1, 3)),  # (n, 1, 3, 6, 6): a 3-d pool with ceil_mode
+        nn.MaxPool3d(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Unflatten(1, (2, 9)),
+        nn.MaxPool1d(2, stride=1),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
+
+
 def _conv1d_net() -> nn.Module:
     return nn.Sequential(
         nn.Unflatten(1, (1, 14)), nn.Conv1d(1, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(30, 1)
@@ -51,7 +77,9 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
         lambda: nn.Sequential(nn.Linear(7, 8), Scale(8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2)),
         (9, 7),
     ),
-    "not a Sequential (whole-model fallback)": (MNISTNet, (4, 1, 28, 28)),
+    "max-pooling 1d/2d/3d": (_pool_net, (4, 2, 12, 12)),
+    "the MNIST CNN (jvp_layers)": (MNISTNet, (4, 1, 28, 28)),
+    "not a Sequential (whole-model fallback)": (_Opaque, (4, 6)),
 }
 
 
@@ -102,7 +130,7 @@ def _count_fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[type]:
 
 def test_known_layers_are_hand_written(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _count_fallbacks(monkeypatch)
-    for name in ("mlp 784-256-256-10", "conv / tanh / leaky / nested / sigmoid"):
+    for name in ("mlp 784-256-256-10", "conv / tanh / leaky / nested / sigmoid", "the MNIST CNN (jvp_layers)"):
         model, x, v, v_x = _case(name, True, False)
         assert is_handwritten(model)
         forward_jvp(model, x, v, v_x)
@@ -118,7 +146,19 @@ def test_unknown_modules_fall_back_to_torch_func(monkeypatch: pytest.MonkeyPatch
     seen.clear()
     model, x, v, v_x = _case("not a Sequential (whole-model fallback)", False, False)
     forward_jvp(model, x, v, v_x)
-    assert seen == [MNISTNet]
+    assert seen == [_Opaque]
+
+
+def test_the_cnn_chain_is_its_forward() -> None:
+    torch.manual_seed(0)
+    model = MNISTNet().eval()
+    x = torch.randn(8, 1, 28, 28)
+    y = x
+    for _, m in model.jvp_layers():
+        y = m(y)
+    torch.testing.assert_close(y, model(x), rtol=0, atol=0)
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert names <= {n for n, _ in model.jvp_layers() if n}  # every parameter under its own prefix
 
 
 def test_dropout_in_training_uses_one_mask_for_outputs_and_tangent() -> None:

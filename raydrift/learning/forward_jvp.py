@@ -9,9 +9,16 @@
 - ``Conv1d/2d/3d``: the same with the convolution (linear in its input and in its weight);
 - ``ReLU`` / ``LeakyReLU``: ``dx`` masked by the slope at ``x``; ``Tanh``, ``Sigmoid``: ``dx`` times
   the derivative written from ``y``; ``Flatten``, ``Identity``, ``Dropout`` (one mask for both);
+- ``MaxPool1d/2d/3d``: ``dx`` gathered at the pooled maxima (the indices of the forward pass);
 - nested ``Sequential``: recursively; any other module: ``torch.func.jvp`` of that module alone.
 
-A model that is not a ``Sequential`` goes to ``torch.func.jvp`` as a whole. Both outputs keep their
+A model that is not a ``Sequential`` but whose forward is a chain of modules can say so with a
+method ``jvp_layers()`` returning ``[(name, module), ...]`` in the order its forward applies them:
+its own submodules under their attribute names (``("conv1", self.conv1)``: the prefix of their
+parameters in ``v_θ``) and parameter-free modules for the functional calls (``("", nn.MaxPool2d(2))``
+for ``F.max_pool2d(x, 2)``). The chain must compute exactly what ``forward`` does
+(``tests/test_forward_jvp.py`` checks the MNIST harness's CNN). Any other model goes to
+``torch.func.jvp`` as a whole. Both outputs keep their
 autograd history in the parameters (the tangents are constants), so back-propagating a function of
 the tangent gives its gradient in θ, as with ``torch.func.jvp``. Why: on a small MLP the functorch
 dual-tensor machinery costs more than the arithmetic (``docs/continuous_learning.md``, "Cost of a
@@ -36,6 +43,8 @@ Pair = tuple[Tensor, Tensor | None]
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid)
 _SHAPE_ONLY = (nn.Flatten, nn.Identity, nn.Dropout)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_POOL_FN: dict[type, Any] = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
 
 
 def forward_jvp(
@@ -46,17 +55,29 @@ def forward_jvp(
     Parameters missing from ``v_theta`` (frozen ones) get a zero tangent; ``v_x = None`` is a zero
     input tangent.
     """
-    if not isinstance(model, nn.Sequential):
+    chain = _chain(model)
+    if chain is None:
         return func_jvp(model, x, v_theta, v_x)
-    y, dy = _sequential(model, "", x, v_x, v_theta)
+    y, dy = x, v_x
+    for name, child in chain:
+        y, dy = _layer(child, f"{name}." if name else "", y, dy, v_theta)
     return y, torch.zeros_like(y) if dy is None else dy
+
+
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The modules ``model``'s forward applies in order, or None (not known: ``torch.func.jvp``)."""
+    if isinstance(model, nn.Sequential):
+        return list(model.named_children())
+    layers = getattr(model, "jvp_layers", None)
+    return list(layers()) if callable(layers) else None
 
 
 def is_handwritten(module: nn.Module) -> bool:
     """Whether :func:`forward_jvp` propagates ``module`` by its own rule (not ``torch.func.jvp``)."""
-    if isinstance(module, nn.Sequential):
-        return all(is_handwritten(m) for m in module)
-    return isinstance(module, (nn.Linear, *_CONV, *_ELEMENTWISE, *_SHAPE_ONLY))
+    chain = _chain(module)
+    if chain is not None:
+        return all(is_handwritten(m) for _, m in chain)
+    return isinstance(module, (nn.Linear, *_CONV, *_POOL, *_ELEMENTWISE, *_SHAPE_ONLY))
 
 
 def func_jvp(
@@ -96,6 +117,8 @@ def _layer(m: nn.Module, prefix: str, x: Tensor, dx: Tensor | None, v: dict[str,
         return _affine(x, dx, m.weight, m.bias, v.get(prefix + "weight"), v.get(prefix + "bias"), op)
     if isinstance(m, _ELEMENTWISE):
         return _elementwise(m, x, dx)
+    if isinstance(m, _POOL):
+        return _max_pool(m, x, dx)
     if isinstance(m, nn.Dropout) and m.training and m.p > 0:
         mask = F.dropout(torch.ones_like(x), m.p, True)
         return x * mask, None if dx is None else dx * mask
@@ -146,6 +169,16 @@ def _elementwise(m: nn.Module, x: Tensor, dx: Tensor | None) -> Pair:
         return y, None
     slope = 1 - y * y if isinstance(m, nn.Tanh) else y * (1 - y)
     return y, dx * slope
+
+
+def _max_pool(m: Any, x: Tensor, dx: Tensor | None) -> Pair:
+    """Max-pooling: ``dy`` is ``dx`` at the positions the forward pass took the maxima from."""
+    if dx is None:
+        return m(x), None
+    pool = _POOL_FN[type(m)]
+    y, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode, return_indices=True)
+    dy = dx.flatten(2).gather(2, idx.flatten(2)).view_as(y)
+    return y, dy
 
 
 def _fallback(m: nn.Module, prefix: str, x: Tensor, dx: Tensor | None, v: dict[str, Tensor]) -> Pair:
