@@ -316,17 +316,23 @@ class CountCheckpoints(Callback):
 
 
 def test_periodic_checkpoints_respect_the_minimum_interval(ray_cluster: Path, tmp_path: Path) -> None:
+    # one regime: no drift, so the checkpoints between updates do not depend on when an update's
+    # window completes (with drifts, adapt-until-recovered updates can leave no 8-batch stretch
+    # between two update checkpoints, and the count of periodic ones varies with the timing)
     often, rare = CountCheckpoints(), CountCheckpoints()
-    s_often = run(tmp_path, "monitor.on_drift=pause", callbacks=(often,))
-    s_rare = run(tmp_path, "monitor.on_drift=pause", "reliability.checkpoint_min_seconds=3600", callbacks=(rare,))
-    assert_complete(s_often)
-    assert_complete(s_rare)
-    # the same run (on_drift: pause), so the same updates: with an hour's minimum only the
-    # checkpoints when the actors are up, after updates and at the end are written
+    one = ("monitor.on_drift=pause", "data.num_regimes=1", f"data.regime_batches={BATCHES}")
+    s_often = run(tmp_path, *one, callbacks=(often,))
+    s_rare = run(tmp_path, *one, "reliability.checkpoint_min_seconds=3600", callbacks=(rare,))
+    for s in (s_often, s_rare):
+        assert s["run"]["status"] == "completed", s["run"]["error"]
+        assert [int(r["batch_id"]) for r in batch_rows(s)] == list(range(BATCHES))
+    # with an hour's minimum only the checkpoints when the actors are up, after updates (a false
+    # alarm's, if any) and at the end are written
     ended = len(s_rare["updates"]) + len(s_rare["rejected_updates"])
-    assert ended == len(s_often["updates"]) + len(s_often["rejected_updates"])
     assert rare.count == ended + 2
-    assert often.count > rare.count  # every 8 batches in between
+    # without the minimum: also every 8 accepted batches, checked as monitor results come in (one
+    # task's batches at a time), so 48 batches give 2-3 more (measured), at least one
+    assert often.count > rare.count
 
 
 def test_a_request_no_node_can_satisfy_fails_the_run_with_what_it_asked_for(ray_cluster: Path, tmp_path: Path) -> None:
