@@ -291,3 +291,22 @@ def test_the_cheap_sanitize_test_changes_nothing(detector: str, higher_is_better
     ra, rb = a._reference, b._reference
     assert ra.total_sum == rb.total_sum and ra.total_w == rb.total_w
     assert np.array_equal(ra._kept()[0], rb._kept()[0]) and ra._kept()[0].size > 0
+
+
+def test_interval_mean_is_aggregates_weighted_mean_bit_for_bit() -> None:
+    """The interval's ``mean`` (weights' sum taken as ``n_samples``) is ``aggregate``'s, float for float,
+    with batches of different sizes, empty ones among them."""
+    from raydrift.detection.aggregation import aggregate
+    from raydrift.detection.engine import _OpenInterval
+
+    rng = np.random.default_rng(0)
+    for t in range(300):
+        iv = _OpenInterval(first_batch=0, last_batch=0)
+        for b in range(int(rng.integers(1, 12))):
+            n = int(rng.choice([0, 1, 7, 64, 1000]))
+            v = rng.random(n).astype(np.float32)
+            mean = float(np.add.reduce(v, dtype=np.float64)) / n if n else float("nan")
+            iv.add(BatchResult(b, 0, 0, v, {"m": mean} if n else {}), mean, n)
+        expected = aggregate(iv.batch_means, "mean", weights=iv.batch_ns) if iv.batch_means else float("nan")
+        got = iv.value("mean")
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), (t, got, expected)

@@ -492,6 +492,9 @@ class _OpenInterval:
     def value(self, how: str) -> float:
         if not self.batch_means:
             return float("nan")
+        if how == "mean":  # aggregate()'s weighted mean; its weights' sum is n_samples (exact integers)
+            w = np.array(self.batch_ns, dtype=np.float64)
+            return float(np.dot(np.array(self.batch_means, dtype=np.float64), w) / float(self.n_samples))
         return aggregate(self.batch_means, how, weights=self.batch_ns)  # type: ignore[arg-type]
 
     def close(self, index: int, how: str) -> IntervalRecord:
@@ -924,9 +927,11 @@ class DetectionEngine:
                 self._detector.reset()
                 j = -1
             end = len(xs) if j < 0 else pos + j + 1
-            if self._ones.size < end - pos:
-                self._ones = np.ones(end - pos)
-            self._reference.push_many(safe[pos:end], self._ones[: end - pos], float(end - pos))
+            k = end - pos
+            if self._ones.size < k:
+                self._ones = np.ones(k)
+            ones = self._ones if self._ones.size == k else self._ones[:k]  # no view in the usual case
+            self._reference.push_many(safe if k == safe.size else safe[pos:end], ones, float(k))
             if j < 0:
                 return None
             i = start + (int(where[pos + j]) if where is not None else pos + j)
