@@ -1090,7 +1090,9 @@ class DetectionEngine:
         feed = not self._held and r.version >= self._feed_from
         if not feed:
             self._stats["not_fed"] += 1
-        if feed and n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
+        if feed and n > 0 and cfg.granularity == "sample" and self._lf_detector is None:
+            event = self._feed_fast(r, r.values, 0, before, allowed, out, mean)  # as _feed_samples would
+        elif feed and n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
             event = self._feed_samples(r, 0, before, allowed, out, mean)
         if feed and event is None and n > 0 and cfg.granularity == "batch":
             x = 1.0 - mean if self.higher_is_better else mean
