@@ -14,6 +14,7 @@ from raydrift.detection import calibration as calib
 from raydrift.detection import make_detector
 from raydrift.detection.base import feed_with_warnings
 from raydrift.detection.ddm import DDMDetector
+from raydrift.detection.hddm_a import HDDMADetector
 from raydrift.detection.page_hinkley import PageHinkleyDetector
 from raydrift.detection.two_sample import _ks_statistics, ks_window_statistics, ranks_right
 
@@ -211,6 +212,70 @@ def test_ddm_fast_path_falls_back_on_other_internals() -> None:
 def test_ddm_fast_path_does_not_call_rivers_update() -> None:
     """The loop is really taken (the comparisons above would also pass through the public loop)."""
     det = DDMDetector(warm_start=10)
+
+    def boom(x: float) -> None:
+        raise AssertionError("River's update called")
+
+    det.river.update = boom
+    assert _warning_run(det.update_many_warnings, _binary_stream(2), 64)[0]
+
+
+# --- hddm_a: River's HDDM_A arithmetic in one loop ---------------------------------------------------
+
+HDDM_A_PARAMS: list[dict[str, Any]] = [
+    {},
+    {"drift_confidence": 0.0001, "two_sided_test": True},
+    {"drift_confidence": 0.01, "warning_confidence": 0.05},
+    {"drift_confidence": 0.005, "warning_confidence": 0.02, "two_sided_test": True},
+]
+
+
+def _hddm_a_state(river: Any) -> tuple[Any, ...]:
+    z, lo, hi = river._z, river._x_min, river._x_max
+    return (z.n, z._mean, lo.n, lo._mean, hi.n, hi._mean, river._warning_detected, river._drift_detected)
+
+
+@pytest.mark.parametrize("params", HDDM_A_PARAMS)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_hddm_a_fast_path_alarms_and_warns_where_river_does(params: dict[str, Any], seed: int) -> None:
+    values = _binary_stream(seed)
+    for chunk in (1, 64, 1000):
+        river = binary.HDDMA(**params)
+        expected = _warning_run(_river_ddm_feed(river), values, chunk)
+        det = HDDMADetector(**params)
+        assert _warning_run(det.update_many_warnings, values, chunk) == expected
+        assert _hddm_a_state(det.river) == _hddm_a_state(river)  # the same floats, not close ones
+        plain = HDDMADetector(**params)
+        assert _fast_alarms(plain, values, chunk) == expected[0]
+
+
+def test_the_binary_streams_make_every_hddm_a_setting_alarm_and_warn() -> None:
+    for params in HDDM_A_PARAMS:
+        runs = [_warning_run(_river_ddm_feed(binary.HDDMA(**params)), _binary_stream(s), 64) for s in range(4)]
+        assert min(len(a) for a, _ in runs) >= 1 and sum(len(a) for a, _ in runs) >= 6, (params, runs)
+        assert sum(len(w) for _, w in runs) >= 4, (params, runs)
+
+
+def test_hddm_a_fast_path_resumes_from_a_loaded_state_and_falls_back() -> None:
+    values = _binary_stream(4)
+    a = make_detector("hddm_a", {"two_sided_test": True})
+    a.update_many_warnings(values[:2500], False)
+    b = make_detector("hddm_a", {"two_sided_test": True})
+    b.load_state_dict(a.state_dict())
+    assert _warning_run(a.update_many_warnings, values[2500:], 64) == _warning_run(b.update_many_warnings, values[2500:], 64)
+    assert _hddm_a_state(a.river) == _hddm_a_state(b.river)  # type: ignore[attr-defined]
+
+    class OtherHDDMA(binary.HDDMA):
+        pass
+
+    det = HDDMADetector()
+    det._river = OtherHDDMA()
+    expected = _warning_run(_river_ddm_feed(binary.HDDMA()), values, 64)
+    assert _warning_run(det.update_many_warnings, values, 64) == expected
+
+
+def test_hddm_a_fast_path_does_not_call_rivers_update() -> None:
+    det = HDDMADetector(two_sided_test=True)
 
     def boom(x: float) -> None:
         raise AssertionError("River's update called")
