@@ -103,9 +103,9 @@ MIN_RECENT_SAMPLES = 30
 #: Fed values kept for locating the change behind an alarm (the event's value and score).
 CHANGE_HISTORY = 4096
 
-#: the bit pattern of float32 1.0 and the max over bit patterns (see ``_nothing_to_sanitize``)
-_ONE_BITS = int(np.array(1.0, dtype=np.float32).view(np.uint32))
-_MAX_BITS = np.maximum.reduce
+#: the bit pattern of float32 1.0, and the dtypes, for ``_nothing_to_sanitize``
+_ONE_BITS = np.array(1.0, dtype=np.float32).view(np.uint32)[()]
+_F32, _U32 = np.dtype(np.float32), np.dtype(np.uint32)
 
 _FIXED_COLUMNS = ("interval", "first_batch", "last_batch", "n_samples", "value", "regime", "version")
 
@@ -942,13 +942,13 @@ class DetectionEngine:
 
     def _nothing_to_sanitize(self, v: np.ndarray, mean: float | None) -> bool:
         """A cheap sufficient test that the values fed from the metric's ``v`` need no sanitising
-        (False: the caller looks closer). All of ``v`` in [0, 1]: one max over the float32 bit
-        patterns (non-negative floats order as their bits; -0.0, a negative value, inf and NaN all
-        exceed 1.0's), then ``1 - v`` is in [0, 1] too. For a ``real`` detector, all finite: a finite
+        (False: the caller looks closer). All of ``v`` in [0, 1]: no float32 bit pattern above 1.0's
+        (non-negative floats order as their bits; -0.0, a negative value, inf and NaN all exceed
+        1.0's), then ``1 - v`` is in [0, 1] too. For a ``real`` detector, all finite: a finite
         float64 mean of float32 values (``mean``, of the whole batch, given when ``v`` is all of it)."""
         if self._domain == "real" and mean is not None:
             return math.isfinite(mean)
-        return bool(v.size) and v.dtype == np.float32 and int(_MAX_BITS(v.view(np.uint32))) <= _ONE_BITS
+        return bool(v.size) and v.dtype == _F32 and not np.count_nonzero(np.greater(v.view(_U32), _ONE_BITS))
 
     def _update_many(self, xs: list[float], batch_id: int, out: DetectionOutput) -> int:
         """Feed ``xs`` to the metric detector until it alarms (the index, or -1); the warning zones
