@@ -53,6 +53,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -603,7 +604,9 @@ def mnist_plain_rate(batches: int, reps: int) -> float:
 
 
 def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    """The throughput section (``--throughput``): printed as a table, returned for ``--json``."""
+    """The throughput section (``--throughput``): printed as a table, returned for ``--json``, with the
+    load average (1, 5, 15 min) before and after: the machine is shared, the rates move with it."""
+    load_before = [round(x, 2) for x in os.getloadavg()]
     rows = [
         throughput_row(lab, name, params, args.throughput_samples, args.reps)
         for lab, name, params in _selected(THROUGHPUT_DETECTORS, args.only)
@@ -625,7 +628,11 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         f"\nDefault config: {engine:,.0f} samples/s on one core; one MNIST monitor's plain loop "
         f"{mnist:,.0f} samples/s (1 thread): {engine / mnist:.1f}x (target >= 10x)"
     )
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after")
     return {
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "rows": [asdict(t) for t in rows],
         "default_engine_samples_per_second": round(engine),
         "mnist_plain_samples_per_second": round(mnist) if math.isfinite(mnist) else None,

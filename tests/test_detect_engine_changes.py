@@ -229,3 +229,84 @@ def test_fhddm_direction_any_finds_an_improvement_as_a_worsening(seed: int) -> N
         eng = DetectionEngine(DriftDetectionConfig(detector="fhddm", direction="any"), "accuracy", True)
         events = run_with_resume(eng, series_batches(acc))
         assert any(6000 < e.sample_index <= 6100 for e in events), (before, after, events)
+
+
+# --- the per-sample path's cheap "nothing to sanitise" test ----------------------------------------
+
+_EDGES = np.array(
+    [0.0, -0.0, 1.0, 0.5, np.nextafter(np.float32(1), np.float32(2)), -np.float32(1e-45), np.float32(1e-45),
+     -0.3, 1.7, np.nan, np.inf, -np.inf, 3e38],
+    dtype=np.float32,
+)
+
+
+def _edge_batches(seed: int, n_batches: int = 120) -> list[BatchResult]:
+    """Batches of 0/1 values (a worsening half-way) into which some batches mix the edge values above."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_batches):
+        v = (rng.random(BS) < (0.9 if b < n_batches // 2 else 0.5)).astype(np.float32)
+        if rng.random() < 0.4:
+            k = rng.integers(1, 4)
+            v[rng.integers(0, BS, k)] = rng.choice(_EDGES, k)
+        out.append(BatchResult(b, 0, 0, v, {}))
+    return out
+
+
+def test_nothing_to_sanitize_only_says_so_when_it_is_true() -> None:
+    """True only when every fed value (``1 - v`` and ``v``) is finite and in [0, 1]; for a ``real``
+    detector given the batch mean, exactly when every value is finite."""
+    rng = np.random.default_rng(0)
+    eng = DetectionEngine(DriftDetectionConfig(detector="adwin"), "accuracy", higher_is_better=True)
+    real = DetectionEngine(DriftDetectionConfig(detector="page_hinkley"), "value", higher_is_better=False)
+    said = {True: 0, False: 0}
+    for _ in range(3000):
+        v = rng.choice(_EDGES, rng.integers(1, 5)) if rng.random() < 0.5 else rng.random(8).astype(np.float32)
+        f = v.astype(np.float64)
+        clean = bool(np.all(np.isfinite(f)) and f.min() >= 0.0 and f.max() <= 1.0 and (1.0 - f).min() >= 0.0)
+        got = eng._nothing_to_sanitize(v, None)
+        said[got] += 1
+        assert not got or clean, v
+        assert got or not (clean and not np.signbit(f).any()), v  # it may only refuse -0.0
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = float(np.add.reduce(v, dtype=np.float64)) / v.size
+        assert real._nothing_to_sanitize(v, mean) == bool(np.all(np.isfinite(f))), v
+    assert min(said.values()) > 500  # both answers were exercised
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley", "ddm"])
+@pytest.mark.parametrize("higher_is_better", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_cheap_sanitize_test_changes_nothing(detector: str, higher_is_better: bool, seed: int) -> None:
+    """Batches with NaN, inf, -0.0, tiny negatives and values just above 1: the engine's events, counters
+    and direction reference are those of the same engine made to run the full check on every batch."""
+    cfg = DriftDetectionConfig(detector=detector, direction="any")
+    a = DetectionEngine(cfg, "accuracy", higher_is_better=higher_is_better)
+    b = DetectionEngine(cfg, "accuracy", higher_is_better=higher_is_better)
+    b._nothing_to_sanitize = lambda v, mean: False  # type: ignore[method-assign]
+    ev_a, ev_b = run_with_resume(a, _edge_batches(seed)), run_with_resume(b, _edge_batches(seed))
+    assert ev_a and [str(e) for e in ev_a] == [str(e) for e in ev_b]  # str: a NaN score equals itself
+    assert a.stats == b.stats and a.stats["non_finite"] > 0
+    assert a.stats["clipped"] > 0 or a.detector.input_domain == "real"
+    ra, rb = a._reference, b._reference
+    assert ra.total_sum == rb.total_sum and ra.total_w == rb.total_w
+    assert np.array_equal(ra._kept()[0], rb._kept()[0]) and ra._kept()[0].size > 0
+
+
+def test_interval_mean_is_aggregates_weighted_mean_bit_for_bit() -> None:
+    """The interval's ``mean`` (weights' sum taken as ``n_samples``) is ``aggregate``'s, float for float,
+    with batches of different sizes, empty ones among them."""
+    from raydrift.detection.aggregation import aggregate
+    from raydrift.detection.engine import _OpenInterval
+
+    rng = np.random.default_rng(0)
+    for t in range(300):
+        iv = _OpenInterval(first_batch=0, last_batch=0)
+        for b in range(int(rng.integers(1, 12))):
+            n = int(rng.choice([0, 1, 7, 64, 1000]))
+            v = rng.random(n).astype(np.float32)
+            mean = float(np.add.reduce(v, dtype=np.float64)) / n if n else float("nan")
+            iv.add(BatchResult(b, 0, 0, v, {"m": mean} if n else {}), mean, n)
+        expected = aggregate(iv.batch_means, "mean", weights=iv.batch_ns) if iv.batch_means else float("nan")
+        got = iv.value("mean")
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), (t, got, expected)

@@ -7,10 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 from river import drift
+from river.drift import binary
 from scipy.stats import ks_2samp
 
 from raydrift.detection import calibration as calib
 from raydrift.detection import make_detector
+from raydrift.detection.base import feed_with_warnings
+from raydrift.detection.ddm import DDMDetector
+from raydrift.detection.hddm_a import HDDMADetector
 from raydrift.detection.page_hinkley import PageHinkleyDetector
 from raydrift.detection.two_sample import _ks_statistics, ks_window_statistics, ranks_right
 
@@ -111,6 +115,173 @@ def test_page_hinkley_fast_path_does_not_call_rivers_update() -> None:
 
     det.river.update = boom
     assert _fast_alarms(det, _stream(1), 64)
+
+
+# --- ddm: River's DDM arithmetic in one loop, warning zones tracked on the way ------------------------
+
+DDM_PARAMS: list[dict[str, Any]] = [
+    {},
+    {"warm_start": 50, "warning_threshold": 1.5, "drift_threshold": 2.5},
+    {"warm_start": 0, "warning_threshold": 1.0, "drift_threshold": 1.2},
+    {"warm_start": 5, "warning_threshold": 0.5, "drift_threshold": 4.0},
+]
+
+
+def _binary_stream(seed: int, n: int = 6000) -> list[float]:
+    """0/1 errors (even seeds) or error probabilities in [0, 1] (odd seeds) with rate shifts both ways."""
+    rng = np.random.default_rng(seed)
+    p = np.repeat(rng.uniform(0.02, 0.6, size=6), n // 6)
+    if seed % 2:
+        return np.clip(p + rng.normal(0.0, 0.2, size=p.size), 0.0, 1.0).tolist()
+    return (rng.random(p.size) < p).astype(np.float64).tolist()
+
+
+def _warning_run(feed: Any, values: list[float], chunk: int) -> tuple[list[int], list[int]]:
+    """``(alarms, positions where a warning zone opened)`` of ``feed(part, in_zone)`` (an
+    ``update_many_warnings``) over ``values`` in chunks of ``chunk``, resumed after each alarm; the
+    zone openings located by chunk (the first value of the chunk that opened them)."""
+    alarms, opened_at, pos, in_zone = [], [], 0, False
+    while pos < len(values):
+        part = values[pos : pos + chunk]
+        j, opened, in_zone = feed(part, in_zone)
+        opened_at += [pos] * opened
+        if j < 0:
+            pos += len(part)
+        else:
+            alarms.append(pos + j)
+            pos += j + 1
+    return alarms, opened_at
+
+
+def _ddm_state(river: Any) -> tuple[Any, ...]:
+    m = river._p
+    return (m.n, m._mean, river._p_min, river._s_min, river._ps_min, river._warning_detected, river._drift_detected)
+
+
+def _river_ddm_feed(river: Any) -> Any:
+    return lambda part, in_zone: feed_with_warnings(river, river.update, part, in_zone)
+
+
+@pytest.mark.parametrize("params", DDM_PARAMS)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ddm_fast_path_alarms_and_warns_where_river_does(params: dict[str, Any], seed: int) -> None:
+    values = _binary_stream(seed)
+    for chunk in (1, 64, 1000):
+        river = binary.DDM(**params)
+        expected = _warning_run(_river_ddm_feed(river), values, chunk)
+        det = DDMDetector(**params)
+        assert _warning_run(det.update_many_warnings, values, chunk) == expected
+        assert _ddm_state(det.river) == _ddm_state(river)  # the same floats, not close ones
+        assert det.drift_detected == river.drift_detected and det.warning_detected == river.warning_detected
+        plain = DDMDetector(**params)
+        assert _fast_alarms(plain, values, chunk) == expected[0]  # update_many: the same alarms
+
+
+def test_the_binary_streams_make_every_ddm_setting_alarm_and_warn() -> None:
+    """Guards the test above: identical alarm and warning lists must not be trivially empty."""
+    for params in DDM_PARAMS:
+        runs = [_warning_run(_river_ddm_feed(binary.DDM(**params)), _binary_stream(s), 64) for s in range(4)]
+        assert min(len(a) for a, _ in runs) >= 1 and sum(len(a) for a, _ in runs) >= 6, (params, runs)
+        assert sum(len(w) for _, w in runs) >= 4, (params, runs)
+
+
+def test_ddm_fast_path_resumes_from_a_loaded_state() -> None:
+    """A detector restored from its state continues exactly as the one that was saved."""
+    values = _binary_stream(4)
+    a = make_detector("ddm", {"warm_start": 10})
+    a.update_many_warnings(values[:2500], False)
+    b = make_detector("ddm", {"warm_start": 10})
+    b.load_state_dict(a.state_dict())
+    assert _warning_run(a.update_many_warnings, values[2500:], 64) == _warning_run(b.update_many_warnings, values[2500:], 64)
+    assert _ddm_state(a.river) == _ddm_state(b.river)  # type: ignore[attr-defined]
+
+
+def test_ddm_fast_path_falls_back_on_other_internals() -> None:
+    """A River object of another class is fed through its public update."""
+
+    class OtherDDM(binary.DDM):
+        pass
+
+    det = DDMDetector(warm_start=10)
+    det._river = OtherDDM(warm_start=10)
+    values = _binary_stream(2)
+    expected = _warning_run(_river_ddm_feed(binary.DDM(warm_start=10)), values, 64)
+    assert _warning_run(det.update_many_warnings, values, 64) == expected
+
+
+def test_ddm_fast_path_does_not_call_rivers_update() -> None:
+    """The loop is really taken (the comparisons above would also pass through the public loop)."""
+    det = DDMDetector(warm_start=10)
+
+    def boom(x: float) -> None:
+        raise AssertionError("River's update called")
+
+    det.river.update = boom
+    assert _warning_run(det.update_many_warnings, _binary_stream(2), 64)[0]
+
+
+# --- hddm_a: River's HDDM_A arithmetic in one loop ---------------------------------------------------
+
+HDDM_A_PARAMS: list[dict[str, Any]] = [
+    {},
+    {"drift_confidence": 0.0001, "two_sided_test": True},
+    {"drift_confidence": 0.01, "warning_confidence": 0.05},
+    {"drift_confidence": 0.005, "warning_confidence": 0.02, "two_sided_test": True},
+]
+
+
+def _hddm_a_state(river: Any) -> tuple[Any, ...]:
+    z, lo, hi = river._z, river._x_min, river._x_max
+    return (z.n, z._mean, lo.n, lo._mean, hi.n, hi._mean, river._warning_detected, river._drift_detected)
+
+
+@pytest.mark.parametrize("params", HDDM_A_PARAMS)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_hddm_a_fast_path_alarms_and_warns_where_river_does(params: dict[str, Any], seed: int) -> None:
+    values = _binary_stream(seed)
+    for chunk in (1, 64, 1000):
+        river = binary.HDDMA(**params)
+        expected = _warning_run(_river_ddm_feed(river), values, chunk)
+        det = HDDMADetector(**params)
+        assert _warning_run(det.update_many_warnings, values, chunk) == expected
+        assert _hddm_a_state(det.river) == _hddm_a_state(river)  # the same floats, not close ones
+        plain = HDDMADetector(**params)
+        assert _fast_alarms(plain, values, chunk) == expected[0]
+
+
+def test_the_binary_streams_make_every_hddm_a_setting_alarm_and_warn() -> None:
+    for params in HDDM_A_PARAMS:
+        runs = [_warning_run(_river_ddm_feed(binary.HDDMA(**params)), _binary_stream(s), 64) for s in range(4)]
+        assert min(len(a) for a, _ in runs) >= 1 and sum(len(a) for a, _ in runs) >= 6, (params, runs)
+        assert sum(len(w) for _, w in runs) >= 4, (params, runs)
+
+
+def test_hddm_a_fast_path_resumes_from_a_loaded_state_and_falls_back() -> None:
+    values = _binary_stream(4)
+    a = make_detector("hddm_a", {"two_sided_test": True})
+    a.update_many_warnings(values[:2500], False)
+    b = make_detector("hddm_a", {"two_sided_test": True})
+    b.load_state_dict(a.state_dict())
+    assert _warning_run(a.update_many_warnings, values[2500:], 64) == _warning_run(b.update_many_warnings, values[2500:], 64)
+    assert _hddm_a_state(a.river) == _hddm_a_state(b.river)  # type: ignore[attr-defined]
+
+    class OtherHDDMA(binary.HDDMA):
+        pass
+
+    det = HDDMADetector()
+    det._river = OtherHDDMA()
+    expected = _warning_run(_river_ddm_feed(binary.HDDMA()), values, 64)
+    assert _warning_run(det.update_many_warnings, values, 64) == expected
+
+
+def test_hddm_a_fast_path_does_not_call_rivers_update() -> None:
+    det = HDDMADetector(two_sided_test=True)
+
+    def boom(x: float) -> None:
+        raise AssertionError("River's update called")
+
+    det.river.update = boom
+    assert _warning_run(det.update_many_warnings, _binary_stream(2), 64)[0]
 
 
 # --- ks calibration: window statistics from ranks, streams followed incrementally ------------------

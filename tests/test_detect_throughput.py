@@ -42,3 +42,19 @@ def test_bocpd_ert_spec_mistake_is_one_line_exit_2(capsys: pytest.CaptureFixture
     assert detectors.main(["--bocpd-ert", "poisson:1000:10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MODEL:ERT:VALUES" in err
+
+
+def test_engine_ab_runs_the_two_engines_on_the_same_stream(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/engine_ab.py: HEAD's engine against the checkout's gives one row per detector, and
+    stops (1) when the two engines' events differ."""
+    import engine_ab
+
+    assert engine_ab.main(["--against", "HEAD", "--reps", "1", "--samples", "3000"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "us/batch" not in line]
+    assert len(rows) == len(detectors.THROUGHPUT_DETECTORS)
+    old = engine_ab.load_engine("HEAD")
+    monkeypatch.setattr(old.DetectionEngine, "_emit", lambda self, event, out: None)  # reports no event
+    monkeypatch.setattr(engine_ab, "load_engine", lambda ref: old)
+    assert engine_ab.main(["--against", "HEAD", "--reps", "1", "--samples", "3000"]) == 1

@@ -103,6 +103,10 @@ MIN_RECENT_SAMPLES = 30
 #: Fed values kept for locating the change behind an alarm (the event's value and score).
 CHANGE_HISTORY = 4096
 
+#: the bit pattern of float32 1.0, and the dtypes, for ``_nothing_to_sanitize``
+_ONE_BITS = np.array(1.0, dtype=np.float32).view(np.uint32)[()]
+_F32, _U32 = np.dtype(np.float32), np.dtype(np.uint32)
+
 _FIXED_COLUMNS = ("interval", "first_batch", "last_batch", "n_samples", "value", "regime", "version")
 
 
@@ -470,9 +474,8 @@ class _OpenInterval:
     regime: int = 0
     version: int = 0
 
-    def add(self, r: BatchResult, mean: float) -> None:
-        """Count batch ``r`` whose monitored metric's mean is ``mean``."""
-        n = r.n
+    def add(self, r: BatchResult, mean: float, n: int) -> None:
+        """Count batch ``r`` of ``n`` samples whose monitored metric's mean is ``mean``."""
         self.last_batch = r.batch_id
         self.n_batches += 1
         self.n_samples += n
@@ -489,6 +492,9 @@ class _OpenInterval:
     def value(self, how: str) -> float:
         if not self.batch_means:
             return float("nan")
+        if how == "mean":  # aggregate()'s weighted mean; its weights' sum is n_samples (exact integers)
+            w = np.array(self.batch_ns, dtype=np.float64)
+            return float(np.dot(np.array(self.batch_means, dtype=np.float64), w) / float(self.n_samples))
         return aggregate(self.batch_means, how, weights=self.batch_ns)  # type: ignore[arg-type]
 
     def close(self, index: int, how: str) -> IntervalRecord:
@@ -660,17 +666,23 @@ class DetectionEngine:
         DetectionOutput
             The events and closed intervals produced by this call (usually none, or one interval).
         """
-        out = DetectionOutput(intervals=self._take_pending(), next_batch=self._next)
+        out = DetectionOutput(next_batch=self._next)
+        if self._pending:
+            out.intervals = self._take_pending()
         if self._paused:
             self._stats["dropped_paused"] += 1
             return out
         if result.version < self._version:
             self._stats["dropped_stale"] += 1
             return out
-        if result.batch_id < self._next or result.batch_id in self._buffer:
+        b = result.batch_id
+        if b < self._next or b in self._buffer:
             self._stats["duplicates"] += 1
             return out
-        self._buffer[result.batch_id] = result
+        if b == self._next:  # next in stream order (the usual case): processed without buffering
+            self._process(result, out)
+        else:
+            self._buffer[b] = result
         while not self._paused and self._next in self._buffer:
             self._process(self._buffer.pop(self._next), out)
         out.next_batch = self._next
@@ -867,15 +879,19 @@ class DetectionEngine:
             return False
         return self._alarm_counts(allowed)
 
-    def _feed_samples(self, r: BatchResult, start: int, base: int, allowed: bool, out: DetectionOutput) -> DriftEvent | None:
+    def _feed_samples(
+        self, r: BatchResult, start: int, base: int, allowed: bool, out: DetectionOutput, mean: float | None = None
+    ) -> DriftEvent | None:
         """Feed the per-sample values of ``r`` from index ``start`` on (``base``: samples processed
-        before ``r``); the event of the first alarm that counts, if any."""
+        before ``r``; ``mean``: the mean of all of ``r.values``, when the caller has it); the event of
+        the first alarm that counts, if any."""
+        if self._lf_detector is None and self.cfg.granularity == "sample":  # the metric detector alone
+            v = r.values[start:] if start else r.values
+            return self._feed_fast(r, v, start, base, allowed, out, None if start else mean)
         vals = r.values[start:].astype(np.float64)
         fed = (1.0 - vals) if self.higher_is_better else vals
         lf = self._label_free_values(r)
         per_sample = self.cfg.granularity == "sample"
-        if lf is None and per_sample and self._use_metric:
-            return self._feed_fast(r, fed, start, base, allowed, out)
         xs = fed.tolist()
         for j, x in enumerate(xs):
             i = start + j
@@ -887,13 +903,15 @@ class DetectionEngine:
         return None
 
     def _feed_fast(
-        self, r: BatchResult, fed: np.ndarray, start: int, base: int, allowed: bool, out: DetectionOutput
+        self, r: BatchResult, v: np.ndarray, start: int, base: int, allowed: bool, out: DetectionOutput, mean: float | None
     ) -> DriftEvent | None:
         """The per-sample path of the metric detector alone: the batch at once (``update_many``, or
-        ``update_many_warnings`` tracking the warning zone), the values made safe and the direction
-        reference appended as arrays."""
-        if fed.size and 0.0 <= fed.min() and fed.max() <= 1.0:  # the usual case: nothing to sanitize
-            safe, where = fed, None
+        ``update_many_warnings`` tracking the warning zone), the values (``v``, the metric's, from
+        sample ``start`` on) made safe and the direction reference appended as arrays."""
+        # 1 - v in float64 (v float32: exact), as astype then subtract, in one call
+        fed = np.subtract(1.0, v, dtype=np.float64) if self.higher_is_better else v.astype(np.float64)
+        if self._nothing_to_sanitize(v, mean) or (fed.size and 0.0 <= fed.min() and fed.max() <= 1.0):
+            safe, where = fed, None  # the usual case
         else:
             safe, non_finite, clipped = sanitize(fed, self._domain)
             self._stats["non_finite"] += non_finite
@@ -909,9 +927,11 @@ class DetectionEngine:
                 self._detector.reset()
                 j = -1
             end = len(xs) if j < 0 else pos + j + 1
-            if self._ones.size < end - pos:
-                self._ones = np.ones(end - pos)
-            self._reference.push_many(safe[pos:end], self._ones[: end - pos], float(end - pos))
+            k = end - pos
+            if self._ones.size < k:
+                self._ones = np.ones(k)
+            ones = self._ones if self._ones.size == k else self._ones[:k]  # no view in the usual case
+            self._reference.push_many(safe if k == safe.size else safe[pos:end], ones, float(k))
             if j < 0:
                 return None
             i = start + (int(where[pos + j]) if where is not None else pos + j)
@@ -919,6 +939,16 @@ class DetectionEngine:
                 return self._event(r, base + i + 1, carry_from=i + 1)
             pos = end
         return None
+
+    def _nothing_to_sanitize(self, v: np.ndarray, mean: float | None) -> bool:
+        """A cheap sufficient test that the values fed from the metric's ``v`` need no sanitising
+        (False: the caller looks closer). All of ``v`` in [0, 1]: no float32 bit pattern above 1.0's
+        (non-negative floats order as their bits; -0.0, a negative value, inf and NaN all exceed
+        1.0's), then ``1 - v`` is in [0, 1] too. For a ``real`` detector, all finite: a finite
+        float64 mean of float32 values (``mean``, of the whole batch, given when ``v`` is all of it)."""
+        if self._domain == "real" and mean is not None:
+            return math.isfinite(mean)
+        return bool(v.size) and v.dtype == _F32 and not np.count_nonzero(np.greater(v.view(_U32), _ONE_BITS))
 
     def _update_many(self, xs: list[float], batch_id: int, out: DetectionOutput) -> int:
         """Feed ``xs`` to the metric detector until it alarms (the index, or -1); the warning zones
@@ -1033,7 +1063,7 @@ class DetectionEngine:
         if self._carry is not None and self._feed_carry(out):
             self._stats["dropped_after_alarm"] += 1  # r: after the alarm, served again on resume
             return
-        n = r.n
+        n = r.values.shape[0]
         # np.mean's own arithmetic (float64 sum, then one division), once per batch
         mean = float(np.add.reduce(r.values, dtype=np.float64)) / n if n else float("nan")
         row = {
@@ -1060,8 +1090,10 @@ class DetectionEngine:
         feed = not self._held and r.version >= self._feed_from
         if not feed:
             self._stats["not_fed"] += 1
-        if feed and n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
-            event = self._feed_samples(r, 0, before, allowed, out)
+        if feed and n > 0 and cfg.granularity == "sample" and self._lf_detector is None:
+            event = self._feed_fast(r, r.values, 0, before, allowed, out, mean)  # as _feed_samples would
+        elif feed and n > 0 and (cfg.granularity == "sample" or self._lf_detector is not None):
+            event = self._feed_samples(r, 0, before, allowed, out, mean)
         if feed and event is None and n > 0 and cfg.granularity == "batch":
             x = 1.0 - mean if self.higher_is_better else mean
             if self._feed(x, float(n), allowed, r.batch_id, out):
@@ -1069,7 +1101,7 @@ class DetectionEngine:
 
         if self._interval is None:
             self._interval = _OpenInterval(first_batch=r.batch_id, last_batch=r.batch_id)
-        self._interval.add(r, mean)
+        self._interval.add(r, mean, n)
         self._stats["batches"] += 1
         self._stats["samples"] += n
         self._next = r.batch_id + 1
