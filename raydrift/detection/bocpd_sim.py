@@ -36,9 +36,9 @@ from raydrift.detection.calibration import write_json_record
 __all__ = ["STREAMS", "SPAN", "SEED", "BOCPDCalibration", "BOCPDSetting", "VectorBOCPD", "calibrate_bocpd"]
 
 #: Simulated stationary streams per calibration.
-STREAMS = 1000
+STREAMS = 400
 #: Each stream first runs this many times ``ert`` values.
-SPAN = 3.0
+SPAN = 2.0
 #: Seed of the simulated values (the same threshold for the same setting on every machine).
 SEED = 19
 #: Bumped when the simulation changes: cached files of an older version are recomputed.
@@ -135,12 +135,13 @@ class VectorBOCPD:
         self.start = np.zeros((streams, self.cap), dtype=np.int64)
         self.s1 = np.zeros((streams, self.cap))
         self.s2 = np.zeros((streams, self.cap))
+        self.lb = np.zeros((streams, self.cap))  # normal: log of s2
         self.mu0 = np.zeros((streams, 1))
         self.beta0 = np.ones((streams, 1))
 
     def take(self, rows: np.ndarray) -> None:
         """Keep the streams ``rows`` only (to follow them longer)."""
-        for name in ("lw", "start", "s1", "s2", "mu0", "beta0"):
+        for name in ("lw", "start", "s1", "s2", "lb", "mu0", "beta0"):
             setattr(self, name, getattr(self, name)[rows])
 
     def start_normal(self, burn: np.ndarray) -> np.ndarray:
@@ -164,46 +165,73 @@ class VectorBOCPD:
             self.k = 1
             self.lw[:, 0], self.start[:, 0] = 0.0, 0
             self.s1[:, 0], self.s2[:, 0] = self._new_stats(x)
+            if self.s.model == "normal":
+                self.lb[:, 0] = np.log(self.s2[:, 0])
             return np.zeros(x.shape[0])
         n = self.t - 1 - self.start[:, :k]
         tables = _tables(s.model, s.prior_a, s.prior_b, s.prior_kappa, s.prior_alpha, self.t)
-        s1, s2 = self.s1[:, :k], self.s2[:, :k]
-        xc = x[:, None]
+        grow = self._grow(x, n, tables)  # log weight of each run grown by x, before normalising
         if s.model == "bernoulli":
-            p1 = (s.prior_a + s1) * tables[0][n]
-            one = xc >= 0.5
-            lp = np.log(np.where(one, p1, 1.0 - p1))
             p0 = s.prior_a / (s.prior_a + s.prior_b)
             lp0 = np.where(x >= 0.5, math.log(p0), math.log1p(-p0))
-            s1 += xc
         else:
-            g, half_nu1, fnu, grow_beta, step_mu = tables
-            d = xc - s1
-            d2 = d * d
-            lp = g[n] - 0.5 * np.log(s2) - half_nu1[n] * np.log1p(d2 / (s2 * fnu[n]))
+            g, half_nu1, fnu = tables[:3]
             d0 = x - self.mu0[:, 0]
             b0 = self.beta0[:, 0]
             lp0 = g[0] - 0.5 * np.log(b0) - half_nu1[0] * np.log1p(d0 * d0 / (b0 * fnu[0]))
-            s2 += grow_beta[n] * d2
-            s1 += step_mu[n] * d
-        grow = self.lw[:, :k] + lp + math.log1p(-s.hazard)
         new = math.log(s.hazard) + lp0
         top = np.maximum(grow.max(axis=1), new)
-        log_evidence = top + np.log(np.exp(grow - top[:, None]).sum(axis=1) + np.exp(new - top))
-        self.lw[:, :k] = grow - log_evidence[:, None]
+        w = np.subtract(grow, top[:, None])
+        log_evidence = top + np.log(np.exp(w, out=w).sum(axis=1) + np.exp(new - top))
+        np.subtract(grow, log_evidence[:, None], out=self.lw[:, :k])
         self.lw[:, k] = new - log_evidence
         self.start[:, k] = self.t - 1
         self.s1[:, k], self.s2[:, k] = self._new_stats(x)
+        if s.model == "normal":
+            self.lb[:, k] = np.log(self.s2[:, k])
         self.k = k + 1
         if self.k == self.cap:
             self._prune()
         return -np.expm1(self.lw[:, 0])
 
+    def _grow(self, x: np.ndarray, n: np.ndarray, tables: tuple[np.ndarray, ...]) -> np.ndarray:
+        """``lw + log predictive of x + log(1 - hazard)`` for each kept run; updates its statistics.
+
+        ``normal``: the Student-t's ``log1p(d^2 / (beta f nu))`` is ``log(beta') - log(beta)`` (``beta'``
+        the run's next beta: ``f nu = 1 / grow_beta``), so one logarithm per run and value (``lb``
+        keeps ``log(beta)``) instead of two; equal to the detector's to rounding."""
+        s, k = self.s, self.k
+        s1, s2, xc = self.s1[:, :k], self.s2[:, :k], x[:, None]
+        if s.model == "bernoulli":
+            p1 = (s.prior_a + s1) * tables[0][n]
+            lp = np.log(np.where(xc >= 0.5, p1, 1.0 - p1))
+            s1 += xc
+            lp += self.lw[:, :k]
+            lp += math.log1p(-s.hazard)
+            return lp
+        g, half_nu1, _, grow_beta, step_mu = tables
+        lb = self.lb[:, :k]
+        d = xc - s1
+        s1 += step_mu[n] * d
+        d *= d
+        d *= grow_beta[n]
+        s2 += d
+        lb_new = np.log(s2)
+        out = lb - lb_new
+        out *= half_nu1[n]
+        lb *= 0.5
+        out -= lb
+        out += g[n]
+        out += self.lw[:, :k]
+        out += math.log1p(-s.hazard)
+        lb[...] = lb_new
+        return out
+
     def _prune(self) -> None:
         k, m = self.k, self.s.max_runs
         keep = np.sort(np.argpartition(self.lw[:, 1:k], -(m - 1), axis=1)[:, -(m - 1) :] + 1, axis=1)
         keep = np.concatenate([np.zeros((keep.shape[0], 1), dtype=keep.dtype), keep], axis=1)
-        for name in ("lw", "start", "s1", "s2"):
+        for name in ("lw", "start", "s1", "s2", "lb"):
             arr = getattr(self, name)
             arr[:, :m] = np.take_along_axis(arr, keep, axis=1)
         self.k = m
