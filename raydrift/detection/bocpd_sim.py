@@ -15,8 +15,8 @@ simulation, once per setting (cached like ``ks``'s, :mod:`raydrift.detection.cal
    record at or above ``h``, so one simulation gives the run length of every threshold;
 3. the threshold whose mean run length is ``ert``: a stream without an alarm is censored, counted as
    time at risk (the mean is ``first - 1`` plus the values at risk over the runs that ended);
-4. the streams censored at that threshold are run 4 times longer and the threshold solved again, up to
-   3 times (the streams whose burn-in made false alarms rare make the long runs).
+4. the streams censored at that threshold are run 4 times longer and the threshold solved again, once
+   (the streams whose burn-in made false alarms rare make the long runs).
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from raydrift.detection.calibration import write_json_record
 
 __all__ = ["STREAMS", "SPAN", "SEED", "BOCPDCalibration", "BOCPDSetting", "VectorBOCPD", "calibrate_bocpd"]
 
-#: Simulated stationary streams per calibration.
-STREAMS = 400
+#: Simulated stationary streams that solve the threshold (after two pilot stages, see simulate_threshold).
+STREAMS = 600
 #: Each stream first runs this many times ``ert`` values.
 SPAN = 2.0
+#: Fresh (unrestarted) streams that give the restart tails.
+PILOT_STREAMS = 150
 #: Seed of the simulated values (the same threshold for the same setting on every machine).
 SEED = 19
 #: Bumped when the simulation changes: cached files of an older version are recomputed.
@@ -241,46 +243,55 @@ class VectorBOCPD:
 
 
 class _Records:
-    """Each stream's record change probabilities (above every earlier one from ``first`` on) and when."""
+    """Each stream's record change probabilities (above every earlier one at which an alarm is possible)
+    with when they came (in values since the alarm that started the run) and the detector's located
+    change point then (``values_since_change``: the values the next run restarts on)."""
 
-    def __init__(self, streams: int, first: int) -> None:
-        self.first = first
-        self.best = np.full(streams, -1.0)
+    def __init__(self, first: np.ndarray, lag: np.ndarray) -> None:
+        self.first = first  # per stream: first value (since the restart) at which an alarm is possible
+        self.lag = lag  # per stream: values replayed at the restart (not counted in the run)
+        self.best = np.full(first.size, -1.0)
         self.rows: list[np.ndarray] = []
         self.times: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
-        self.lengths = np.zeros(streams, dtype=np.int64)
+        self.since: list[np.ndarray] = []
+        self.lengths = np.zeros(first.size, dtype=np.int64)  # values run since the restart
 
-    def add(self, rows: np.ndarray, t: int, p: np.ndarray) -> None:
-        """Change probabilities ``p`` of the streams ``rows`` at their ``t``-th value."""
+    def candidates(self, rows: np.ndarray, t: int, p: np.ndarray) -> np.ndarray:
+        """Which of the streams ``rows`` (change probabilities ``p`` at their ``t``-th value) set a record."""
         self.lengths[rows] = t
-        if t < self.first:
-            return
-        up = p > self.best[rows]
-        if up.any():
-            r = rows[up]
-            self.best[r] = p[up]
-            self.rows.append(r)
-            self.times.append(np.full(r.size, t, dtype=np.int64))
-            self.values.append(p[up])
+        return (p > self.best[rows]) & (t >= self.first[rows])
 
-    def first_alarms(self, threshold: float) -> np.ndarray:
-        """Each stream's first alarm (1-based value) at ``threshold``; 0: none."""
-        out = np.full(self.best.size, np.iinfo(np.int64).max)
+    def add(self, rows: np.ndarray, t: int, p: np.ndarray, since: np.ndarray) -> None:
+        self.best[rows] = p
+        self.rows.append(rows)
+        self.times.append(np.full(rows.size, t, dtype=np.int64))
+        self.values.append(p)
+        self.since.append(since)
+
+    def first_alarms(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each stream's first alarm at ``threshold`` (value since the restart, 0: none) and its
+        ``values_since_change`` then."""
+        big = np.iinfo(np.int64).max
+        out = np.full(self.best.size, big)
+        since = np.zeros(self.best.size, dtype=np.int64)
         if self.rows:
-            rows, times, values = (np.concatenate(a) for a in (self.rows, self.times, self.values))
-            hit = values >= threshold
+            rows, times, values, sc = (np.concatenate(a) for a in (self.rows, self.times, self.values, self.since))
+            hit = np.flatnonzero(values >= threshold)
             np.minimum.at(out, rows[hit], times[hit])
-        return np.where(out == np.iinfo(np.int64).max, 0, out)
+            first = hit[times[hit] == out[rows[hit]]]
+            since[rows[first]] = sc[first]
+        return np.where(out == big, 0, out), since
 
     def mean_run_length(self, threshold: float) -> float:
-        """Mean run length at ``threshold``: ``first - 1`` plus values at risk per run that ended."""
-        alarms = self.first_alarms(threshold)
+        """Mean run length (values from the alarm that started the run) at ``threshold``: each stream's
+        first possible alarm, plus the values at risk after it per run that ended."""
+        alarms = self.first_alarms(threshold)[0]
         events = int((alarms > 0).sum())
         if events == 0:
             return math.inf
         at_risk = float((np.where(alarms > 0, alarms, self.lengths) - self.first + 1).sum())
-        return self.first - 1 + at_risk / events
+        return float((self.first - self.lag).mean()) - 1.0 + at_risk / events
 
     def solve(self, ert: float) -> float:
         """The smallest record value whose mean run length reaches ``ert`` (the mean grows with the
@@ -299,59 +310,126 @@ class _Records:
 
 
 class _Simulation:
-    """The streams, their values drawn from one seeded generator, and their records."""
+    """Stationary streams run together, each restarted as the detector restarts after an alarm: on
+    its ``tail`` (the values since a located change point, replayed, not counted in the run) and then
+    fresh values from one seeded generator. Keeps every stream's values, for the next stage's tails."""
 
-    def __init__(self, setting: BOCPDSetting, streams: int) -> None:
+    def __init__(self, setting: BOCPDSetting, tails: list[np.ndarray], stage: int) -> None:
         self.s = setting
-        self.rng = np.random.default_rng(SEED)
+        self.rng = np.random.default_rng([SEED, stage])
+        streams = len(tails)
         self.sim = VectorBOCPD(setting, streams)
         self.rows = np.arange(streams)
-        self.records = _Records(streams, setting.first)
+        lag = np.array([t.size for t in tails], dtype=np.int64)
+        self.queue = np.zeros((streams, max(1, int(lag.max()))))
+        for i, t in enumerate(tails):
+            self.queue[i, : t.size] = t
+        first = np.maximum(lag + 1, setting.first)
+        self.records = _Records(first, lag)
+        self.history: list[list[np.ndarray]] = [[] for _ in range(streams)]
 
-    def _values(self, count: int) -> np.ndarray:
+    def _fresh(self, count: int) -> np.ndarray:
         if self.s.model == "bernoulli":
             return (self.rng.random(count) < float(self.s.rate or 0.0)).astype(np.float64)
         return self.rng.standard_normal(count)
 
+    def _inputs(self, steps: int) -> np.ndarray:
+        """The kept streams' next ``steps`` values: their tail's, then fresh ones."""
+        t0 = self.sim.t
+        x = self._fresh(self.rows.size * steps).reshape(self.rows.size, steps)
+        lag = self.records.lag[self.rows]
+        todo = np.flatnonzero(lag > t0)
+        for i in todo:
+            n = min(steps, int(lag[i]) - t0)
+            x[i, :n] = self.queue[self.rows[i], t0 : t0 + n]
+        return x
+
     def run_to(self, values: int) -> None:
-        """Run the kept streams up to ``values`` values each."""
+        """Run the kept streams up to ``values`` values since their restart (replayed ones included)."""
+        steps = values - self.sim.t
+        if steps <= 0:
+            return
+        x = self._inputs(steps)
+        done = 0
         if self.sim.t == 0 and self.s.model == "normal":
             b = self.s.burn_in
-            probs = self.sim.start_normal(self._values(self.rows.size * b).reshape(self.rows.size, b))
+            probs = self.sim.start_normal(x[:, :b])
             for j in range(b):
-                self.records.add(self.rows, j + 1, probs[:, j])
-        while self.sim.t < values:
-            p = self.sim.step(self._values(self.rows.size))
-            self.records.add(self.rows, self.sim.t, p)
+                self._record(j + 1, probs[:, j])
+            done = b
+        for j in range(done, steps):
+            self._record(self.sim.t + 1, self.sim.step(x[:, j]))
+        for i, row in enumerate(self.rows):
+            self.history[row].append(x[i])
+
+    def _record(self, t: int, p: np.ndarray) -> None:
+        up = np.flatnonzero(self.records.candidates(self.rows, t, p))
+        if up.size:
+            v = self.sim
+            best = 1 + np.argmax(v.lw[up, 1 : v.k], axis=1)
+            self.records.add(self.rows[up], t, p[up], t - v.start[up, best])
 
     def follow(self, rows: np.ndarray) -> None:
         """Keep only the streams ``rows`` (global indices, a subset of the kept ones)."""
-        local = np.searchsorted(self.rows, rows)
-        self.sim.take(local)
+        self.sim.take(np.searchsorted(self.rows, rows))
         self.rows = rows
 
+    def tails(self, threshold: float, streams: int) -> list[np.ndarray]:
+        """``streams`` restart tails: the values since the located change point at the first alarm at
+        ``threshold`` of the streams that alarmed, taken in turn."""
+        alarms, since = self.records.first_alarms(threshold)
+        out = []
+        for i in np.flatnonzero(alarms > 0):
+            values = np.concatenate(self.history[i])
+            t, k = int(alarms[i]), min(int(since[i]), HISTORY_VALUES)
+            out.append(values[t - k : t].copy())
+        if not out:
+            return [np.zeros(0)] * streams
+        return [out[i % len(out)] for i in range(streams)]
 
-def simulate_threshold(setting: BOCPDSetting, ert: float, streams: int = STREAMS) -> tuple[float, float, float, int]:
-    """``(threshold, simulated mean run length, censored fraction, longest stream)`` for ``ert``."""
-    sim = _Simulation(setting, streams)
+
+#: Restart tails are cut to the values the detector keeps (``bocpd.HISTORY``).
+HISTORY_VALUES = 20_000
+
+
+def _stage(setting: BOCPDSetting, ert: float, tails: list[np.ndarray], stage: int) -> tuple[_Simulation, float, float, int]:
+    """One stage: ``(simulation, threshold, mean run length, streams censored)``; the streams censored at
+    the solution are followed 4 times longer, once (those still censored then count as time at risk:
+    following them further costs more, one stream at a time, than it changes the mean)."""
+    sim = _Simulation(setting, tails, stage)
     length = max(setting.first + 10, math.ceil(SPAN * ert))
-    for extension in range(4):
-        sim.run_to(length)
+    for extension in range(2):
+        sim.run_to(length + int(sim.records.lag.max()))
         threshold = sim.records.solve(ert)
-        censored = np.flatnonzero(sim.records.first_alarms(threshold) == 0)
-        if censored.size == 0 or extension == 3:
+        censored = np.flatnonzero(sim.records.first_alarms(threshold)[0] == 0)
+        if censored.size == 0 or extension == 1:
             break
         sim.follow(censored)
         length *= 4
-    run = sim.records.mean_run_length(threshold)
-    return threshold, run, censored.size / streams, int(sim.records.lengths.max())
+    return sim, threshold, sim.records.mean_run_length(threshold), int(censored.size)
+
+
+def simulate_threshold(
+    setting: BOCPDSetting, ert: float, streams: int = STREAMS, pilot: int = PILOT_STREAMS
+) -> tuple[float, float, float, int]:
+    """``(threshold, simulated mean run length, censored fraction, longest stream)`` for ``ert``.
+
+    A run starts after an alarm, on the values since the located change point (the detector restarts
+    there), and those depend on the threshold: ``pilot`` fresh streams solve a first threshold, whose
+    alarms' tails restart ``pilot`` streams that solve a second one, whose tails restart the
+    ``streams`` streams that solve the threshold returned (each stage's tails taken in turn)."""
+    sim, threshold, run, censored = _stage(setting, ert, [np.zeros(0)] * pilot, 0)
+    for stage, size in enumerate((pilot, streams), start=1):
+        sim, threshold, run, censored = _stage(setting, ert, sim.tails(threshold, size), stage)
+    return threshold, run, censored / sim.records.first.size, int(sim.records.lengths.max())
 
 
 def calibrate_bocpd(
     setting: BOCPDSetting, ert: float, cache_dir: str | None = None, streams: int = STREAMS
 ) -> BOCPDCalibration:
     """The threshold for ``setting`` and ``ert`` (cached in memory and, with ``cache_dir``, as JSON)."""
-    full = {**asdict(setting), "ert": float(ert), "streams": streams, "span": SPAN, "seed": SEED, "version": VERSION}
+    full = {**asdict(setting), "ert": float(ert), "streams": streams, "pilot": PILOT_STREAMS, "span": SPAN}
+    full |= {"seed": SEED, "version": VERSION}
     key = json.dumps(full, sort_keys=True)
     if key in _MEMORY:
         return _MEMORY[key]
