@@ -169,7 +169,7 @@ class BOCPDDetector(NativeDetector):
         self.burn_in = burn_in
         self.rate_values = rate_values
         self.calibration_cache = calibration_cache
-        self._calibration: tuple[float, float, float, int, float] | None = None
+        self._calibration: tuple[float, float, float, int, float, float] | None = None
         self._resolved = "normal" if model == "auto" else model
         self._threshold = threshold
         self.reset()
@@ -341,9 +341,10 @@ class BOCPDDetector(NativeDetector):
         self._drift = self._p_change >= threshold
 
     @property
-    def calibration(self) -> tuple[float, float, float, int, float] | None:
+    def calibration(self) -> tuple[float, float, float, int, float, float] | None:
         """``(threshold, simulated mean run length, censored fraction, simulated streams, bernoulli's
-        rate or nan)`` of the ``ert`` calibration behind the threshold (after it ran), else None."""
+        rate or nan, seconds the simulation took)`` of the ``ert`` calibration behind the threshold
+        (after it ran), else None."""
         return self._calibration
 
     def calibrate(self) -> float:
@@ -365,7 +366,8 @@ class BOCPDDetector(NativeDetector):
         )
         cal = calibrate_bocpd(setting, float(self.ert), self.calibration_cache)
         self._threshold = cal.threshold
-        self._calibration = (cal.threshold, cal.mean_run_length, cal.censored, cal.streams, math.nan if rate is None else rate)
+        rate_or_nan = math.nan if rate is None else rate
+        self._calibration = (cal.threshold, cal.mean_run_length, cal.censored, cal.streams, rate_or_nan, cal.seconds)
         return cal.threshold
 
     def _restart_from_change(self) -> None:
