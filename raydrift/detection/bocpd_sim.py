@@ -211,16 +211,23 @@ class VectorBOCPD:
             lp += self.lw[:, :k]
             lp += math.log1p(-s.hazard)
             return lp
-        g, half_nu1, _, grow_beta, step_mu = tables
+        g = tables[0]
+        nf = n.astype(np.float64)  # the other n-only terms from n: a gather costs several operations
         lb = self.lb[:, :k]
         d = xc - s1
-        s1 += step_mu[n] * d
+        step_mu = nf + (s.prior_kappa + 1.0)
+        np.divide(1.0, step_mu, out=step_mu)  # 1 / (kappa + 1)
+        s1 += step_mu * d
         d *= d
-        d *= grow_beta[n]
+        step_mu *= -0.5
+        step_mu += 0.5  # grow_beta = kappa / (2 (kappa + 1))
+        d *= step_mu
         s2 += d
         lb_new = np.log(s2)
         out = lb - lb_new
-        out *= half_nu1[n]
+        nf *= 0.5
+        nf += s.prior_alpha + 0.5  # (nu + 1) / 2
+        out *= nf
         lb *= 0.5
         out -= lb
         out += g[n]
@@ -276,7 +283,9 @@ class _Records:
         out = np.full(self.best.size, big)
         since = np.zeros(self.best.size, dtype=np.int64)
         if self.rows:
-            rows, times, values, sc = (np.concatenate(a) for a in (self.rows, self.times, self.values, self.since))
+            rows, times, values, sc = (
+                np.concatenate(a) for a in (self.rows, self.times, self.values, self.since)
+            )
             hit = np.flatnonzero(values >= threshold)
             np.minimum.at(out, rows[hit], times[hit])
             first = hit[times[hit] == out[rows[hit]]]
@@ -392,7 +401,9 @@ class _Simulation:
 HISTORY_VALUES = 20_000
 
 
-def _stage(setting: BOCPDSetting, ert: float, tails: list[np.ndarray], stage: int) -> tuple[_Simulation, float, float, int]:
+def _stage(
+    setting: BOCPDSetting, ert: float, tails: list[np.ndarray], stage: int
+) -> tuple[_Simulation, float, float, int]:
     """One stage: ``(simulation, threshold, mean run length, streams censored)``; the streams censored at
     the solution are followed 4 times longer, once (those still censored then count as time at risk:
     following them further costs more, one stream at a time, than it changes the mean)."""
