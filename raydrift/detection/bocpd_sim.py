@@ -25,7 +25,7 @@ found by simulation, once per setting (cached like ``ks``'s, :mod:`raydrift.dete
    restart, so the long runs are followed, not extrapolated);
 5. three stages: ``PILOT_STREAMS`` fresh streams, ``PILOT_STREAMS`` restarted on their tails at their
    threshold, ``STREAMS`` restarted on those at theirs: the last stage's threshold is the result (the
-   pilots only give tails: their censored streams are not followed).
+   pilots' censored streams are followed once, to 8 ``ert``, so that the long runs give tails too).
 
 Cost: about ``(2 PILOT_STREAMS + STREAMS) x 2 ert`` simulated values of ``max_runs`` runs each.
 """
@@ -55,7 +55,7 @@ PILOT_STREAMS = 150
 #: Seed of the simulated values (the same threshold for the same setting on every machine).
 SEED = 19
 #: Bumped when the simulation changes: cached files of an older version are recomputed.
-VERSION = 2
+VERSION = 3
 
 _MEMORY: dict[str, BOCPDCalibration] = {}
 
@@ -442,11 +442,9 @@ def simulate_threshold(
     there), and those depend on the threshold: ``pilot`` fresh streams solve a first threshold, whose
     alarms' tails restart ``pilot`` streams that solve a second one, whose tails restart the
     ``streams`` streams that solve the threshold returned (each stage's tails taken in turn)."""
-    sim, threshold, run, censored = _stage(setting, ert, [np.zeros(0)] * pilot, 0, 0)
+    sim, threshold, run, censored = _stage(setting, ert, [np.zeros(0)] * pilot, 0, 1)
     for stage, size in enumerate((pilot, streams), start=1):
-        sim, threshold, run, censored = _stage(
-            setting, ert, sim.tails(threshold, size), stage, 2 * (stage - 1)
-        )
+        sim, threshold, run, censored = _stage(setting, ert, sim.tails(threshold, size), stage, stage)
     return threshold, run, censored / sim.records.first.size, int(sim.records.lengths.max())
 
 
