@@ -26,8 +26,9 @@ an alarm the detector continues *from the located change point*: on the next upd
 values since the change, so a second change soon after the first is not missed and no value after the
 change is lost.
 
-``threshold`` null sets it from ``ert``, the expected number of values from a (re)start to a false
-alarm on a stationary stream, by simulation (:mod:`raydrift.detection.bocpd_sim`: many stationary
+``threshold`` null sets it from ``ert``, the expected number of values from one false alarm to the
+next on a stationary stream (each run starting with the restart on the located change point), by
+simulation (:mod:`raydrift.detection.bocpd_sim`: many stationary
 streams run at once through a vectorised copy of this recursion; cached per setting, in memory and with
 ``calibration_cache`` as JSON). ``normal`` is location- and scale-free, so one simulation on standard
 normal values serves every normal stream. ``bernoulli``'s false-alarm rate depends on the stream's rate
