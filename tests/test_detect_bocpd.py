@@ -168,12 +168,16 @@ def test_the_vectorised_simulation_is_the_detector(model: str) -> None:
     assert p[1, 450] > 0.99 and p[0].max() < 0.99  # the comparison covers a change and a stationary stream
 
 
-def test_the_simulated_restart_is_the_detectors() -> None:
+@pytest.mark.parametrize("model", ["bernoulli", "normal"])
+def test_the_simulated_restart_is_the_detectors(model: str) -> None:
     """After an alarm the detector restarts on the values since the located change: the simulation
     replays that tail and continues: the same change probabilities after the alarm."""
     rng = np.random.default_rng(5)
-    xs = np.concatenate([rng.normal(0.0, 1.0, 300), rng.normal(2.5, 1.0, 300)])
-    det = BOCPDDetector(model="normal", threshold=0.99)
+    if model == "bernoulli":
+        xs = (rng.random(600) < np.where(np.arange(600) < 300, 0.1, 0.5)).astype(float)
+    else:
+        xs = np.concatenate([rng.normal(0.0, 1.0, 300), rng.normal(2.5, 1.0, 300)])
+    det = BOCPDDetector(model=model, threshold=0.99)
     after: list[float] = []
     alarm = since = None
     for t, x in enumerate(xs):
@@ -186,7 +190,7 @@ def test_the_simulated_restart_is_the_detectors() -> None:
             alarm, since = t, det.values_since_change
     assert alarm is not None and since is not None and len(after) > 100
     replay = xs[alarm - since + 1 : alarm + 1 + len(after)][None, :]
-    p, _ = _sim_probabilities("normal", replay, det.max_runs)
+    p, _ = _sim_probabilities(model, replay, det.max_runs)
     np.testing.assert_allclose(p[0, since:], after, atol=1e-9)
 
 
