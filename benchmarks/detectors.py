@@ -656,6 +656,8 @@ class RunLengthRow:
     ratio: float  # mean_run_length / ert
     standard_error: float  # of the ratio
     within_20_percent: bool
+    calibration_seconds: float  # the simulation that set the threshold (nan: none ran)
+    simulated_mean_run_length: float  # the simulation's mean at that threshold
 
 
 def bocpd_run_length(model: str, ert: float, n: int, seed: int = 7) -> RunLengthRow:
@@ -672,6 +674,7 @@ def bocpd_run_length(model: str, ert: float, n: int, seed: int = 7) -> RunLength
             runs.append(i + 1 - last)
             last = i + 1
     r = np.array(runs, dtype=float)
+    cal = det.calibration  # type: ignore[attr-defined]
     mean = (float(r.sum()) + n - last) / max(1, r.size)
     se = float(r.std() / np.sqrt(r.size)) / ert if r.size > 1 else float("nan")
     return RunLengthRow(
@@ -684,6 +687,8 @@ def bocpd_run_length(model: str, ert: float, n: int, seed: int = 7) -> RunLength
         round(mean / ert, 3),
         round(se, 3),
         abs(mean / ert - 1.0) <= 0.2,
+        float(cal[5]) if cal is not None else math.nan,
+        round(float(cal[1]), 1) if cal is not None else math.nan,
     )
 
 
@@ -951,16 +956,18 @@ def _main_bocpd_ert(args: argparse.Namespace, argv: list[str] | None) -> int:
         )
         return 2
     print(
-        "| model | ert | values | alarms | threshold | mean run length | / ert | standard error | within 20% |"
+        "| model | ert | values | alarms | threshold | mean run length | / ert | standard error | within 20% "
+        "| calibration (s) | simulated mean |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model, ert, n in specs:
         t = bocpd_run_length(model, ert, n)
         rows.append(t)
         print(
             f"| {t.model} | {t.ert:,.0f} | {t.values:,} | {t.alarms} | {t.threshold:.4f} | {t.mean_run_length:,.0f} | "
-            f"{t.ratio:.2f} | {t.standard_error:.2f} | {'yes' if t.within_20_percent else 'no'} |",
+            f"{t.ratio:.2f} | {t.standard_error:.2f} | {'yes' if t.within_20_percent else 'no'} | "
+            f"{t.calibration_seconds:.1f} | {t.simulated_mean_run_length:,.0f} |",
             flush=True,
         )
     if args.json is not None:

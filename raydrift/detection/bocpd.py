@@ -26,10 +26,14 @@ an alarm the detector continues *from the located change point*: on the next upd
 values since the change, so a second change soon after the first is not missed and no value after the
 change is lost.
 
-``threshold`` null sets it from ``ert``, the expected number of values between two false alarms on a
-stationary stream, by :func:`calibrated_threshold`: for now a stand-in (the posterior odds
-``hazard * ert``), not a simulation; its measured run lengths are 0.32-1.94 times ``ert``
-(``benchmarks/detectors.py --bocpd-ert``, ``docs/drift_detectors.md``): give ``threshold`` explicitly.
+``threshold`` null sets it from ``ert``, the expected number of values from one false alarm to the
+next on a stationary stream (each run starting with the restart on the located change point), by
+simulation (:mod:`raydrift.detection.bocpd_sim`: many stationary
+streams run at once through a vectorised copy of this recursion; cached per setting, in memory and with
+``calibration_cache`` as JSON). ``normal`` is location- and scale-free, so one simulation on standard
+normal values serves every normal stream. ``bernoulli``'s false-alarm rate depends on the stream's rate
+of ones: the threshold is calibrated at the rate of the first ``rate_values`` values the detector sees
+(rounded to :func:`rate_grid`), with no alarm before them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from scipy.special import gammaln
 
 from raydrift.detection.base import NativeDetector, check_param
 
-__all__ = ["MODELS", "BOCPDDetector", "calibrated_threshold"]
+__all__ = ["MODELS", "RATE_GRID_STEP", "BOCPDDetector", "rate_grid"]
 
 MODELS = ("auto", "bernoulli", "normal")
 
@@ -53,6 +57,18 @@ HISTORY = 20_000
 
 #: A burn-in whose values are all equal is extended up to this many values (then a tiny scale is used).
 MAX_BURN_IN = 100
+
+#: ``bernoulli`` with ``ert``: the observed rate of ones is rounded to this step in log-odds.
+RATE_GRID_STEP = 0.1
+
+
+def rate_grid(ones: float, values: int) -> float:
+    """The rate of ones at which ``bernoulli``'s threshold is calibrated: ``ones / values``, kept at least
+    half a value away from 0 and 1, rounded to a grid of step :data:`RATE_GRID_STEP` in log-odds (so the
+    cache serves streams of about the same rate)."""
+    p = min(max(ones, 0.5), values - 0.5) / values
+    logit = round(math.log(p / (1.0 - p)) / RATE_GRID_STEP) * RATE_GRID_STEP
+    return round(1.0 / (1.0 + math.exp(-logit)), 12)
 
 
 class BOCPDDetector(NativeDetector):
@@ -79,7 +95,7 @@ class BOCPDDetector(NativeDetector):
         (> 1). Sets ``threshold`` when that is null.
     threshold : float or None
         Alarm when the posterior probability of a change since the last restart reaches it, in (0, 1);
-        null: calibrated from ``ert`` (:func:`calibrated_threshold`).
+        null: calibrated from ``ert`` by simulation (:mod:`raydrift.detection.bocpd_sim`).
     max_runs : int
         Run lengths kept in the posterior (>= 2): the cost of one update.
     prior_a, prior_b : float
@@ -90,6 +106,11 @@ class BOCPDDetector(NativeDetector):
     burn_in : int
         ``normal`` model: values after a (re)start that set the prior's mean and scale (>= 2; extended
         while they are all equal). No alarm during it; the values are then processed as any other.
+    rate_values : int
+        ``bernoulli`` with ``threshold`` null: the threshold is calibrated at the rate of ones of the
+        first ``rate_values`` values (>= 10); no alarm before them (they are processed as any other).
+    calibration_cache : str or None
+        Directory where the ``ert`` calibration is kept as a JSON file, one per setting (null: memory only).
 
     Examples
     --------
@@ -119,6 +140,8 @@ class BOCPDDetector(NativeDetector):
         prior_kappa: float = 0.1,
         prior_alpha: float = 1.0,
         burn_in: int = 5,
+        rate_values: int = 500,
+        calibration_cache: str | None = None,
     ) -> None:
         check_param("model", model in MODELS, f"one of {', '.join(MODELS)}", model)
         check_param("hazard", 0.0 < hazard < 1.0, "a number in (0, 1)", hazard)
@@ -128,6 +151,13 @@ class BOCPDDetector(NativeDetector):
         for key, v in (("prior_a", prior_a), ("prior_b", prior_b), ("prior_kappa", prior_kappa), ("prior_alpha", prior_alpha)):
             check_param(key, v > 0.0, "a number > 0", v)
         check_param("burn_in", burn_in >= 2, "an integer >= 2", burn_in)
+        check_param("rate_values", rate_values >= 10, "an integer >= 10", rate_values)
+        check_param(
+            "calibration_cache",
+            calibration_cache is None or (isinstance(calibration_cache, str) and calibration_cache != ""),
+            "null or a directory",
+            calibration_cache,
+        )
         self.model = model
         self.hazard = hazard
         self.ert = ert
@@ -138,6 +168,9 @@ class BOCPDDetector(NativeDetector):
         self.prior_kappa = prior_kappa
         self.prior_alpha = prior_alpha
         self.burn_in = burn_in
+        self.rate_values = rate_values
+        self.calibration_cache = calibration_cache
+        self._calibration: tuple[float, float, float, int, float, float] | None = None
         self._resolved = "normal" if model == "auto" else model
         self._threshold = threshold
         self.reset()
@@ -152,6 +185,7 @@ class BOCPDDetector(NativeDetector):
         if self.model == "auto":
             self._resolved = "bernoulli" if domain == "binary" else "normal"
             self._threshold = self.threshold
+            self._calibration = None
             self.reset()
 
     @property
@@ -174,6 +208,8 @@ class BOCPDDetector(NativeDetector):
         self._s2 = np.zeros(cap)  # normal: posterior beta
         self._p_change = 0.0
         self._since_change: int | None = None
+        self._rate_n = 0  # bernoulli, threshold to calibrate: values seen, and their sum
+        self._rate_k = 0.0
 
     @property
     def change_probability(self) -> float:
@@ -194,6 +230,9 @@ class BOCPDDetector(NativeDetector):
     def update(self, x: float) -> None:
         if self._drift:
             self._restart_from_change()
+        if self._threshold is None:
+            self._rate_n += 1
+            self._rate_k += float(x)
         self._observe(float(x))
 
     # --- internals -------------------------------------------------------------------------------
@@ -294,14 +333,43 @@ class BOCPDDetector(NativeDetector):
             return
         best = first + int(np.argmax(self._lw[first:k]))
         self._since_change = int(self._t - self._start[best])
-        threshold = self._threshold if self._threshold is not None else self._calibrate()
+        threshold = self._threshold
+        if threshold is None:
+            if self._resolved == "bernoulli" and self._rate_n < self.rate_values:
+                self._drift = False  # the rate to calibrate at is not known yet
+                return
+            threshold = self.calibrate()
         self._drift = self._p_change >= threshold
 
-    def _calibrate(self) -> float:
-        self._threshold = calibrated_threshold(
-            self._resolved, self.hazard, self.ert, self.max_runs, self.prior_a, self.prior_b, self.prior_kappa, self.prior_alpha, self.burn_in
+    @property
+    def calibration(self) -> tuple[float, float, float, int, float, float] | None:
+        """``(threshold, simulated mean run length, censored fraction, simulated streams, bernoulli's
+        rate or nan, seconds the simulation took)`` of the ``ert`` calibration behind the threshold
+        (after it ran), else None."""
+        return self._calibration
+
+    def calibrate(self) -> float:
+        """The threshold for ``ert`` (simulated once per setting, cached); ``bernoulli``: at the rate of
+        the values seen so far (:func:`rate_grid`)."""
+        from raydrift.detection.bocpd_sim import BOCPDSetting, calibrate_bocpd
+
+        rate = rate_grid(self._rate_k, max(1, self._rate_n)) if self._resolved == "bernoulli" else None
+        setting = BOCPDSetting(
+            self._resolved,
+            float(self.hazard),
+            int(self.max_runs),
+            float(self.prior_a),
+            float(self.prior_b),
+            float(self.prior_kappa),
+            float(self.prior_alpha),
+            int(self.burn_in),
+            rate,
         )
-        return self._threshold
+        cal = calibrate_bocpd(setting, float(self.ert), self.calibration_cache)
+        self._threshold = cal.threshold
+        rate_or_nan = math.nan if rate is None else rate
+        self._calibration = (cal.threshold, cal.mean_run_length, cal.censored, cal.streams, rate_or_nan, cal.seconds)
+        return cal.threshold
 
     def _restart_from_change(self) -> None:
         """After an alarm: start again on the values since the located change point."""
@@ -347,24 +415,3 @@ def _tables_of(model: str, a: float, b: float, kappa0: float, alpha0: float, siz
 def _tables(model: str, a: float, b: float, kappa0: float, alpha0: float, t: int) -> tuple[np.ndarray, ...]:
     size = _TABLE_STEP * (1 + t // _TABLE_STEP)  # covers every run length up to t
     return _tables_of(model, a, b, kappa0, alpha0, size)
-
-
-@lru_cache(maxsize=64)
-def calibrated_threshold(
-    model: str,
-    hazard: float,
-    ert: float,
-    max_runs: int,
-    prior_a: float = 1.0,
-    prior_b: float = 1.0,
-    prior_kappa: float = 0.1,
-    prior_alpha: float = 1.0,
-    burn_in: int = 5,
-) -> float:
-    """The alarm threshold that gives a mean of ``ert`` values between false alarms (cached).
-
-    Placeholder until the simulation is in place: the threshold at which the posterior odds of a
-    change reach ``hazard * ert``.
-    """
-    odds = max(1.0, hazard * ert)
-    return odds / (1.0 + odds)

@@ -58,6 +58,7 @@ __all__ = [
     "first_alarm_candidates",
     "mean_run_length",
     "solve_threshold",
+    "write_json_record",
 ]
 
 #: Simulated stationary streams per calibration.
@@ -281,7 +282,7 @@ def calibrate(
     cal = _solve(text, simulate, tests, ert, first_test, test_every)
     _MEMORY[text] = cal
     if path is not None:
-        _write(path, cal)
+        write_json_record(path, cal)
     return cal
 
 
@@ -323,8 +324,12 @@ def _read(path: Path, key: str) -> Calibration | None:
         return None
 
 
-def _write(path: Path, cal: Calibration) -> None:
-    """Write atomically; a directory that cannot be written only loses the disk cache."""
+class _JSONRecord(Protocol):
+    def to_json(self) -> str: ...
+
+
+def write_json_record(path: Path, cal: _JSONRecord) -> None:
+    """Write ``cal.to_json()`` atomically; a directory that cannot be written only loses the disk cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
