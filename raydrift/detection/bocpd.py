@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy.special import gammaln
@@ -71,7 +71,55 @@ def rate_grid(ones: float, values: int) -> float:
     return round(1.0 / (1.0 + math.exp(-logit)), 12)
 
 
-class BOCPDDetector(NativeDetector):
+class RunLengthState:
+    """What every run-length (BOCPD) detector here shares: the read-outs of its posterior and the
+    restart on the values since the located change point. The detector keeps ``_p_change``,
+    ``_since_change``, ``_k`` (runs held), ``_history``, ``_threshold``, ``_drift`` and implements
+    ``reset`` and ``_observe``."""
+
+    _p_change: float
+    _since_change: int | None
+    _k: int
+    _history: list[float]
+    _threshold: float | None
+    _drift: bool
+
+    @property
+    def change_probability(self) -> float:
+        """Posterior probability that a change occurred since the last restart (after the last update)."""
+        return self._p_change
+
+    @property
+    def values_since_change(self) -> int | None:
+        """Values since the located change point, the change point's value included (None: no change
+        located yet). After an alarm, the alarming value is the ``values_since_change``-th after it."""
+        return self._since_change
+
+    @property
+    def active_runs(self) -> int:
+        """Run lengths currently kept in the posterior (pruned back towards ``max_runs``)."""
+        return self._k
+
+    if TYPE_CHECKING:  # the detector's own (declared here for the type checker only)
+
+        def reset(self) -> None: ...
+
+        def _observe(self, x: float) -> None: ...
+
+    def _restart_from_change(self) -> None:
+        """After an alarm: start again on the values since the located change point."""
+        k = self._since_change or 0
+        tail = self._history[-k:] if k > 0 else []
+        threshold = self._threshold
+        self.reset()
+        self._threshold = threshold
+        for v in tail:
+            self._observe(v)
+        # a second alarm within the values already seen after the change is not raised again
+        self._drift = False
+
+
+class BOCPDDetector(RunLengthState, NativeDetector):
     """BOCPD: alarms when the run-length posterior says a change point occurred since the last restart.
 
     Adams & MacKay's Bayesian online change-point detection with a conjugate model, a constant hazard
@@ -210,22 +258,6 @@ class BOCPDDetector(NativeDetector):
         self._since_change: int | None = None
         self._rate_n = 0  # bernoulli, threshold to calibrate: values seen, and their sum
         self._rate_k = 0.0
-
-    @property
-    def change_probability(self) -> float:
-        """Posterior probability that a change occurred since the last restart (after the last update)."""
-        return self._p_change
-
-    @property
-    def values_since_change(self) -> int | None:
-        """Values since the located change point, the change point's value included (None: no change
-        located yet). After an alarm, the alarming value is the ``values_since_change``-th after it."""
-        return self._since_change
-
-    @property
-    def active_runs(self) -> int:
-        """Run lengths currently kept in the posterior (<= ``max_runs``)."""
-        return self._k
 
     def update(self, x: float) -> None:
         if self._drift:
@@ -370,18 +402,6 @@ class BOCPDDetector(NativeDetector):
         rate_or_nan = math.nan if rate is None else rate
         self._calibration = (cal.threshold, cal.mean_run_length, cal.censored, cal.streams, rate_or_nan, cal.seconds)
         return cal.threshold
-
-    def _restart_from_change(self) -> None:
-        """After an alarm: start again on the values since the located change point."""
-        k = self._since_change or 0
-        tail = self._history[-k:] if k > 0 else []
-        threshold = self._threshold
-        self.reset()
-        self._threshold = threshold
-        for v in tail:
-            self._observe(v)
-        # a second alarm within the values already seen after the change is not raised again
-        self._drift = False
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from raydrift.detection.base import NativeDetector, check_param
-from raydrift.detection.bocpd import HISTORY, MAX_BURN_IN
+from raydrift.detection.bocpd import HISTORY, MAX_BURN_IN, RunLengthState
 
 __all__ = ["TrendBOCPDDetector", "burn_in_line"]
 
@@ -53,7 +53,7 @@ def burn_in_line(values: list[float]) -> tuple[float, float]:
     return intercept, float((resid * resid).sum() / max(1, n - 2))
 
 
-class TrendBOCPDDetector(NativeDetector):
+class TrendBOCPDDetector(RunLengthState, NativeDetector):
     """BOCPD with a local-linear-trend segment model: alarms on a change of level or slope, not on a trend.
 
     Adams & MacKay's run-length recursion (see :mod:`raydrift.detection.bocpd`) whose segments are
@@ -153,22 +153,6 @@ class TrendBOCPDDetector(NativeDetector):
         self._beta = np.zeros(cap)  # posterior beta of sigma^2
         self._p_change = 0.0
         self._since_change: int | None = None
-
-    @property
-    def change_probability(self) -> float:
-        """Posterior probability that a change occurred since the last restart (after the last update)."""
-        return self._p_change
-
-    @property
-    def values_since_change(self) -> int | None:
-        """Values since the located change point, the change point's value included (None: none yet)."""
-        return self._since_change
-
-    @property
-    def active_runs(self) -> int:
-        """Run lengths currently kept in the posterior (pruned back to ``max_runs`` when
-        ``max_runs + max(8, max_runs // 2)`` are held)."""
-        return self._k
 
     def update(self, x: float) -> None:
         if self._drift:
@@ -277,18 +261,6 @@ class TrendBOCPDDetector(NativeDetector):
         if self._threshold is None:
             self._threshold = odds_threshold(self.hazard, self.ert)
         self._drift = self._p_change >= self._threshold
-
-    def _restart_from_change(self) -> None:
-        """After an alarm: start again on the values since the located change point."""
-        k = self._since_change or 0
-        tail = self._history[-k:] if k > 0 else []
-        threshold = self._threshold
-        self.reset()
-        self._threshold = threshold
-        for v in tail:
-            self._observe(v)
-        # a second alarm within the values already seen after the change is not raised again
-        self._drift = False
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
