@@ -169,12 +169,16 @@ class MNISTNet(nn.Module):
     def jvp_layers(self) -> list[tuple[str, nn.Module]]:
         """``forward`` as a chain of modules: the JVP update propagates it by hand
         (``raydrift/learning/forward_jvp.py``) instead of through ``torch.func.jvp``."""
+        pool, relu = ("", _POOL2), ("", _RELU)
         return [
-            ("conv1", self.conv1), ("", nn.MaxPool2d(2)), ("", nn.ReLU()),
-            ("conv2", self.conv2), ("", nn.MaxPool2d(2)), ("", nn.ReLU()),
-            ("", nn.Flatten(1)), ("dropout1", self.dropout1),
-            ("fc1", self.fc1), ("", nn.ReLU()), ("dropout2", self.dropout2), ("fc2", self.fc2),
+            ("conv1", self.conv1), pool, relu, ("conv2", self.conv2), pool, relu,
+            ("", _FLATTEN), ("dropout1", self.dropout1),
+            ("fc1", self.fc1), relu, ("dropout2", self.dropout2), ("fc2", self.fc2),
         ]
+
+
+#: The parameter-free steps of MNISTNet's chain, built once (the chain is asked for on every JVP step).
+_POOL2, _RELU, _FLATTEN = nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(1)
 
 
 class MNISTMLP(nn.Sequential):
