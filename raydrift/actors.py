@@ -69,6 +69,7 @@ class StreamReader:
             memory_policy=cl_cfg.get("memory_policy", "reservoir"),
             memory_max_bytes=cl_cfg.get("memory_max_bytes"),
             max_batches_per_second=stream_cfg.get("max_batches_per_second"),
+            recent_batches=cl_cfg.get("recent_batches"),
         )
 
     def next_chunk(self, k: int) -> tuple[list[BatchMeta], ray.ObjectRef | None]:
@@ -86,8 +87,8 @@ class StreamReader:
     def commit(self, upto: int, quarantined: list[int] | None = None) -> None:
         self.state.commit(upto, quarantined or ())
 
-    def update_data(self, upto: int, holdout_batches: int = 0) -> UpdateData:
-        return self.state.update_data(upto, holdout_batches)
+    def update_data(self, upto: int, holdout_batches: int = 0, since: int | None = None) -> UpdateData:
+        return self.state.update_data(upto, holdout_batches, since)
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.state_dict()

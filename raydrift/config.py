@@ -256,7 +256,13 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when use_gpu (fractional allowed)")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="epochs over the window per update (unless steps is set)")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps per update, whatever the window's size (the epochs over the window "
+        "repeat, the last one cut short, until this many steps ran); null: train.epochs epochs",
+    )
     batch_size: int = Field(64, ge=1, description="global batch size of an update step")
     lr: float = Field(1e-3, gt=0)
     max_failures: int = Field(0, ge=0, description="Ray Train FailureConfig.max_failures")
@@ -280,6 +286,19 @@ class AdaptationConfig(_Section):
         4, ge=1, description="batches scored with the new weights before each recovery check"
     )
     max_followups: int = Field(2, ge=0, description="follow-up updates per drift at most (the budget)")
+    followup_data: Literal["window", "since_drift"] = Field(
+        "window",
+        description="what a follow-up trains on (+ memory): the newest continual_learning.window_batches like "
+        "the first update (window), or every batch since the drift's located change point, at most "
+        "max_followup_batches of the newest (since_drift: the post-drift data grows with each follow-up; "
+        "for abrupt changes: a gradual one's first post-change batches still hold the old concept)",
+    )
+    max_followup_batches: int = Field(
+        32,
+        ge=1,
+        description="since_drift: at most this many newest batches (the stream reader keeps them; set "
+        "train.steps to bound an update's cost as its data grows)",
+    )
 
 
 class ReliabilityConfig(_Section):

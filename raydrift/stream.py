@@ -84,6 +84,10 @@ class StreamState:
         The harness's batch iterator.
     window_batches:
         How many committed batches the recent window keeps.
+    recent_batches:
+        How many committed batches are kept for an update that asks for every batch since a batch id
+        (:meth:`update_data`'s ``since``: adaptation's follow-ups after a drift); at least
+        ``window_batches``. They are references to the same batches, not copies.
     memory_size, seed:
         Replay memory capacity (samples) and its seed.
     max_batches:
@@ -100,8 +104,10 @@ class StreamState:
         memory_policy: str = "reservoir",
         memory_max_bytes: int | None = None,
         max_batches_per_second: float | None = None,
+        recent_batches: int | None = None,
     ) -> None:
         self.window_batches = window_batches
+        self.recent_batches = max(window_batches, recent_batches or 0)
         self.max_batches_per_second = max_batches_per_second
         self._next_serve_time = 0.0
         self._skip: set[int] = set()  # quarantined batch ids: never trained on
@@ -115,6 +121,7 @@ class StreamState:
         self._committed = 0  # batch ids < this are committed
         self._pending: dict[int, Batch] = {}  # served (or produced) but not committed
         self._window: deque[Batch] = deque(maxlen=window_batches)
+        self._recent: deque[tuple[int, Batch]] = deque(maxlen=self.recent_batches)
         self._memory = ReplayMemory(
             memory_size, seed=seed, policy=memory_policy, max_bytes=memory_max_bytes  # type: ignore[arg-type]
         )
@@ -197,6 +204,7 @@ class StreamState:
                 old = self._window[0]
                 self._memory.add(old.x, old.y)
             self._window.append(batch)
+            self._recent.append((self._committed, batch))
             self._committed += 1
 
     def catch_up(self, upto: int, quarantined: Iterable[int] = ()) -> None:
@@ -207,14 +215,20 @@ class StreamState:
         self.commit(upto, quarantined)
         self._cursor = max(self._cursor, self._committed)
 
-    def update_data(self, upto: int, holdout_batches: int = 0) -> UpdateData:
+    def update_data(self, upto: int, holdout_batches: int = 0, since: int | None = None) -> UpdateData:
         """Commit up to the drift batch ``upto``; the recent window and the replay memory to train on.
 
-        With ``holdout_batches`` the newest batches of the window are returned apart (``holdout_x``,
+        With ``since``, the window is every kept batch from batch id ``since`` on (at most
+        ``recent_batches``, the newest), or the recent window when that is longer. With
+        ``holdout_batches`` the newest batches of the window are returned apart (``holdout_x``,
         ``holdout_y``) for the promotion gate, as long as at least one batch is left to train on.
         """
         self.commit(upto)
         window = list(self._window)
+        if since is not None:
+            grown = [b for bid, b in self._recent if since <= bid <= upto]
+            if len(grown) > len(window):
+                window = grown
         if not window:
             raise ValueError("no committed batch to train on: the window is empty")
         h = min(holdout_batches, len(window) - 1)
@@ -252,6 +266,8 @@ class StreamState:
         return {
             "committed": self._committed,
             "window": [{"x": b.x, "y": b.y, "regime": int(b.regime)} for b in self._window],
+            # the same tensors as the window's where they overlap (torch.save stores a storage once)
+            "recent": [{"id": int(bid), "x": b.x, "y": b.y, "regime": int(b.regime)} for bid, b in self._recent],
             "memory": self._memory.state_dict(),
             "regime_starts": [[int(r), int(b)] for r, b in self._regime_starts],
             "skip": sorted(self._skip),
@@ -277,8 +293,11 @@ class StreamState:
             self._produced += 1
         self._cursor = self._committed = committed
         self._window.clear()
+        self._recent.clear()
         for b in state["window"]:
             self._window.append(Batch(b["x"], b["y"], int(b["regime"])))
+        for b in state.get("recent", []):  # absent in a checkpoint of an older version
+            self._recent.append((int(b["id"]), Batch(b["x"], b["y"], int(b["regime"]))))
         self._memory.load_state_dict(state["memory"])
         self._regime_starts = [(int(r), int(b)) for r, b in state["regime_starts"]]
         self._skip = {int(b) for b in state.get("skip", [])}

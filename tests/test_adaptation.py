@@ -101,3 +101,32 @@ def test_the_check_window_caps_dispatch_and_always_lets_the_next_batch_go() -> N
     w.batch(row(13, 0.5, 1))
     w.batch(row(14, 0.5, 1))
     assert w.check_ends_at(15) is None  # the check is done: a follow-up is due
+
+
+def test_followup_data_picks_the_follow_ups_window() -> None:
+    from types import SimpleNamespace
+
+    from raydrift.config import RaydriftConfig
+    from raydrift.pipeline.supervision import _recent_batches
+    from raydrift.pipeline.update import UpdateLifecycle
+
+    def cfg(**adaptation: object) -> RaydriftConfig:
+        return RaydriftConfig.model_validate(
+            {"model": {"harness": "synthetic"}, "continual_learning": {"window_batches": 6},
+             "adaptation": adaptation}
+        )
+
+    located = DriftEvent(batch_id=52, sample_index=0, detector="adwin", value=0.5, reference=0.9, regime=2,
+                         version=4, change_batch_id=50)
+    unlocated = DriftEvent(batch_id=52, sample_index=0, detector="adwin", value=0.5, reference=0.9, regime=2,
+                           version=4)
+    window, since = cfg(), cfg(followup_data="since_drift", max_followup_batches=20)
+    assert window.adaptation.followup_data == "window"  # the default: the follow-up's newest window
+    for c, first, follow, follow_unlocated in ((window, None, None, None), (since, None, 50, 52)):
+        life = SimpleNamespace(cfg=c)
+        assert UpdateLifecycle._since(life, located, 0) is first  # type: ignore[arg-type]
+        assert UpdateLifecycle._since(life, located, 2) == follow  # type: ignore[arg-type]
+        assert UpdateLifecycle._since(life, unlocated, 1) == follow_unlocated  # type: ignore[arg-type]
+    # the stream reader keeps the longer history only when follow-ups can ask for it
+    assert _recent_batches(window) == 6 and _recent_batches(since) == 20
+    assert _recent_batches(cfg(followup_data="since_drift", max_followups=0)) == 6

@@ -340,6 +340,25 @@ def test_train_update_deterministic_and_metrics() -> None:
     assert 0 < ma["train_loss"] < 10
 
 
+def test_train_steps_sets_the_budget_whatever_the_window() -> None:
+    # 45 window samples at batch 10: 5 steps per epoch (the last one of 5 samples)
+    data = update_data()
+    harness = TinyHarness(seed=0)
+    for steps, samples in ((3, 30), (5, 45), (12, 45 + 45 + 20)):
+        m = train_update(harness.build_model(), harness, NaiveUpdate(clcfg()), data,
+                         tcfg(epochs=1, steps=steps, batch_size=10, lr=0.01), seed=1)
+        assert m["steps"] == steps and m["samples"] == samples
+    # the first epochs of a step budget are the epochs of an epoch budget (same permutations)
+    a, b = harness.build_model(), harness.build_model()
+    train_update(a, harness, NaiveUpdate(clcfg()), data, tcfg(epochs=2, batch_size=10, lr=0.01), seed=1)
+    train_update(b, harness, NaiveUpdate(clcfg()), data, tcfg(epochs=9, steps=10, batch_size=10, lr=0.01), seed=1)
+    assert torch.equal(a.weight, b.weight)
+    empty = UpdateData(data.window_x[:0], data.window_y[:0], data.memory_x, data.memory_y)
+    assert train_update(a, harness, NaiveUpdate(clcfg()), empty, tcfg(steps=4), seed=1)["steps"] == 0
+    with pytest.raises(ValueError):
+        tcfg(steps=0)
+
+
 def test_replay_with_empty_memory_is_naive() -> None:
     data = update_data(n_memory=0)
     cfg = tcfg(epochs=2, batch_size=16, lr=0.05)

@@ -120,3 +120,43 @@ def test_next_batches_stops_at_max_bytes_but_serves_at_least_one() -> None:
     assert [m.batch_id for m, _ in s.next_batches(10, max_bytes=2 * one)] == [0, 1]
     assert [m.batch_id for m, _ in s.next_batches(10, max_bytes=1)] == [2]  # one batch even if larger
     assert len(s.next_batches(10)) == 7
+
+
+def window_ids(data: object) -> list[float]:
+    return sorted({float(v) for v in data.window_x[:, 0]})  # type: ignore[attr-defined]
+
+
+def test_update_data_since_grows_the_window_up_to_recent_batches() -> None:
+    s = StreamState(batches(30), window_batches=3, memory_size=1000, recent_batches=6)
+    s.next_batches(20)
+    s.quarantine([8])
+    s.commit(12)
+    assert window_ids(s.update_data(12)) == [10.0, 11.0, 12.0]
+    # since batch 7: 7..12 without the quarantined 8, within the 6 kept
+    assert window_ids(s.update_data(12, since=7)) == [7.0, 9.0, 10.0, 11.0, 12.0]
+    # since an older batch than is kept: the 6 newest
+    assert window_ids(s.update_data(12, since=0)) == [float(i) for i in (6, 7, 9, 10, 11, 12)]
+    s.commit(14)
+    assert window_ids(s.update_data(14, since=0)) == [float(i) for i in (9, 10, 11, 12, 13, 14)]
+    # since a batch inside the window: the window (never less than it)
+    assert window_ids(s.update_data(14, since=14)) == [12.0, 13.0, 14.0]
+    # the held-out batch is the newest, also of a grown window
+    d = s.update_data(14, holdout_batches=1, since=10)
+    assert window_ids(d) == [10.0, 11.0, 12.0, 13.0] and {float(v) for v in d.holdout_x[:, 0]} == {14.0}
+    # the memory is unchanged by it: what left the 3-batch window
+    assert sorted({float(v) for v in d.memory_x[:, 0]}) == [float(i) for i in range(12) if i != 8]
+
+
+def test_recent_batches_survive_a_state_round_trip() -> None:
+    s = StreamState(batches(30), window_batches=2, memory_size=100, recent_batches=5)
+    s.next_batches(10)
+    s.commit(8)
+    t = StreamState(batches(30), window_batches=2, memory_size=100, recent_batches=5)
+    t.load_state_dict(s.state_dict())
+    assert window_ids(t.update_data(8, since=0)) == [4.0, 5.0, 6.0, 7.0, 8.0]
+    # a checkpoint of an older version (no "recent"): the window is what there is
+    old = s.state_dict()
+    del old["recent"]
+    u = StreamState(batches(30), window_batches=2, memory_size=100, recent_batches=5)
+    u.load_state_dict(old)
+    assert window_ids(u.update_data(8, since=0)) == [7.0, 8.0]

@@ -184,6 +184,50 @@ def compute_step_gradients(
     return strategy.backward(model, harness, xc, yc, xh, yh, ctx)
 
 
+def _one_step(
+    model: nn.Module,
+    harness: Harness,
+    strategy: UpdateStrategy,
+    data: UpdateData,
+    s: _Step,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    all_reduce: AllReduce | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, float, float, float]:
+    """One optimizer step of :func:`_fit` on the step plan ``s``: its scaled loss and the seconds of
+    forward/backward, gradient all-reduce and optimizer step."""
+    t0 = time.perf_counter()
+    hist = len(s.history) > 0
+    loss = compute_step_gradients(
+        model,
+        harness,
+        strategy,
+        data.window_x[s.current],
+        data.window_y[s.current],
+        data.memory_x[s.history] if hist else None,
+        data.memory_y[s.history] if hist else None,
+        rank=rank,
+        world_size=world_size,
+        all_reduce=all_reduce,
+        epoch=epoch,
+        step=s.step,
+        hist_index=s.history if hist else None,
+    )
+    _sync(device)
+    t1 = time.perf_counter()
+    if world_size > 1 and all_reduce is not None:
+        all_reduce_gradients(model, all_reduce)
+        _sync(device)
+    t2 = time.perf_counter()
+    optimizer.step()
+    _sync(device)
+    t3 = time.perf_counter()
+    return loss, t1 - t0, t2 - t1, t3 - t2
+
+
 def _fit(
     model: nn.Module,
     harness: Harness,
@@ -196,7 +240,10 @@ def _fit(
     rank: int,
     world_size: int,
     all_reduce: AllReduce | None,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
+    """The update's loop: ``epochs`` epochs over the window, or with ``max_steps`` exactly that many
+    optimizer steps (as many epochs as that takes, the last one cut short; none for an empty window)."""
     if world_size > 1 and all_reduce is None:
         raise ValueError("train_update with world_size > 1 needs an all_reduce function")
     if not 0 <= rank < world_size:
@@ -211,39 +258,23 @@ def _fit(
     steps = 0
     t_fb = t_ar = t_opt = 0.0
     t_start = time.perf_counter()
+    if max_steps is not None:
+        epochs = math.ceil(max_steps / math.ceil(n / batch_size)) if n > 0 else 0
+    samples = 0
     for epoch in range(epochs):
         loss_sum = torch.zeros((), device=device)
         epoch_steps = 0
         for s in _global_steps(n, mem_n, strategy, batch_size, epoch, seed):
-            t0 = time.perf_counter()
-            hist = len(s.history) > 0
-            loss_sum += compute_step_gradients(
-                model,
-                harness,
-                strategy,
-                data.window_x[s.current],
-                data.window_y[s.current],
-                data.memory_x[s.history] if hist else None,
-                data.memory_y[s.history] if hist else None,
-                rank=rank,
-                world_size=world_size,
-                all_reduce=all_reduce,
-                epoch=epoch,
-                step=s.step,
-                hist_index=s.history if hist else None,
+            if max_steps is not None and steps >= max_steps:
+                break
+            samples += len(s.current)
+            loss, fb, ar, opt = _one_step(
+                model, harness, strategy, data, s, optimizer, s.epoch, rank, world_size, all_reduce, device
             )
-            _sync(device)
-            t1 = time.perf_counter()
-            if world_size > 1 and all_reduce is not None:
-                all_reduce_gradients(model, all_reduce)
-                _sync(device)
-            t2 = time.perf_counter()
-            optimizer.step()
-            _sync(device)
-            t3 = time.perf_counter()
-            t_fb += t1 - t0
-            t_ar += t2 - t1
-            t_opt += t3 - t2
+            loss_sum += loss
+            t_fb += fb
+            t_ar += ar
+            t_opt += opt
             steps += 1
             epoch_steps += 1
         # one scalar collective per epoch: the per-rank scaled losses sum to the global step losses
@@ -255,7 +286,7 @@ def _fit(
     return {
         "epoch_losses": epoch_losses,
         "steps": steps,
-        "samples": n * epochs,
+        "samples": samples,
         "seconds": time.perf_counter() - t_start,
         "forward_backward_seconds": t_fb,
         "all_reduce_seconds": t_ar,
@@ -274,7 +305,8 @@ def train_update(
     world_size: int = 1,
     all_reduce: AllReduce | None = None,
 ) -> dict[str, float]:
-    """Update ``model`` in place: ``cfg.epochs`` epochs over the window with ``strategy``.
+    """Update ``model`` in place: ``cfg.epochs`` epochs over the window with ``strategy`` (or
+    ``cfg.steps`` optimizer steps when set, whatever the window's size).
 
     Parameters
     ----------
@@ -287,7 +319,7 @@ def train_update(
     data : UpdateData
         Window and memory (CPU tensors). Every rank receives the whole of it.
     cfg : TrainConfig
-        ``epochs``, ``batch_size`` (global, all ranks together) and ``lr`` are used.
+        ``epochs`` (or ``steps``), ``batch_size`` (global, all ranks together) and ``lr`` are used.
     seed : int
         Decides the window permutation of each epoch and the history batch of each step; must be the
         same on every rank.
@@ -307,7 +339,8 @@ def train_update(
         each boundary so the split is real).
     """
     out = _fit(
-        model, harness, strategy, data, cfg.epochs, cfg.lr, cfg.batch_size, seed, rank, world_size, all_reduce
+        model, harness, strategy, data, cfg.epochs, cfg.lr, cfg.batch_size, seed, rank, world_size, all_reduce,
+        max_steps=cfg.steps,
     )
     losses = out.pop("epoch_losses")
     return {"train_loss": losses[-1] if losses else float("nan"), **{k: float(v) for k, v in out.items()}}

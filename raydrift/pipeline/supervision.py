@@ -99,7 +99,7 @@ class ActorFactory:
         cfg = self.cfg
         return StreamReader.options(  # type: ignore[attr-defined]
             name=self.name("stream"), namespace=cfg.ray.namespace, num_cpus=0
-        ).remote(self.spec, cfg.stream.model_dump(), cfg.continual_learning.model_dump())
+        ).remote(self.spec, cfg.stream.model_dump(), {**cfg.continual_learning.model_dump(), "recent_batches": _recent_batches(cfg)})
 
     def detector(self) -> ActorHandle:
         cfg = self.cfg
@@ -259,12 +259,13 @@ class Supervisor:
     def next_chunk(self, k: int) -> ObjectRef:
         return self.stream.next_chunk.remote(k)
 
-    def update_data(self, upto: int, holdout_batches: int) -> ObjectRef:
-        """The ref of the update's :class:`~raydrift.learning.loop.UpdateData` (window ending at ``upto`` + memory), checked to
-        exist (a dead stream reader is restored and asked again)."""
+    def update_data(self, upto: int, holdout_batches: int, since: int | None = None) -> ObjectRef:
+        """The ref of the update's :class:`~raydrift.learning.loop.UpdateData` (window ending at ``upto``,
+        or every kept batch from ``since`` on, + memory), checked to exist (a dead stream reader is
+        restored and asked again)."""
 
         def fetch() -> ObjectRef:
-            ref = self.stream.update_data.remote(upto, holdout_batches)
+            ref = self.stream.update_data.remote(upto, holdout_batches, since)
             ray.get(ref)  # raise here if the stream reader died
             return ref
 
@@ -402,3 +403,8 @@ class Supervisor:
                 names.pop(0)
 
 
+def _recent_batches(cfg: RaydriftConfig) -> int:
+    """Batches the stream reader keeps for follow-up updates (``adaptation.followup_data``)."""
+    a = cfg.adaptation
+    grows = a.until_recovered and a.max_followups > 0 and a.followup_data == "since_drift"
+    return a.max_followup_batches if grows else cfg.continual_learning.window_batches

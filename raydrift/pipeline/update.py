@@ -142,7 +142,7 @@ class UpdateLifecycle:
         t0 = time.perf_counter()
         self.policy.before_training(st, upto, after_alarm)
         holdout = cfg.promotion.holdout_batches if cfg.promotion.enabled else 0
-        data_ref = st.supervisor.update_data(upto, holdout)
+        data_ref = st.supervisor.update_data(upto, holdout, self._since(pending.event, followup))
         t1 = time.perf_counter()
         event = pending.event
         self.callbacks.invoke("on_update_start", event)
@@ -163,6 +163,14 @@ class UpdateLifecycle:
         if not self.policy.monitors_during_update:
             future.result()
             self.finish()
+
+    def _since(self, event: DriftEvent, followup: int) -> int | None:
+        """A follow-up with ``adaptation.followup_data: since_drift`` trains on every batch since the
+        drift's located change point (the alarm's batch when it was not located); a first update, or
+        ``window``, on the newest window."""
+        if followup == 0 or self.cfg.adaptation.followup_data != "since_drift":
+            return None
+        return event.change_batch_id if event.change_batch_id >= 0 else event.batch_id
 
     def train_and_gate(
         self, start_ref: Any, data_ref: Any, version: int, strategy: str, strategy_state_ref: Any, current: Weights
@@ -328,6 +336,9 @@ class UpdateLifecycle:
         after_s = "n/a" if after_v is None else f"{after_v:.3f}"
         during = f", {upd.samples_during_update} samples monitored meanwhile" if self.policy.monitors_during_update else ""
         first = max(0, job.upto + 1 - self.cfg.continual_learning.window_batches)
+        since = self._since(job.event, job.followup)
+        if since is not None:  # every batch since the change point, when that is more than the window
+            first = min(first, max(since, job.upto + 1 - self.cfg.adaptation.max_followup_batches))
         what = f"follow-up {job.followup} of the drift at batch {upd.drift_batch_id}, " if job.followup else ""
         return (
             f"update v{upd.version} ({what}batches {first}-{job.upto} + memory): waiting {job.t1 - job.t0:.2f}s, "

@@ -1,5 +1,6 @@
 """The River stream harness through the real Coordinator: a short regression stream (squared error,
-lower is better) with two abrupt concept switches."""
+lower is better) with two abrupt concept switches. Its follow-ups train on every batch since the change point
+(``adaptation.followup_data: since_drift``) for a fixed number of optimizer steps (``train.steps``)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def test_river_friedman_stream_detects_and_adapts(ray_cluster: Path, tmp_path: P
             "data.pretrain_size=600",
             "stream.batch_size=32",
             "model.pretrain_epochs=20",
-            "train.epochs=5",
-            "adaptation.max_followups=1",
+            "train.steps=40",
+            "adaptation.max_followups=2",
+            "adaptation.followup_data=since_drift",
             "logging.plots=false",
             f"logging.runs_dir={tmp_path / 'runs'}",
         ],
@@ -47,3 +49,14 @@ def test_river_friedman_stream_detects_and_adapts(ray_cluster: Path, tmp_path: P
     assert sum(new) / len(new) < 0.7 * (sum(old) / len(old)), (old, new)
     assert {a["metric"] for a in s["adaptations"]} == {"se"}
     assert all(a["higher_is_better"] is False for a in s["adaptations"])
+    # the budget is in steps: every update ran exactly 40, whatever its data
+    assert {u["train_steps"] for u in s["updates"]} == {40}, s["updates"]
+    # a follow-up trains on the data since the change point: at least its drift's first window, and
+    # more than a window once the post-drift batches outnumber it
+    first = {u["drift_batch_id"]: u["window_samples"] for u in s["updates"] if u["followup"] == 0}
+    window = (cfg.continual_learning.window_batches - cfg.promotion.holdout_batches) * 32
+    for u in s["updates"]:
+        if u["followup"]:
+            assert u["window_samples"] >= first[u["drift_batch_id"]], s["updates"]
+            grown = u["window_last_batch_id"] - u["drift_batch_id"] + 1 - cfg.promotion.holdout_batches
+            assert u["window_samples"] >= min(grown, 32) * 32 or u["window_samples"] >= window, s["updates"]
