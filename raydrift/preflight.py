@@ -70,7 +70,6 @@ def check_config(cfg: RaydriftConfig) -> Preflight:
 
     validate_harness_options(cfg)
     make_detector(cfg.drift_detection.detector, cfg.drift_detection.params, seed=cfg.seed)
-    check_detector_domain(cfg)  # the detector can take what the monitored metric gives
     make_strategy(cfg.continual_learning.strategy, cfg.continual_learning)
     spec = cfg.model.harness
     harness = harness_call(
@@ -82,6 +81,7 @@ def check_config(cfg: RaydriftConfig) -> Preflight:
         raise UserError(
             f"monitor.metric '{metric}' is not a metric of harness '{spec}': choose one of {sorted(directions)}"
         )
+    check_detector_domain(cfg, harness)  # the detector can take what the monitored metric gives
     device = resolve_device(cfg.device)
     if cfg.model.checkpoint:
         check_model_checkpoint(cfg, harness)

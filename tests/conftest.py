@@ -16,6 +16,19 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' detector calibrations are cached in a session temp dir, not the user's ~/.cache
+    (shared by the Ray workers the tests start, which inherit the environment)."""
+    old = os.environ.get("RAYDRIFT_CACHE_DIR")
+    os.environ["RAYDRIFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("raydrift-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RAYDRIFT_CACHE_DIR", None)
+    else:
+        os.environ["RAYDRIFT_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real local Ray cluster with 2 CPUs for one test module; yields a module temp dir that is on

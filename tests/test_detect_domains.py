@@ -111,3 +111,16 @@ def test_no_value_kills_a_detector_in_the_engine(detector: str) -> None:
     assert stats["non_finite"] > 0
     if eng.detector.input_domain != "real":
         assert stats["clipped"] > 0
+
+
+def test_a_metric_the_built_harness_declares_is_checked(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # the River stream's regression metrics exist per instance (they depend on the generator): the
+    # check reads the harness built from the config, so adwin on squared errors is refused, not clipped
+    cfg = tmp_path / "c.yaml"
+    body = "model: {harness: river}\ndata: {generator: friedman}\nmonitor: {metric: se}\n"
+    cfg.write_text(body + "drift_detection: {detector: adwin}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "'adwin'" in err and "'se'" in err and len(err.strip().splitlines()) == 1
+    cfg.write_text(body + "drift_detection: {detector: page_hinkley}\n")
+    assert main(["validate", str(cfg)]) == 0

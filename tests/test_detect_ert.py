@@ -90,6 +90,27 @@ def test_calibration_cache_is_plain_json(tmp_path: Path, monkeypatch: pytest.Mon
     assert calib.Calibration.from_json("not json", cal.key) is None
 
 
+def test_without_a_cache_dir_the_default_one_serves_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAYDRIFT_CACHE_DIR", str(tmp_path))
+    assert calib.default_cache_dir() == str(tmp_path / "calibration")
+    monkeypatch.setattr(calib, "CALIBRATION_STREAMS", 50)
+    monkeypatch.setattr(calib, "_MEMORY", {})
+    params = {"reference_size": 20, "window_size": 20, "test_every": 10, "ert": 400}
+    cal = make_detector("ks", params).calibrate(1)  # type: ignore[attr-defined]
+    assert len(list((tmp_path / "calibration").glob("ks-ert-*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(calib, "_MEMORY", {})  # as a new process (a Ray actor, the next run) starts
+    monkeypatch.setattr(calib, "_solve", lambda *a, **k: calls.append(a) or cal)
+    assert make_detector("ks", params).calibrate(1) == cal and calls == []  # type: ignore[attr-defined]
+    monkeypatch.setenv("RAYDRIFT_CACHE_DIR", "")  # set empty: memory only
+    assert calib.default_cache_dir() is None
+    monkeypatch.delenv("RAYDRIFT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert calib.default_cache_dir() == str(tmp_path / "xdg" / "raydrift" / "calibration")
+
+
 @pytest.mark.parametrize(
     ("name", "params", "param"),
     [

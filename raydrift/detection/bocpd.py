@@ -158,7 +158,9 @@ class BOCPDDetector(RunLengthState, NativeDetector):
         ``bernoulli`` with ``threshold`` null: the threshold is calibrated at the rate of ones of the
         first ``rate_values`` values (>= 10); no alarm before them (they are processed as any other).
     calibration_cache : str or None
-        Directory where the ``ert`` calibration is kept as a JSON file, one per setting (null: memory only).
+        Directory where the ``ert`` calibration is kept as a JSON file, one per setting (null: the
+        default cache directory, ``$RAYDRIFT_CACHE_DIR`` or ``~/.cache/raydrift``; see
+        :func:`~raydrift.detection.calibration.default_cache_dir`).
 
     Examples
     --------

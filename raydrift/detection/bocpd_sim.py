@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from raydrift.detection.bocpd import _tables
-from raydrift.detection.calibration import write_json_record
+from raydrift.detection.calibration import default_cache_dir, write_json_record
 
 __all__ = ["STREAMS", "SPAN", "SEED", "BOCPDCalibration", "BOCPDSetting", "VectorBOCPD", "calibrate_bocpd"]
 
@@ -451,13 +451,15 @@ def simulate_threshold(
 def calibrate_bocpd(
     setting: BOCPDSetting, ert: float, cache_dir: str | None = None, streams: int = STREAMS
 ) -> BOCPDCalibration:
-    """The threshold for ``setting`` and ``ert`` (cached in memory and, with ``cache_dir``, as JSON)."""
+    """The threshold for ``setting`` and ``ert`` (cached in memory and as JSON in ``cache_dir``, else
+    :func:`~raydrift.detection.calibration.default_cache_dir`)."""
     full = {**asdict(setting), "ert": float(ert), "streams": streams, "pilot": PILOT_STREAMS, "span": SPAN}
     full |= {"seed": SEED, "version": VERSION}
     key = json.dumps(full, sort_keys=True)
     if key in _MEMORY:
         return _MEMORY[key]
     path = None
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     if cache_dir is not None:
         path = Path(cache_dir) / f"bocpd-ert-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
         try:

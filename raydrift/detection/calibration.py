@@ -29,9 +29,11 @@ threshold calibrated on Gaussian samples carries over to other continuous distri
 are dependent, or values with ties (discrete features), make the tests conservative: the run length
 is then longer than ``ert``. Autocorrelated values (not i.i.d.) make it shorter.
 
-The result is cached in memory per setting and, with ``calibration_cache`` (a directory), as one plain
-JSON file per setting (:class:`Calibration`), checked against its key when read back; a file that does
-not parse or does not match is recomputed and replaced. Nothing read from it can run code.
+The result is cached in memory per setting and as one plain JSON file per setting
+(:class:`Calibration`) in a directory: ``calibration_cache``, else :func:`default_cache_dir` (so a
+setting is simulated once per machine, not once per run and process); each file is checked against
+its key when read back, and a file that does not parse or does not match is recomputed and replaced.
+Nothing read from it can run code.
 """
 
 from __future__ import annotations
@@ -241,6 +243,21 @@ class _Streams:
                 self.lengths[i] = tests
 
 
+#: Environment variable naming the directory of cached calibrations (set it empty: memory only).
+CACHE_ENV = "RAYDRIFT_CACHE_DIR"
+
+
+def default_cache_dir() -> str | None:
+    """Where calibrations are cached when a detector names no ``calibration_cache``:
+    ``$RAYDRIFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/raydrift`` or ``~/.cache/raydrift``, with
+    ``/calibration`` added; None (memory only) when ``RAYDRIFT_CACHE_DIR`` is set but empty."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return str(Path(env).expanduser() / "calibration") if env.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base).expanduser() / "raydrift" / "calibration")
+
+
 def calibrate(
     key: dict[str, Any],
     simulate: Callable[[np.random.Generator], SimulatedStream],
@@ -263,7 +280,7 @@ def calibrate(
     first_test, test_every : int
         Values from a (re)start to the first test, and between tests.
     cache_dir : str, optional
-        Directory for the JSON file of this setting.
+        Directory for the JSON file of this setting (None: :func:`default_cache_dir`).
     """
     tests = max(10, math.ceil(CALIBRATION_SPAN * (ert - first_test) / test_every) + 1)
     full = {**key, "ert": ert, "streams": CALIBRATION_STREAMS, "tests": tests}
@@ -272,6 +289,7 @@ def calibrate(
     if text in _MEMORY:
         return _MEMORY[text]
     path = None
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     if cache_dir is not None:
         digest = hashlib.sha256(text.encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"{key.get('detector', 'detector')}-ert-{digest}.json"

@@ -27,6 +27,7 @@ from raydrift.errors import ConfigError
 if TYPE_CHECKING:
     from raydrift.config import DriftDetectionConfig, RaydriftConfig
     from raydrift.detection.base import DriftDetector
+    from raydrift.harness import Harness
 
 __all__ = [
     "DOMAINS",
@@ -130,13 +131,14 @@ def _check(det: DriftDetector, name: str, fed: str, what: str) -> None:
         )
 
 
-def check_detector_domain(cfg: RaydriftConfig) -> None:
+def check_detector_domain(cfg: RaydriftConfig, harness: Harness | type[Harness] | None = None) -> None:
     """Check a whole config: the monitored metric's domain (from its harness) against the detectors.
 
-    The metric's domain comes from the harness class's ``metric_domains`` (a metric it does not
+    The metric's domain comes from the harness's ``metric_domains`` (a metric it does not
     declare there counts as ``real``, the built-in ``accuracy`` and ``loss`` as ``binary`` and
     ``real``). A metric the harness does not produce at all is left to the check that names the
-    harness's metrics.
+    harness's metrics. ``harness``: the harness built from the config (its metrics may depend on its
+    options, e.g. a regression stream's ``se``); else the class ``model.harness`` names.
 
     Raises
     ------
@@ -145,7 +147,8 @@ def check_detector_domain(cfg: RaydriftConfig) -> None:
     """
     from raydrift.harness import resolve_harness
 
-    harness = resolve_harness(cfg.model.harness)
+    if harness is None:
+        harness = resolve_harness(cfg.model.harness)
     metric = cfg.monitor.metric
     if metric not in harness.metric_directions:
         return

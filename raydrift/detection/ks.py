@@ -49,7 +49,8 @@ class KSDetector(TwoSampleDetector):
         value, ``alpha`` is not used; the p-value threshold is calibrated by simulation at the first
         test (:mod:`raydrift.detection.calibration`). ``> reference_size + window_size``.
     calibration_cache : str or None
-        Directory where that calibration is kept as a JSON file, one per setting (null: memory only).
+        Directory where that calibration is kept as a JSON file, one per setting (null: the default
+        cache directory, :func:`~raydrift.detection.calibration.default_cache_dir`).
 
     Examples
     --------

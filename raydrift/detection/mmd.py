@@ -48,7 +48,8 @@ class MMDDetector(TwoSampleDetector):
         test (:mod:`raydrift.detection.calibration`). ``> reference_size + window_size``; the
         threshold it needs must stay above ``1 / (permutations + 1)``.
     calibration_cache : str or None
-        Directory where that calibration is kept as a JSON file, one per setting (null: memory only).
+        Directory where that calibration is kept as a JSON file, one per setting (null: the default
+        cache directory, :func:`~raydrift.detection.calibration.default_cache_dir`).
 
     Examples
     --------
