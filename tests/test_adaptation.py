@@ -70,6 +70,32 @@ def test_lower_is_better_metrics_recover_downwards() -> None:
     assert w2.followup_due() is not None
 
 
+def test_an_alarm_during_an_unrecovered_drift_keeps_the_healthy_reference() -> None:
+    # a gradual change alarms twice: the second alarm's own reference (0.79) is already degraded; the
+    # model must get back to the level before the first (0.93), not to 0.79
+    w = watch()
+    w.drift(event(batch_id=52, reference=0.93, value=0.79), 0.0)
+    rec = w.drift(event(batch_id=56, reference=0.79, value=0.57), 1.0)
+    assert rec.pre_drift_value == 0.93
+    w.updated(1, None, None)
+    for b in range(57, 60):
+        w.batch(row(b, 0.78, 1))  # back at the second alarm's reference, still 0.15 under the first
+    assert not rec.recovered and w.followup_due() is not None
+    # once a drift recovered, the next one compares with its own reference
+    w2 = watch()
+    first = w2.drift(event(batch_id=10, reference=0.93, value=0.5), 0.0)
+    w2.updated(1, None, None)
+    for b in range(11, 14):
+        w2.batch(row(b, 0.92, 1))
+    assert first.recovered
+    assert w2.drift(event(batch_id=40, reference=0.85, value=0.4), 2.0).pre_drift_value == 0.85
+    # lower is better: the lower of the two references
+    w3 = watch(metric="loss", higher_is_better=False)
+    w3.drift(event(reference=0.3, value=0.9), 0.0)
+    assert w3.drift(event(batch_id=14, reference=0.9, value=1.6), 1.0).pre_drift_value == 0.3
+    assert w3.drift(event(batch_id=18, reference=math.nan, value=1.6), 2.0).pre_drift_value == 0.3
+
+
 def test_quarantined_and_nan_batches_are_not_scored_and_followups_can_be_off() -> None:
     w = watch(enabled=False)
     rec = w.drift(event(), 0.0)

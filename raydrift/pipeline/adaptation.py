@@ -10,7 +10,10 @@ and its :class:`AdaptationRecord` says after how many batches, samples and secon
 what decides this: it restarts after each update (a new model's values are a new stream), so a model
 that stays bad would never be flagged again; the watch flags it.
 
-A new drift alarm ends the watch of the previous drift (its record stays, not recovered).
+A new drift alarm ends the watch of the previous drift (its record stays, not recovered). If that
+drift had not recovered, the new one keeps its pre-drift reference when it is the better of the two:
+an alarm during a gradual change, or after a failed adaptation, compares with the level the model
+had before it was degraded, not with a degraded level (which a still-bad model would "recover" to).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class AdaptationRecord:
     metric: str = ""
     higher_is_better: bool = True
     pre_drift_value: float | None = None
-    """The monitored metric before the change (the drift event's reference)."""
+    """The monitored metric before the change: the drift event's reference, or the previous drift's
+    when that one had not recovered and its reference is better (see the module docstring)."""
     value_at_alarm: float | None = None
     updates: int = 0
     """Updates trained for this drift (the first one plus follow-ups)."""
@@ -77,15 +81,20 @@ class AdaptationWatch:
     # --- the drift's life ----------------------------------------------------------------------------
     def drift(self, event: DriftEvent, t_alarm: float) -> AdaptationRecord:
         """A new drift: its record (the previous drift's watch ends)."""
+        prev = self.record
         self.event, self.t_alarm, self.window, self._due, self.samples_since = event, t_alarm, None, False, 0
-        ref = event.reference
+        ref = None if event.reference is None or math.isnan(event.reference) else float(event.reference)
+        if prev is not None and not prev.recovered and prev.pre_drift_value is not None:
+            ref = prev.pre_drift_value if ref is None else self._better(prev.pre_drift_value, ref)
         self.record = AdaptationRecord(
             drift_batch_id=event.batch_id, regime=event.regime, metric=self.metric,
-            higher_is_better=self.higher_is_better,
-            pre_drift_value=None if ref is None or math.isnan(ref) else float(ref),
+            higher_is_better=self.higher_is_better, pre_drift_value=ref,
             value_at_alarm=None if math.isnan(event.value) else float(event.value),
         )
         return self.record
+
+    def _better(self, a: float, b: float) -> float:
+        return max(a, b) if self.higher_is_better else min(a, b)
 
     def updated(self, live_version: int, test_before: float | None, test_after: float | None) -> None:
         """An update of the current drift ended; ``live_version`` is what the next batches are scored
