@@ -254,7 +254,12 @@ def default_cache_dir() -> str | None:
     env = os.environ.get(CACHE_ENV)
     if env is not None:
         return str(Path(env).expanduser() / "calibration") if env.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (a bare container): memory only
+            return None
     return str(Path(base).expanduser() / "raydrift" / "calibration")
 
 

@@ -121,3 +121,19 @@ def test_a_failed_update_raises(code_dir: Path, tmp_path: Path) -> None:
     updater = Updater(config(tmp_path, spec, options, max_failures=0), {"spec": spec, "options": options}, tmp_path)
     with pytest.raises(Exception, match="first attempt fails on purpose"):
         updater.run(weights_ref, data_ref, version=3)
+
+
+def test_train_steps_hold_on_two_workers(code_dir: Path, tmp_path: Path) -> None:
+    # train.steps on a real 2-worker Ray Train run: both ranks stop at the same global step (the
+    # gradients' all-reduce would hang otherwise), past an epoch boundary and inside the last epoch
+    weights_ref, data_ref, initial = refs()
+    n = len(ray.get(data_ref).window_y)
+    per_epoch = -(-n // 32)
+    steps = 2 * per_epoch + 1
+    cfg = config(tmp_path, "synthetic", OPTIONS, num_workers=2, steps=steps)
+    outcome = Updater(cfg, {"spec": "synthetic", "options": OPTIONS}, tmp_path / "train").run(
+        weights_ref, data_ref, version=1
+    )
+    assert outcome.metrics["world_size"] == 2
+    assert outcome.metrics["steps"] == steps, outcome.metrics
+    assert any(not np.array_equal(outcome.weights[k], initial[k]) for k in initial)
