@@ -120,7 +120,8 @@ class StreamState:
         self._cursor = 0  # next batch id to serve
         self._committed = 0  # batch ids < this are committed
         self._pending: dict[int, Batch] = {}  # served (or produced) but not committed
-        self._window: deque[Batch] = deque(maxlen=window_batches)
+        # the committed batches kept, with their ids, newest last: the window is the newest
+        # window_batches of them, the rest is kept for update_data's ``since``
         self._recent: deque[tuple[int, Batch]] = deque(maxlen=self.recent_batches)
         self._memory = ReplayMemory(
             memory_size, seed=seed, policy=memory_policy, max_bytes=memory_max_bytes  # type: ignore[arg-type]
@@ -200,12 +201,15 @@ class StreamState:
                 self._skip.discard(self._committed)
                 self._committed += 1
                 continue
-            if len(self._window) == self._window.maxlen:
-                old = self._window[0]
+            if len(self._recent) >= self.window_batches:  # the window's oldest batch leaves it
+                old = self._recent[-self.window_batches][1]
                 self._memory.add(old.x, old.y)
-            self._window.append(batch)
             self._recent.append((self._committed, batch))
             self._committed += 1
+
+    def _window(self) -> list[Batch]:
+        """The recent window: the newest ``window_batches`` committed batches kept."""
+        return [b for _, b in list(self._recent)[-self.window_batches :]]
 
     def catch_up(self, upto: int, quarantined: Iterable[int] = ()) -> None:
         """Produce and commit every batch up to ``upto`` (after a restore from an older state, for
@@ -224,7 +228,7 @@ class StreamState:
         ``holdout_y``) for the promotion gate, as long as at least one batch is left to train on.
         """
         self.commit(upto)
-        window = list(self._window)
+        window = self._window()
         if since is not None:
             grown = [b for bid, b in self._recent if since <= bid <= upto]
             if len(grown) > len(window):
@@ -265,7 +269,7 @@ class StreamState:
         """
         return {
             "committed": self._committed,
-            "window": [{"x": b.x, "y": b.y, "regime": int(b.regime)} for b in self._window],
+            "window": [{"x": b.x, "y": b.y, "regime": int(b.regime)} for b in self._window()],
             # the same tensors as the window's where they overlap (torch.save stores a storage once)
             "recent": [{"id": int(bid), "x": b.x, "y": b.y, "regime": int(b.regime)} for bid, b in self._recent],
             "memory": self._memory.state_dict(),
@@ -292,12 +296,14 @@ class StreamState:
                 ) from None
             self._produced += 1
         self._cursor = self._committed = committed
-        self._window.clear()
         self._recent.clear()
-        for b in state["window"]:
-            self._window.append(Batch(b["x"], b["y"], int(b["regime"])))
-        for b in state.get("recent", []):  # absent in a checkpoint of an older version
-            self._recent.append((int(b["id"]), Batch(b["x"], b["y"], int(b["regime"]))))
+        if "recent" in state:  # holds the window as its newest batches
+            for b in state["recent"]:
+                self._recent.append((int(b["id"]), Batch(b["x"], b["y"], int(b["regime"]))))
+        else:  # a checkpoint of an older version: the window only, ids counted back from committed
+            first = committed - len(state["window"])
+            for i, b in enumerate(state["window"]):
+                self._recent.append((first + i, Batch(b["x"], b["y"], int(b["regime"]))))
         self._memory.load_state_dict(state["memory"])
         self._regime_starts = [(int(r), int(b)) for r, b in state["regime_starts"]]
         self._skip = {int(b) for b in state.get("skip", [])}
